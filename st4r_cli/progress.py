@@ -27,6 +27,10 @@ def is_quiet() -> bool:
     return _verbosity == 0
 
 
+def is_verbose() -> bool:
+    return _verbosity >= 2
+
+
 def log(message: str) -> None:
     """Print a normal status line (hidden with --quiet)."""
     if _verbosity >= 1:

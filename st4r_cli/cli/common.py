@@ -1,0 +1,92 @@
+"""Options shared by every `st4r` command, and the helpers that apply them.
+
+Use the `Annotated` aliases in command signatures so every command spells its options the same way:
+
+    def command(video: Path, device: DeviceOpt = Device.auto, seed: SeedOpt = 0,
+                quiet: QuietOpt = False, verbose: VerboseOpt = False) -> None:
+        dev = setup(device, quiet, verbose)   # "cpu" or "cuda"
+
+Only light imports here (typer, stdlib): this module is imported when `st4r --help` runs.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from st4r_cli import progress
+from st4r_cli.errors import St4rError
+
+
+class Device(str, Enum):
+    """Where to run: `auto` picks CUDA when it works, else the CPU."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+DeviceOpt = Annotated[Device, typer.Option(
+    "--device", case_sensitive=False, help="auto | cpu | cuda (auto: CUDA when available).")]
+SeedOpt = Annotated[int, typer.Option(
+    "--seed", help="Random seed; results are deterministic for a fixed seed on CPU.")]
+QuietOpt = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="Print nothing but errors.")]
+VerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Print details, and a traceback on unexpected errors.")]
+ForceOpt = Annotated[Optional[list[str]], typer.Option(  # noqa: UP007 (typer needs Optional here)
+    "--force", metavar="STAGE",
+    help="Recompute STAGE even if it is cached (repeatable; 'all' recomputes every stage).")]
+OutOpt = Annotated[Path, typer.Option(
+    "--out", "-o", help="Run directory to write (created if missing).")]
+
+
+def resolve_device(device: Device | str) -> str:
+    """Return the torch device string for a `--device` value: "cpu" or "cuda".
+
+    `auto` means CUDA if a CUDA device works, else CPU; asking for `cuda` on a machine without a
+    working CUDA device is a user error.
+    """
+    name = device.value if isinstance(device, Device) else str(device).lower()
+    if name not in {"auto", "cpu", "cuda"}:
+        raise St4rError(f"unknown device '{device}': use auto, cpu or cuda")
+    if name == "cpu":
+        return "cpu"
+    import torch  # heavy: only when a command actually runs
+
+    cuda_ok = torch.cuda.is_available()
+    if name == "cuda" and not cuda_ok:
+        raise St4rError("--device cuda was requested but no CUDA device is available "
+                        "(torch.cuda.is_available() is False); use --device cpu")
+    return "cuda" if cuda_ok else "cpu"
+
+
+def setup(device: Device | str = Device.auto, quiet: bool = False, verbose: bool = False) -> str:
+    """Apply --quiet/--verbose and resolve --device; returns "cpu" or "cuda"."""
+    set_verbosity(quiet, verbose)
+    resolved = resolve_device(device)
+    progress.debug(f"device: {resolved}")
+    return resolved
+
+
+def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
+    """Apply --quiet/--verbose (they are mutually exclusive)."""
+    if quiet and verbose:
+        raise St4rError("--quiet and --verbose cannot be used together")
+    progress.set_verbosity(quiet=quiet, verbose=verbose)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch RNGs (torch only if it is already imported or needed)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    import torch
+
+    torch.manual_seed(seed)
