@@ -1,0 +1,135 @@
+"""The `st4r adapt` pipeline: decode -> tracks -> depth -> adapt (TTA) -> chain -> scene.npz.
+
+Every stage goes through the run's cache (`Run.stage`): its key is the hash of its input content
+(upstream artifacts' digests, the input file's bytes), its config and its version, so a rerun reuses
+finished stages and a config change recomputes only what depends on it.
+
+Each `run_<stage>` takes the run and the artifacts computed so far and returns its Artifact, or None
+when the stage is switched off or not available in this build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from st4r_cli import progress
+from st4r_cli.errors import St4rError
+from st4r_cli.runs import Artifact, Run, digest_path
+from st4r_cli.stages.decode import DECODE_VERSION, check_decode_config, decode
+
+STAGES = ("decode", "tracks", "depth", "adapt", "chain")
+SCENE_FILE = "scene.npz"
+
+
+def check_force(force: list[str] | set[str] | tuple[str, ...]) -> None:
+    """St4rError for --force values that name no stage."""
+    unknown = sorted(set(force) - set(STAGES) - {"all"})
+    if unknown:
+        raise St4rError(f"--force: unknown stage(s) {', '.join(unknown)} "
+                        f"(stages: {', '.join(STAGES)}, or all)")
+
+
+def _stage_function(module_name: str, function_name: str) -> tuple[Callable[..., Any] | None, Any]:
+    """(function, version) from `st4r_cli.stages.<module>` if its owner has written it yet."""
+    module = importlib.import_module(f"st4r_cli.stages.{module_name}")
+    function = getattr(module, function_name, None)
+    version = getattr(module, f"{module_name.upper()}_VERSION", 1)
+    return function, version
+
+
+def _config_with_seed(config: Any, seed: int) -> dict[str, Any]:
+    return {"config": dataclasses.asdict(config), "seed": seed}
+
+
+def run_decode(run: Run) -> Artifact:
+    """Decode the run's input (video file or image folder) at the processing resolution."""
+    source = Path(run.config.input)
+    cfg = run.config.decode
+    check_decode_config(cfg)
+    if not source.exists():
+        raise St4rError(f"input not found: {source}")
+    return run.stage("decode", DECODE_VERSION, cfg, [digest_path(source)],
+                     lambda: decode(source, cfg))
+
+
+def run_tracks(run: Run, decoded: Artifact, device: str) -> Artifact | None:
+    """2D pseudo-tracks of query points (`stages.tracks.compute_tracks`)."""
+    compute_tracks, version = _stage_function("tracks", "compute_tracks")
+    if compute_tracks is None:
+        progress.log("[yellow]-[/yellow] tracks: not available in this build, skipped")
+        return None
+    cfg, seed = run.config.tracks, run.config.seed
+    return run.stage("tracks", version, _config_with_seed(cfg, seed), [decoded.digest],
+                     lambda: compute_tracks(decoded["frames"], cfg, device, seed))
+
+
+def run_depth(run: Run, decoded: Artifact, device: str) -> Artifact | None:
+    """Per-frame mono-depth (`stages.depth.compute_depth`); skipped with `depth.backend: none`."""
+    cfg = run.config.depth
+    if getattr(cfg, "backend", None) == "none":
+        progress.debug("depth: backend none, skipped")
+        return None
+    compute_depth, version = _stage_function("depth", "compute_depth")
+    if compute_depth is None:
+        progress.log("[yellow]-[/yellow] depth: not available in this build, skipped")
+        return None
+    return run.stage("depth", version, cfg, [decoded.digest],
+                     lambda: compute_depth(decoded["frames"], cfg, device))
+
+
+def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact | None:
+    """Test-time adaptation (issue 6; its owner wires `stages.adapt` here).
+
+    Inputs should be the digests of decode/tracks/depth artifacts plus `digest_path(model file)`.
+    """
+    progress.log("[yellow]-[/yellow] adapt: not available in this build, skipped")
+    return None
+
+
+def run_chain(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact | None:
+    """World-frame chaining of windows into the scene arrays (issue 6; its owner wires it here).
+
+    Its artifact holds the `scene.npz` arrays; `run_pipeline` publishes them as `<run>/scene.npz`.
+    """
+    progress.log("[yellow]-[/yellow] chain: not available in this build, skipped")
+    return None
+
+
+def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, Artifact]:
+    """Run every stage (or up to and including `until`), publish scene.npz, mark the run complete.
+
+    On any error the run is marked failed/interrupted (never complete) and the error propagates.
+    """
+    if until is not None and until not in STAGES:
+        raise St4rError(f"unknown stage '{until}' (stages: {', '.join(STAGES)})")
+    stop_after = STAGES.index(until) if until else len(STAGES) - 1
+    artifacts: dict[str, Artifact] = {}
+    try:
+        artifacts["decode"] = run_decode(run)
+        steps: list[tuple[str, Callable[[], Artifact | None]]] = [
+            ("tracks", lambda: run_tracks(run, artifacts["decode"], device)),
+            ("depth", lambda: run_depth(run, artifacts["decode"], device)),
+            ("adapt", lambda: run_adapt(run, artifacts, device)),
+            ("chain", lambda: run_chain(run, artifacts, device)),
+        ]
+        for name, step in steps[:stop_after]:
+            artifact = step()
+            if artifact is not None:
+                artifacts[name] = artifact
+        if "chain" in artifacts:
+            run.publish(SCENE_FILE, artifacts["chain"].load())
+    except KeyboardInterrupt:
+        run.mark_failed("interrupted by the user", interrupted=True)
+        raise
+    except St4rError as err:
+        run.mark_failed(str(err))
+        raise
+    except Exception as err:
+        run.mark_failed(f"{type(err).__name__}: {err}")
+        raise
+    run.mark_complete()
+    return artifacts
