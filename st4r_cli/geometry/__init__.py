@@ -1,1 +1,5 @@
+"""Cameras and geometry: projection, intrinsics from pointmaps, rotations, differentiable PnP.
 
+`camera` (pixel grids, project/unproject, K, Weiszfeld focal, bilinear sampling), `lie` (so(3)),
+`pnp` (weighted robust differentiable PnP), `align` (NumPy Umeyama / Sim(3), owned by the eval issue).
+"""
