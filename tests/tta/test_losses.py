@@ -1,0 +1,177 @@
+"""TTA losses on hand-built pointmaps with hand-computed answers."""
+
+import math
+
+import pytest
+import torch
+
+from st4r_cli.geometry.camera import make_intrinsics, unproject_depth
+from st4r_cli.losses.tta import (TrackBatch, TTALossConfig, depth_loss, tta_loss)
+
+HW = (8, 10)
+FOCAL = 10.0
+K = make_intrinsics(torch.tensor(FOCAL, dtype=torch.float64), HW)  # centre (4.5, 3.5)
+CENTRE = torch.tensor([4.5, 3.5], dtype=torch.float64)
+
+
+def _plane(z: float, pairs: int = 1):
+    """Fronto-parallel plane at depth z seen from the anchor; camera j == anchor (w2c = I)."""
+    depth = torch.full(HW, z, dtype=torch.float64)
+    pts = unproject_depth(depth, K)[None].repeat(pairs, 1, 1, 1)
+    conf = torch.full((pairs, *HW), 1e9, dtype=torch.float64)
+    pred = {"track_pts": pts.clone(), "track_conf": conf.clone(), "recon_pts": pts.clone(),
+            "recon_conf": conf.clone()}
+    w2c = torch.eye(4, dtype=torch.float64).expand(pairs, 4, 4).clone()
+    return pred, w2c
+
+
+def _tracks(query, target, visible=None):
+    query = torch.tensor(query, dtype=torch.float64)
+    target = torch.tensor(target, dtype=torch.float64)[None]
+    vis = torch.ones(target.shape[:2], dtype=torch.bool) if visible is None else torch.tensor([visible])
+    return TrackBatch(query, target, vis)
+
+
+def _only(kind, **kw):
+    cfg = TTALossConfig(kind=kind, traj_weight=1.0, align_weight=0.0, depth_weight=0.0, **kw)
+    return cfg
+
+
+def test_perfect_prediction_scores_zero_baseline():
+    pred, w2c = _plane(2.0)
+    tracks = _tracks([[1.0, 2.0], [7.0, 5.0]], [[1.0, 2.0], [7.0, 5.0]])
+    depth = torch.full((1, *HW), 6.0, dtype=torch.float64)  # 3x the prediction: alpha* absorbs it
+    total, parts = tta_loss(pred, K, w2c, tracks, depth, None, TTALossConfig(kind="baseline"))
+    assert parts["traj"] == pytest.approx(0.0, abs=1e-5)  # eq. 7's +1e-6 in the scale denominator
+    assert parts["align"] == pytest.approx(0.0, abs=1e-9)
+    assert parts["depth"] == pytest.approx(0.0, abs=1e-9)
+    assert total.item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_baseline_traj_scale_alignment_about_centre():
+    pred, w2c = _plane(2.0)
+    # The pseudo-tracks are the predicted pixels shrunk 2x towards the centre: eq. 7 aligns them away.
+    query = torch.tensor([[1.0, 2.0], [8.0, 6.0], [3.0, 7.0]], dtype=torch.float64)
+    target = CENTRE + (query - CENTRE) * 0.5
+    tracks = TrackBatch(query, target[None], torch.ones(1, 3, dtype=torch.bool))
+    _, parts = tta_loss(pred, K, w2c, tracks, None, None, _only("baseline"))
+    assert parts["traj"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_baseline_traj_hand_value():
+    pred, w2c = _plane(2.0)
+    # Predictions at c+(4,0), c+(0,3); pseudo-tracks at c+(0,4), c+(3,0): same radii, so the scale is 1
+    # and the residuals are (-4, 4) and (3, -3): RMSE over the 4 coordinates = sqrt((16+16+9+9)/4).
+    query = CENTRE + torch.tensor([[4.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
+    target = CENTRE + torch.tensor([[0.0, 4.0], [3.0, 0.0]], dtype=torch.float64)
+    tracks = TrackBatch(query, target[None], torch.tensor([[False, False]]))  # visibility is ignored
+    _, parts = tta_loss(pred, K, w2c, tracks, None, None, _only("baseline"))
+    assert parts["traj"] == pytest.approx(math.sqrt(50 / 4), rel=1e-6)
+
+
+def test_baseline_align_hand_value():
+    pred, w2c = _plane(2.0)
+    pred["recon_pts"] = pred["recon_pts"] + torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64)
+    # Track 0 visible (distance 0.5 along z), track 1 invisible (ignored), track 2 leaves the image.
+    tracks = _tracks([[2.0, 2.0], [3.0, 3.0], [4.0, 4.0]], [[2.2, 1.9], [3.0, 3.0], [40.0, 4.0]],
+                     [True, False, True])
+    cfg = TTALossConfig(kind="baseline", traj_weight=0.0, align_weight=1.0, depth_weight=0.0)
+    _, parts = tta_loss(pred, K, w2c, tracks, None, None, cfg)
+    assert parts["align"] == pytest.approx(0.5, rel=1e-9)
+
+
+def test_depth_loss_hand_value():
+    pred, w2c = _plane(1.0)
+    pred["recon_pts"][0, 0] *= 2.0  # first row at depth 2, the rest at depth 1
+    depth = torch.ones(1, *HW, dtype=torch.float64)
+    valid = torch.zeros(1, *HW, dtype=torch.bool)
+    valid[0, 0, 0] = valid[0, 1, 0] = True  # predicted depths [2, 1] vs mono-depth [1, 1]
+    # alpha* = (2+1)/(4+1) = 0.6 -> errors [0.2, -0.4] -> mse 0.1
+    assert depth_loss(pred["recon_pts"], w2c, depth, valid).item() == pytest.approx(0.1, rel=1e-9)
+
+
+def test_robust_mask_drops_occluded_tracks():
+    pred, w2c = _plane(2.0)
+    # Frame j's surface is at depth 1 around pixel (6, 4): a track behind it is occluded.
+    pred["recon_pts"][0, 3:6, 5:8] *= 0.5
+    tracks = _tracks([[1.0, 1.0], [6.0, 4.0]], [[4.0, 1.0], [36.0, 4.0]])  # residuals 3 and 30 px
+    cfg = _only("robust", use_sigma=False)
+    _, parts = tta_loss(pred, K, w2c, tracks, None, None, cfg)
+    assert parts["traj"] == pytest.approx(3.0, rel=1e-9)
+    assert parts["mask_frac"] == pytest.approx(0.5)
+    _, parts = tta_loss(pred, K, w2c, tracks, None, None, _only("robust", use_sigma=False, use_mask=False))
+    assert parts["traj"] == pytest.approx(math.sqrt((9 + 900) / 2), rel=1e-9)
+
+
+def test_robust_mask_and_tracker_visibility():
+    pred, w2c = _plane(2.0)
+    tracks = _tracks([[1.0, 1.0], [6.0, 4.0]], [[4.0, 1.0], [6.0, 4.0]], [False, True])
+    _, parts = tta_loss(pred, K, w2c, tracks, None, None, _only("robust", use_sigma=False))
+    assert parts["traj"] == pytest.approx(0.0, abs=1e-12)
+    cfg = _only("robust", use_sigma=False, use_tracker_visibility=False)
+    _, parts = tta_loss(pred, K, w2c, tracks, None, None, cfg)
+    assert parts["traj"] == pytest.approx(math.sqrt(9 / 2), rel=1e-9)
+
+
+def _conf_for_sigma(sigma: float, z: float = 2.0, alpha: float = 0.2) -> float:
+    """Confidence giving sigma = sqrt(1 + (f alpha s / (c z))^2) on a plane (s = z)."""
+    raw = math.sqrt(sigma**2 - 1.0)
+    return FOCAL * alpha / raw if raw > 0 else 1e12
+
+
+@pytest.mark.parametrize("mode", ["exp", "inv"])
+def test_robust_nll_hand_value(mode):
+    pred, w2c = _plane(2.0)
+    pred["track_conf"][0, 1, 1] = _conf_for_sigma(1.0)
+    pred["track_conf"][0, 4, 6] = _conf_for_sigma(2.0)
+    tracks = _tracks([[1.0, 1.0], [6.0, 4.0]], [[1.0, 1.0], [8.0, 4.0]])  # residuals 0 and 2 px
+    _, parts = tta_loss(pred, K, w2c, tracks, None, None, _only("robust", weight_mode=mode))
+    w1, w2 = (math.exp(-1), math.exp(-2)) if mode == "exp" else (1 / 2, 1 / 5)
+    nll1, nll2 = 0.0, 4 / (2 * 4) + math.log(2.0)
+    assert parts["traj"] == pytest.approx((w1 * nll1 + w2 * nll2) / (w1 + w2), rel=1e-6)
+    assert parts["sigma_px"] == pytest.approx(1.5, rel=1e-6)
+
+
+def test_robust_nll_teaches_confidence():
+    """A residual larger than sigma pushes the confidence down (sigma up); a zero residual pushes it up."""
+    pred, w2c = _plane(2.0)
+    conf = torch.full((1, *HW), _conf_for_sigma(2.0), dtype=torch.float64, requires_grad=True)
+    pred["track_conf"] = conf
+    tracks = _tracks([[1.0, 1.0], [6.0, 4.0]], [[1.0, 1.0], [12.0, 4.0]])  # residuals 0 and 6 px
+    total, _ = tta_loss(pred, K, w2c, tracks, None, None, _only("robust"))
+    total.backward()
+    assert conf.grad[0, 1, 1].item() < 0   # residual 0 < sigma: raise the confidence
+    assert conf.grad[0, 4, 6].item() > 0   # residual 6 > sigma: lower it
+
+
+def test_robust_align_is_scale_invariant_and_masked():
+    pred, w2c = _plane(2.0)
+    pred["recon_pts"] = pred["recon_pts"] * 1.1
+    tracks = _tracks([[2.0, 2.0], [5.0, 3.0]], [[2.0, 2.0], [5.0, 3.0]], [True, False])
+    cfg = TTALossConfig(kind="robust", traj_weight=0.0, align_weight=1.0, depth_weight=0.0, use_sigma=False)
+    _, parts = tta_loss(pred, K, w2c, tracks, None, None, cfg)
+    # head 1 at (2,2) vs head 2 at (2,2): 0.1 x the point's distance, over the mean distance x 1.1
+    point = pred["track_pts"][0, 2, 2]
+    expected = (0.1 * point.norm() / (pred["recon_pts"][0].norm(dim=-1).mean())).item()
+    assert parts["align"] == pytest.approx(expected, rel=1e-9)
+    scaled = {k: (v * 3.0 if k.endswith("pts") else v) for k, v in pred.items()}
+    _, parts_scaled = tta_loss(scaled, K, w2c, tracks, None, None, cfg)
+    assert parts_scaled["align"] == pytest.approx(parts["align"], rel=1e-9)
+
+
+def test_total_uses_the_weights():
+    pred, w2c = _plane(2.0)
+    pred["recon_pts"] = pred["recon_pts"] + torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64)
+    query = CENTRE + torch.tensor([[2.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    target = CENTRE + torch.tensor([[0.0, 2.0], [2.0, 0.0]], dtype=torch.float64)
+    tracks = TrackBatch(query, target[None], torch.ones(1, 2, dtype=torch.bool))
+    depth = torch.ones(1, *HW, dtype=torch.float64)
+    total, parts = tta_loss(pred, K, w2c, tracks, depth, None, TTALossConfig(kind="baseline"))
+    assert total.item() == pytest.approx(0.5 * parts["traj"] + 5 * parts["align"] + 10 * parts["depth"])
+    assert parts["traj"] == pytest.approx(2.0)
+
+
+def test_unknown_kind_raises():
+    pred, w2c = _plane(2.0)
+    with pytest.raises(ValueError):
+        tta_loss(pred, K, w2c, None, None, None, TTALossConfig(kind="magic"))
