@@ -68,6 +68,9 @@ def _register() -> None:
 _register()
 
 
+INTERRUPTED = "interrupted (finished stages are cached; rerun the same command to resume)"
+
+
 def _click_exception_type() -> type[BaseException]:
     """click's ClickException, wherever this typer keeps click (vendored or the click package)."""
     for cls in typer.BadParameter.__mro__:
@@ -96,7 +99,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except St4rError as err:
         return _fail(str(err), err.exit_code)
     except KeyboardInterrupt:
-        return _fail("interrupted (finished stages are cached; rerun the same command to resume)", 130)
+        return _fail(INTERRUPTED, 130)
     except typer.Abort:
         return _fail("aborted", 1)
     except click_exception as err:  # bad option value, missing argument, unknown option...
@@ -109,6 +112,8 @@ def run(argv: Sequence[str] | None = None) -> int:
 
             traceback.print_exc()
         return _fail(f"unexpected {type(err).__name__}: {err} (rerun with --verbose for a traceback)", 1)
+    if result == 130:  # typer turns Ctrl-C inside a command into Exit(130)
+        return _fail(INTERRUPTED, 130)
     return result if isinstance(result, int) else 0
 
 

@@ -161,6 +161,11 @@ def _coerce(value: Any, default: Any, item: str) -> Any:
             return value
         raise St4rError(f"--set {item}: expected an integer")
     if isinstance(default, float):
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise St4rError(f"--set {item}: expected a number")

@@ -229,6 +229,8 @@ def _video_generator(container: Any, stream: Any, path: Path, cfg: DecodeConfig,
                 return
             if not selected(index, cfg):
                 continue
+            if getattr(frame, "is_corrupt", False):  # the decoder concealed damaged data
+                raise St4rError(_corrupt_message(path, index, cfg, f"frame {index} is damaged"))
             rel_time = None if time_s is None or first_time is None else time_s - first_time
             yield _RawFrame(index, rel_time, _video_frame_rgb(frame))
         _check_not_truncated(path, index + 1, total, cfg)
