@@ -171,6 +171,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     distributed = world_size > 1
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(max(1, config.threads))
     device = _device(config, local_rank)
     if distributed:
@@ -255,6 +256,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                 break
     finally:
         stop.restore()
+        torch.set_num_threads(threads_before)
         if log_file is not None:
             log_file.close()
         if distributed:
