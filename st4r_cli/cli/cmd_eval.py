@@ -1,13 +1,43 @@
-"""`st4r eval`: placeholder until its owner's implementation lands."""
+"""`st4r eval RUN --gt CLIP`: score a prediction (scene.npz) with every metric the ground truth supports."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from st4r_cli.cli.common import QuietOpt, VerboseOpt, set_verbosity
 from st4r_cli.errors import St4rError
 
-# Accept any arguments so the placeholder answers with its own message, not a usage error.
-CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
+def command(
+    run: Annotated[Path, typer.Argument(
+        help="Run directory holding scene.npz, or a scene.npz file; with a directory of clips as --gt, "
+             "a directory holding one run per clip (<run>/<clip name>/scene.npz).")],
+    gt: Annotated[Path, typer.Option(
+        "--gt", help="Ground truth: a st4r clip folder, a TAP-Vid folder, a 7-Scenes sequence, a "
+                     "TAPVid-3D .npz, or a directory of them.")],
+    match_px: Annotated[float, typer.Option(
+        "--match-px", help="Match a ground-truth track to the predicted track whose query lies within "
+                           "this many ground-truth pixels.")] = 1.0,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Where to write the metrics JSON (default: RUN/metrics.json).")] = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Evaluate a prediction: world-frame 3D tracks (WorldTrack APD/EPE), TAPVid-3D, TAP-Vid 2D, depth and
+    camera metrics, whichever the ground truth supports. Prints a table and writes metrics.json."""
+    set_verbosity(quiet, verbose)
+    from st4r_cli import progress
+    from st4r_cli.eval import metrics_json_path, render_table, run_eval, write_metrics_json
 
-def command() -> None:
-    """(not available yet)"""
-    raise St4rError("`st4r eval` is not available yet")
+    if match_px <= 0:
+        raise St4rError("--match-px must be positive")
+    report = run_eval(run, gt, match_px=match_px)
+    path = write_metrics_json(report, out or metrics_json_path(run))
+    if not progress.is_quiet():
+        from rich.console import Console
+
+        Console().print(render_table(report))
+    progress.log(f"metrics written to {path}")
