@@ -33,6 +33,12 @@ def check_force(force: list[str] | set[str] | tuple[str, ...]) -> None:
                         f"(stages: {', '.join(STAGES)}, or all)")
 
 
+def check_until(until: str | None) -> None:
+    """St4rError unless `until` is None or a stage name."""
+    if until is not None and until not in STAGES:
+        raise St4rError(f"--until: unknown stage '{until}' (stages: {', '.join(STAGES)})")
+
+
 def _stage_function(module_name: str, function_name: str) -> tuple[Callable[..., Any] | None, Any]:
     """(function, version) from `st4r_cli.stages.<module>` if its owner has written it yet."""
     module = importlib.import_module(f"st4r_cli.stages.{module_name}")
@@ -104,8 +110,7 @@ def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, A
 
     On any error the run is marked failed/interrupted (never complete) and the error propagates.
     """
-    if until is not None and until not in STAGES:
-        raise St4rError(f"unknown stage '{until}' (stages: {', '.join(STAGES)})")
+    check_until(until)
     stop_after = STAGES.index(until) if until else len(STAGES) - 1
     artifacts: dict[str, Artifact] = {}
     try:

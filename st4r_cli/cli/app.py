@@ -10,7 +10,8 @@ Only light imports at module level: `st4r --help` must answer instantly.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Annotated, Any
 
@@ -90,12 +91,33 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (e.g. a job scheduler stopping st4r) like Ctrl-C: the run is marked interrupted."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on `argv` (default: sys.argv[1:]) and return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     click_exception = _click_exception_type()
     try:
-        result = app(args=args, prog_name="st4r", standalone_mode=False)
+        with _sigterm_as_interrupt():
+            result = app(args=args, prog_name="st4r", standalone_mode=False)
     except St4rError as err:
         return _fail(str(err), err.exit_code)
     except KeyboardInterrupt:

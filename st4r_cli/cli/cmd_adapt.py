@@ -74,6 +74,7 @@ def command(
     _apply_flags(run_config, model=model, tracker=tracker, depth=depth, long_side=long_side,
                  start=start, end=end, stride=stride, max_frames=max_frames, seed=seed)
     pipeline.check_force(force or [])
+    pipeline.check_until(until)
     from st4r_cli.stages.decode import check_decode_config
 
     check_decode_config(run_config.decode)

@@ -80,3 +80,68 @@ def test_kill_at_random_moments_then_resume(tmp_path):
         proc.wait(timeout=10)
         check_cache_consistent(run_dir)
     finish_and_check(run_dir)
+
+
+# -- the real CLI, killed inside the decode stage ---------------------------------------------------
+def st4r_exe() -> str:
+    import shutil
+
+    return shutil.which("st4r") or str(Path(sys.executable).with_name("st4r"))
+
+
+def image_folder(folder: Path, count: int) -> Path:
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    return folder
+
+
+def blocked_in_decode(folder: Path, run_dir: Path) -> subprocess.Popen:
+    """Start `st4r adapt` on a folder whose last image is a FIFO: the decode stage blocks reading it."""
+    fifo = folder / "9999.png"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([st4r_exe(), "adapt", str(folder), "--out", str(run_dir), "--until", "decode",
+                             "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(run_dir / "run.json", proc)
+    time.sleep(0.3)                                          # inside decode, waiting on the FIFO
+    assert proc.poll() is None
+    return proc
+
+
+def replace_fifo_with_image(folder: Path) -> None:
+    from PIL import Image
+
+    (folder / "9999.png").unlink()
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(folder / "9999.png")
+
+
+def resume_and_check(folder: Path, run_dir: Path) -> None:
+    from st4r_cli.stages.decode import DecodeConfig, decode
+
+    done = subprocess.run([st4r_exe(), "adapt", str(folder), "--out", str(run_dir), "--until", "decode",
+                           "-q"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "complete"
+    assert status["stages"]["decode"]["digest"] == digest_arrays(decode(folder, DecodeConfig()))
+    assert not [p for p in run_dir.rglob("*") if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("sig, status, code", [(signal.SIGKILL, "running", -signal.SIGKILL),
+                                                (signal.SIGTERM, "interrupted", 130)])
+def test_st4r_adapt_killed_mid_stage_resumes(tmp_path, sig, status, code):
+    folder = image_folder(tmp_path / "imgs", 12)
+    run_dir = tmp_path / "run"
+    proc = blocked_in_decode(folder, run_dir)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == code
+    if sig == signal.SIGTERM:
+        assert err.strip().splitlines()[-1].startswith("error: interrupted")
+    assert json.loads((run_dir / "run.json").read_text())["status"] == status
+    assert check_cache_consistent(run_dir) == set()           # nothing finished, nothing torn
+    replace_fifo_with_image(folder)
+    resume_and_check(folder, run_dir)
