@@ -23,6 +23,8 @@ the Jacobian of X_c with respect to (v, w) is [I | -[X_c]x].
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,9 +62,29 @@ def solve_pnp(points3d: torch.Tensor, pixels: torch.Tensor, intrinsics: torch.Te
     and the identity). Differentiable w.r.t. points3d, pixels, weights and intrinsics (see module doc).
     Unbatched inputs ((N, 3), (N, 2), (N,)) return (4, 4).
     """
+    with _few_threads(points3d.numel()):
+        return _solve_pnp(points3d, pixels, intrinsics, weights, init_w2c, options or PnPOptions())
+
+
+@contextmanager
+def _few_threads(numel: int) -> Iterator[None]:
+    """Run small CPU problems single-threaded: the LM loop is many tiny ops, and intra-op threads
+    only add synchronisation (7x slower on a busy 2-core machine)."""
     import torch
 
-    opts = options or PnPOptions()
+    before = torch.get_num_threads()
+    if numel < 2_000_000 and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _solve_pnp(points3d: torch.Tensor, pixels: torch.Tensor, intrinsics: torch.Tensor,
+               weights: torch.Tensor | None, init_w2c: torch.Tensor | None, opts: PnPOptions) -> torch.Tensor:
+    import torch
+
     single = points3d.dim() == 2
     if single:
         points3d, pixels = points3d[None], pixels[None]
@@ -166,31 +188,29 @@ def _trim_outliers(pts: torch.Tensor, pix: torch.Tensor, k_mat: torch.Tensor, w:
 def _residuals_and_jacobian(pts: torch.Tensor, pix: torch.Tensor, k_mat: torch.Tensor, rot: torch.Tensor,
                             trans: torch.Tensor, min_depth: float
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Residuals (B,N,2), Jacobian (B,N,2,6) w.r.t. (v, w), and a (B,N) mask of points in front."""
+    """Residuals (B,N,2), Jacobian (B,N,2,6) w.r.t. (v, w), and a (B,N) mask of points in front.
+
+    With X_c = (x, y, z), a = fx/z, c = -fx x/z^2, b = fy/z, d = -fy y/z^2, the rows of
+    d(u, v)/d(X_c) [I | -[X_c]x] are written out: du = [a, 0, c, c y, a z - c x, -a y] and
+    dv = [0, b, d, d y - b z, -d x, b x].
+    """
     import torch
 
-    from st4r_cli.geometry.lie import skew
-
     cam = pts @ rot.transpose(-1, -2) + trans[:, None, :]
-    z = cam[..., 2]
+    x, y, z = cam.unbind(-1)
     front = z > min_depth
-    z_safe = torch.where(front, z, torch.ones_like(z))
+    inv_z = 1.0 / torch.where(front, z, torch.ones_like(z))
     fx = k_mat[:, 0, 0, None]
     fy = k_mat[:, 1, 1, None]
-    cx = k_mat[:, 0, 2, None]
-    cy = k_mat[:, 1, 2, None]
-    u = fx * cam[..., 0] / z_safe + cx
-    v = fy * cam[..., 1] / z_safe + cy
-    res = torch.stack([u - pix[..., 0], v - pix[..., 1]], -1)
+    xn, yn = x * inv_z, y * inv_z
+    res = torch.stack([fx * xn + k_mat[:, 0, 2, None] - pix[..., 0],
+                       fy * yn + k_mat[:, 1, 2, None] - pix[..., 1]], -1)
+    a, b = fx * inv_z, fy * inv_z
+    c, d = -a * xn, -b * yn
     zero = torch.zeros_like(z)
-    inv_z = 1.0 / z_safe
-    d_proj = torch.stack([
-        torch.stack([fx * inv_z, zero, -fx * cam[..., 0] * inv_z**2], -1),
-        torch.stack([zero, fy * inv_z, -fy * cam[..., 1] * inv_z**2], -1)], dim=-2)  # (B,N,2,3)
-    eye = torch.eye(3, dtype=pts.dtype, device=pts.device).expand(*cam.shape[:2], 3, 3)
-    d_cam = torch.cat([eye, -skew(cam)], dim=-1)  # (B,N,3,6)
-    jac = d_proj @ d_cam
-    return res, jac, front
+    du = torch.stack([a, zero, c, c * y, a * z - c * x, -a * y], -1)
+    dv = torch.stack([zero, b, d, d * y - b * z, -d * x, b * x], -1)
+    return res, torch.stack([du, dv], -2), front
 
 
 def _robust_cost(res: torch.Tensor, w: torch.Tensor, front: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -215,10 +235,12 @@ def _irls_weights(res: torch.Tensor, w: torch.Tensor, front: torch.Tensor, delta
 
 def _normal_equations(res: torch.Tensor, jac: torch.Tensor, irls: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """H = sum w J^T J (B,6,6) and g = sum w J^T r (B,6)."""
-    wj = jac * irls[..., None, None]
-    hess = (wj.transpose(-1, -2) @ jac).sum(1)
-    grad = (wj.transpose(-1, -2) @ res[..., None]).sum(1)[..., 0]
+    """H = sum w J^T J (B,6,6) and g = sum w J^T r (B,6), as two batched matmuls."""
+    batch = jac.shape[0]
+    jac_flat = jac.reshape(batch, -1, 6)                                   # (B, 2N, 6)
+    wj = (jac * irls[..., None, None]).reshape(batch, -1, 6)
+    hess = wj.transpose(1, 2) @ jac_flat
+    grad = (wj.transpose(1, 2) @ res.reshape(batch, -1, 1))[..., 0]
     return hess, grad
 
 

@@ -21,9 +21,12 @@ baseline (ST4RTrack's TTA, its `ConfLoss` with traj/depth/align3d weights 0.5/10
               head 2 in camera j and alpha* = <d_pred, d_mono> / <d_pred, d_pred> (eq. 9).
 
 robust (ST4RTrack+):
-    m_n     = 1[x_hat_n in image, z_n > 0, z_n <= z_surf(x_hat_n) * (1 + eps)] where z_surf is the
-              depth, in camera j, of head 2 at the nearest pixel of x_hat_n (a z-buffer test of the
-              two pointmaps); optionally ANDed with v_n; the mask carries no gradient.
+    m_n     = 1[y_n in image] AND NOT occluded_n, where occluded_n = [x_hat_n in image, z_n > 0,
+              z_n > z_surf(x_hat_n) * (1 + eps)] with z_surf the depth, in camera j, of head 2 at the
+              nearest pixel of x_hat_n (a z-buffer test of the two pointmaps); optionally ANDed with
+              v_n; the mask carries no gradient. Projections that leave the image or fall behind the
+              camera are NOT masked (the network must not escape the loss that way): their squared
+              residual is capped at max(H, W)^2, a constant outlier cost (behind the camera: the cap).
     sigma_n = sqrt(sigma_floor^2 + (f * alpha_c * s / (c_n * z_n))^2) pixels, with c_n the head-1
               confidence at q_n (DUSt3R's ConfLoss makes 1/c proportional to the 3D error relative
               to the scene scale s = median z of the tracked points; alpha_c = ConfLoss's alpha).
@@ -99,7 +102,7 @@ def tta_loss(pred: dict[str, torch.Tensor], intrinsics: torch.Tensor, w2c: torch
             align = baseline_align_loss(geo, pred["recon_pts"], tracks)
         else:
             mask, weights, sigma = robust_mask_and_weights(geo, pred, intrinsics, w2c, tracks, config)
-            traj = robust_traj_loss(geo, mask, weights, sigma, config.use_sigma)
+            traj = robust_traj_loss(geo, mask, weights, sigma, config.use_sigma, pred["track_pts"].shape[1:3])
             align = robust_align_loss(geo, pred["recon_pts"], tracks, mask, weights)
             parts["mask_frac"] = float(mask.float().mean())
             parts["sigma_px"] = float(sigma.detach()[mask].mean()) if bool(mask.any()) else 0.0
@@ -226,11 +229,12 @@ def robust_mask_and_weights(geo: TrackGeometry, pred: dict[str, torch.Tensor], i
 
     hw = pred["recon_pts"].shape[1:3]
     with torch.no_grad():
-        mask = (geo.proj_z > 0) & in_image(geo.proj_xy, hw) & torch.isfinite(geo.proj_xy).all(-1)
-        mask = mask & torch.isfinite(geo.target_xy).all(-1)
+        mask = in_image(geo.target_xy, hw) & torch.isfinite(geo.target_xy).all(-1)
         if config.use_mask:
             z_surf = _nearest(surface_depth(pred["recon_pts"], w2c), geo.proj_xy)
-            mask = mask & (geo.proj_z <= z_surf * (1.0 + config.mask_eps_rel))
+            projected_inside = (geo.proj_z > 0) & in_image(geo.proj_xy, hw)
+            occluded = projected_inside & (geo.proj_z > z_surf * (1.0 + config.mask_eps_rel))
+            mask = mask & ~occluded
         if config.use_tracker_visibility:
             mask = mask & tracks.target_visible.to(mask.device)
     if not config.use_sigma:
@@ -262,11 +266,18 @@ def point_sigma_px(conf: torch.Tensor, proj_z: torch.Tensor, intrinsics: torch.T
 
 
 def robust_traj_loss(geo: TrackGeometry, mask: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor,
-                     use_sigma: bool) -> torch.Tensor:
-    """Masked, weighted Gaussian NLL of the reprojection residuals (RMSE when use_sigma is off)."""
+                     use_sigma: bool, hw: tuple[int, int]) -> torch.Tensor:
+    """Masked, weighted Gaussian NLL of the reprojection residuals (RMSE when use_sigma is off).
+
+    Squared residuals are capped at max(H, W)^2 (and set to it behind the camera): an outlier cost.
+    """
+    import torch
+
     if not bool(mask.any()):
         return geo.proj_xy.sum() * 0.0
-    sq = ((geo.proj_xy - geo.target_xy) ** 2).sum(-1)[mask]
+    cap = float(max(hw)) ** 2
+    sq = ((geo.proj_xy - geo.target_xy) ** 2).sum(-1)
+    sq = torch.where(geo.proj_z > 0, sq.clamp(max=cap), torch.full_like(sq, cap))[mask]
     if not use_sigma:
         return sq.mean().sqrt()
     s = sigma[mask]

@@ -94,13 +94,24 @@ def test_robust_mask_drops_occluded_tracks():
     pred, w2c = _plane(2.0)
     # Frame j's surface is at depth 1 around pixel (6, 4): a track behind it is occluded.
     pred["recon_pts"][0, 3:6, 5:8] *= 0.5
-    tracks = _tracks([[1.0, 1.0], [6.0, 4.0]], [[4.0, 1.0], [36.0, 4.0]])  # residuals 3 and 30 px
+    tracks = _tracks([[1.0, 1.0], [6.0, 4.0]], [[4.0, 1.0], [0.0, 4.0]])  # residuals 3 and 6 px
     cfg = _only("robust", use_sigma=False)
     _, parts = tta_loss(pred, K, w2c, tracks, None, None, cfg)
     assert parts["traj"] == pytest.approx(3.0, rel=1e-9)
     assert parts["mask_frac"] == pytest.approx(0.5)
     _, parts = tta_loss(pred, K, w2c, tracks, None, None, _only("robust", use_sigma=False, use_mask=False))
-    assert parts["traj"] == pytest.approx(math.sqrt((9 + 900) / 2), rel=1e-9)
+    assert parts["traj"] == pytest.approx(math.sqrt((9 + 36) / 2), rel=1e-9)
+
+
+def test_robust_projection_leaving_the_image_costs_the_cap():
+    """The network cannot escape the loss by throwing a point out of the image or behind the camera."""
+    pred, w2c = _plane(2.0)
+    pred["track_pts"][0, 4, 6, 0] += 20.0  # projects 100 px to the right
+    pred["track_pts"][0, 1, 1, 2] = -1.0   # behind the camera
+    tracks = _tracks([[6.0, 4.0], [1.0, 1.0]], [[6.0, 4.0], [1.0, 1.0]])
+    _, parts = tta_loss(pred, K, w2c, tracks, None, None, _only("robust", use_sigma=False))
+    assert parts["mask_frac"] == pytest.approx(1.0)
+    assert parts["traj"] == pytest.approx(10.0, rel=1e-9)  # both capped at max(H, W)^2 = 100
 
 
 def test_robust_mask_and_tracker_visibility():
@@ -137,7 +148,7 @@ def test_robust_nll_teaches_confidence():
     pred, w2c = _plane(2.0)
     conf = torch.full((1, *HW), _conf_for_sigma(2.0), dtype=torch.float64, requires_grad=True)
     pred["track_conf"] = conf
-    tracks = _tracks([[1.0, 1.0], [6.0, 4.0]], [[1.0, 1.0], [12.0, 4.0]])  # residuals 0 and 6 px
+    tracks = _tracks([[1.0, 1.0], [6.0, 4.0]], [[1.0, 1.0], [0.0, 4.0]])  # residuals 0 and 6 px
     total, _ = tta_loss(pred, K, w2c, tracks, None, None, _only("robust"))
     total.backward()
     assert conf.grad[0, 1, 1].item() < 0   # residual 0 < sigma: raise the confidence
