@@ -133,6 +133,25 @@ class St4rNet(nn.Module):
                     res[name][sel] = value
         return res1, res2
 
+    #: Named parameter subsets for test-time adaptation (module-name prefixes).
+    SUBSETS = {
+        "all": ("",),
+        "decoders_heads": ("decoder_embed", "dec_blocks", "dec_norm", "downstream_head"),
+        "tracking_branch": ("dec_blocks.", "downstream_head1"),
+        "heads": ("downstream_head",),
+        "head1": ("downstream_head1",),
+    }
+
+    def parameter_subset(self, name: str) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) pairs of a named subset (see `SUBSETS`), e.g. to adapt only some of them.
+
+        `tracking_branch` = the view-1 decoder (dec_blocks) + head 1: what predicts the tracking pointmap.
+        """
+        if name not in self.SUBSETS:
+            raise ValueError(f"unknown parameter subset {name!r}; choose from {sorted(self.SUBSETS)}")
+        prefixes = self.SUBSETS[name]
+        return [(n, p) for n, p in self.named_parameters() if n.startswith(prefixes)]
+
     @property
     def num_parameters(self) -> int:
         """Number of distinct parameters (aliased DPT convs counted once)."""

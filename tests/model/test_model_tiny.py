@@ -103,3 +103,14 @@ def test_forward_pairs_is_differentiable() -> None:
     grads = [p.grad for n, p in model.downstream_head1.named_parameters() if "refinenet4.resConfUnit1" not in n]
     assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
     assert model.dec_blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_parameter_subsets_for_adaptation() -> None:
+    model = _model()
+    names = {n for n, _ in model.parameter_subset("tracking_branch")}
+    assert any(n.startswith("dec_blocks.0.") for n in names) and any(n.startswith("downstream_head1.") for n in names)
+    assert not any(n.startswith(("dec_blocks2", "downstream_head2", "enc_blocks")) for n in names)
+    total = sum(p.numel() for _, p in model.parameter_subset("all"))
+    assert total == model.num_parameters
+    with pytest.raises(ValueError):
+        model.parameter_subset("nope")
