@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from st4r_cli.cli.common import (Device, DeviceOpt, ForceOpt, QuietOpt, SeedOpt, VerboseOpt,
+from st4r_cli.cli.common import (Device, DeviceOpt, ForceOpt, QuietOpt, VerboseOpt,
                                  set_verbosity)
 from st4r_cli.errors import St4rError
 

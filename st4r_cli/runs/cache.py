@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from st4r_cli.errors import St4rError
 from st4r_cli.runs.atomic import atomic_save_npz, atomic_write_text, remove_stale_temps
 from st4r_cli.runs.config import config_digest_payload
 

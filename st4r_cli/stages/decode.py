@@ -164,11 +164,11 @@ def _fill_timestamps(times: list[float | None], indices: list[int],
     """Seconds per kept frame; unknown times are filled from the frame index at the known rate."""
     if all(t is not None for t in times):
         return [float(t) for t in times]  # type: ignore[arg-type]
-    known = [(i, t) for i, t in zip(indices, times) if t is not None]
+    known = [(i, t) for i, t in zip(indices, times, strict=True) if t is not None]
     rate = folder_fps or 30.0
-    if len(known) >= 2 and known[-1][0] != known[0][0]:
-        rate = (known[-1][0] - known[0][0]) / (known[-1][1] - known[0][1]) or rate
-    return [float(t) if t is not None else i / rate for i, t in zip(indices, times)]
+    if len(known) >= 2 and known[-1][1] > known[0][1]:
+        rate = (known[-1][0] - known[0][0]) / (known[-1][1] - known[0][1])
+    return [float(t) if t is not None else i / rate for i, t in zip(indices, times, strict=True)]
 
 
 def _resize(rgb: Any, size_hw: tuple[int, int] | None) -> Any:
