@@ -1,12 +1,15 @@
 """TAP-Vid 2D point tracks: the official pickle and the per-clip folders of `tapvid-davis-32`.
 
 - Official pickle (TAP-Vid DAVIS/RGB-Stacking): a dict `name -> {'video': (T, H, W, 3) uint8,
-  'points': (N, T, 2) float xy normalised to [0, 1], 'occluded': (N, T) bool}`. Pixel coordinates are
-  `points * [W, H]` (tapnet's convention, no half-pixel shift).
-- Folder layout: `frames/00000.jpg ...`, `tracks2d.npz` with `points (N, T, 2)` pixel xy,
+  'points': (N, T, 2) float xy normalised to [0, 1], 'occluded': (N, T) bool}`; raster coordinates are
+  `points * [W, H]`.
+- Folder layout: `frames/00000.jpg ...`, `tracks2d.npz` with `points (N, T, 2)` raster xy,
   `occluded (N, T)`, `query_t (N,)` (first visible frame), `width`, `height`; optional `source.json`.
 
-Both read into `TapVid2DClip` (st4r conventions: pixel `tracks_xy`, `visible = ~occluded`).
+TAP-Vid uses raster coordinates, where (0, 0) is the top-left corner of the top-left pixel (tapnet's
+`convert_grid_coordinates`), while st4r puts pixel centres at integers. Readers therefore return
+`tracks_xy = raster - 0.5` and writers add the 0.5 back; both read into `TapVid2DClip` (st4r
+conventions: pixel `tracks_xy`, `visible = ~occluded`).
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import numpy as np
 from st4r_cli.errors import St4rError
 from st4r_cli.formats._io import atomic_directory, list_images, load_npz, read_image, write_image
 
+RASTER_TO_PIXEL = 0.5  # st4r pixel coordinate = TAP-Vid raster coordinate - 0.5
+
 
 @dataclass
 class TapVid2DClip:
     name: str
     frames: np.ndarray          # (T, H, W, 3) uint8
-    tracks_xy: np.ndarray       # (N, T, 2) pixels of the frames
+    tracks_xy: np.ndarray       # (N, T, 2) pixels of the frames (st4r convention: centres at integers)
     visible: np.ndarray         # (N, T) bool
     query_t: np.ndarray         # (N,) int, first visible frame
     source: dict = field(default_factory=dict)
@@ -60,7 +65,7 @@ def read_tapvid_pickle(path: Path) -> list[TapVid2DClip]:
         video = np.asarray(item["video"])
         height, width = video.shape[1:3]
         visible = ~np.asarray(item["occluded"], dtype=bool)
-        tracks = np.asarray(item["points"], dtype=np.float64) * np.array([width, height])
+        tracks = np.asarray(item["points"], dtype=np.float64) * np.array([width, height]) - RASTER_TO_PIXEL
         clips.append(TapVid2DClip(str(name), video.astype(np.uint8), tracks.astype(np.float32), visible,
                                   first_visible(visible)))
     return clips
@@ -74,7 +79,7 @@ def write_tapvid_pickle(path: Path, clips: list[TapVid2DClip]) -> Path:
     for clip in clips:
         height, width = clip.size_hw
         data[clip.name] = {"video": clip.frames,
-                           "points": (clip.tracks_xy / np.array([width, height])).astype(np.float32),
+                           "points": ((clip.tracks_xy + RASTER_TO_PIXEL) / np.array([width, height])).astype(np.float32),
                            "occluded": ~clip.visible}
     atomic_write_bytes(Path(path), pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
     return Path(path)
@@ -101,7 +106,7 @@ def read_tapvid_folder(path: Path, load_frames: bool = True) -> TapVid2DClip:
     else:
         first = read_image(images[0])
         frames = np.broadcast_to(first, (len(images), *first.shape))
-    points = np.asarray(data["points"], dtype=np.float32)
+    points = (np.asarray(data["points"], dtype=np.float64) - RASTER_TO_PIXEL).astype(np.float32)
     visible = ~np.asarray(data["occluded"], dtype=bool)
     if points.shape[1] != len(frames) or visible.shape != points.shape[:2]:
         raise St4rError(f"{path}: tracks cover {points.shape[1]} frames but frames/ holds {len(frames)}")
@@ -123,7 +128,7 @@ def write_tapvid_folder(path: Path, clip: TapVid2DClip, overwrite: bool = False)
             write_image(tmp / "frames" / f"{index:05d}.jpg", frame)
         height, width = clip.size_hw
         with open(tmp / "tracks2d.npz", "wb") as handle:
-            np.savez(handle, points=clip.tracks_xy.astype(np.float32), occluded=~clip.visible,
+            np.savez(handle, points=(clip.tracks_xy + RASTER_TO_PIXEL).astype(np.float32), occluded=~clip.visible,
                      query_t=clip.query_t.astype(np.int32), width=np.int32(width), height=np.int32(height))
         if clip.source:
             (tmp / "source.json").write_text(json.dumps(clip.source, indent=1))
