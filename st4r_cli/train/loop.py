@@ -198,7 +198,9 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # mask_token and DPT refinenet4.resConfUnit1 are unused by design (as in the official model)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=True)
 
     specs = clip_specs(config)
     clips: dict[int, dict[str, np.ndarray]] = {}
