@@ -160,6 +160,8 @@ def config_from_official_kwargs(kwargs: dict[str, Any], name: str = "st4rtrack-i
     for key in ("head_type", "head_type1"):
         if kwargs.get(key, "dpt") not in _SUPPORTED_HEADS:
             raise ValueError(f"unsupported {key}={kwargs[key]!r} (only 'dpt' heads)")
+    if kwargs.get("arch_mode", "VanillaDust3r") != "VanillaDust3r":
+        raise ValueError(f"unsupported arch_mode={kwargs['arch_mode']!r} (only 'VanillaDust3r', the pair model)")
     if kwargs.get("output_mode", "pts3d") != "pts3d":
         raise ValueError(f"unsupported output_mode={kwargs['output_mode']!r}")
     pos_embed = str(kwargs.get("pos_embed", "RoPE100"))
