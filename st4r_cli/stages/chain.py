@@ -1,11 +1,483 @@
-"""World-frame chaining of windows (owner: issue 6)."""
+"""World-frame chaining: per-window predictions -> one `scene.npz` in the camera frame of frame 0.
+
+Per window w (anchor a_w, frames a_w .. a_w + L - 1), the adapt stage predicted, for every frame j,
+head 1 (the anchor's pixels at time j) and head 2 (frame j's pixels), both in the window's frame.
+
+1. Cameras. Each camera j of each window is solved by weighted PnP on head 2 (pixels = the grid,
+   weights = head-2 confidence) with the shared K, giving w2c in the window's frame.
+2. Gauge. Window 0 defines the world; window w is mapped into it by the Sim(3) S_w that best aligns
+   its head-2 pointmaps of the frames it shares with window w-1 onto window w-1's (already in the
+   world), pixel by pixel (confidence-weighted Umeyama with one trimmed refit). Frames and pixels
+   correspond exactly on the overlap, so scale, rotation and translation are all fixed there.
+   Finally everything is expressed in the camera of frame 0 (the world of `scene.npz`).
+3. Per-frame outputs (poses, pointmaps, confidences) come from the latest window containing the frame
+   (its anchor is the closest in time).
+4. 3D tracks. A track is carried by a window when its anchor pixel is known: the query pixel when the
+   query is on the anchor, else the 2D track's pixel at the anchor when the tracker sees it there, else
+   the projection of the track's 3D position at the anchor time (from the previous window) when the
+   z-buffer test says it is visible. The window then gives its 3D position at every frame: head 1 at
+   that pixel, mapped by S_w. Where two windows overlap their estimates are blended with linear
+   ramps. Frames no window covers use head 2 at the 2D track where the tracker sees the point, else
+   linear interpolation in time (held at the ends), with sigma `sigma_fill_px`.
+5. 2D tracks are the 3D tracks projected into each camera; visibility is the z-buffer test against
+   frame t's own pointmap (optionally combined with the tracker's); sigma (pixels) comes from the
+   head-1 confidence as in the robust TTA loss.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+CHAIN_VERSION = 1
 
 
 @dataclass
 class ChainConfig:
+    """Windowing and world-frame chaining settings."""
+
     window: int = 24                  # frames per window
-    overlap: int = 4                  # frames shared by consecutive windows
+    overlap: int = 4                  # frames shared by consecutive windows (>= 1)
+    queries: str = "tracks"           # tracks (the tracks stage's queries) | grid | dense (frame 0)
+    grid_size: int = 32               # points per side for queries=grid
+    dense_stride: int = 1             # pixel stride for queries=dense
+    visibility: str = "mask"          # mask (z-buffer) | tracker | both
+    mask_eps_rel: float = 0.05        # z-buffer tolerance relative to the surface depth
+    pnp_stride: int = 4               # every k-th pixel of head 2 for PnP
+    sim3_stride: int = 4              # every k-th pixel of the overlap pointmaps for the Sim(3)
+    sigma_floor_px: float = 1.0
+    conf_alpha: float = 0.2
+    sigma_fill_px: float = 16.0       # sigma of interpolated track positions
+
+
+def check_chain_config(config: ChainConfig) -> None:
+    """St4rError for invalid values."""
+    from st4r_cli.errors import St4rError
+
+    if config.window < 2:
+        raise St4rError("chain.window must be >= 2")
+    if not 1 <= config.overlap < config.window:
+        raise St4rError("chain.overlap must be >= 1 and smaller than chain.window")
+    if config.queries not in ("tracks", "grid", "dense"):
+        raise St4rError(f"chain.queries must be tracks, grid or dense, got '{config.queries}'")
+    if config.visibility not in ("mask", "tracker", "both"):
+        raise St4rError(f"chain.visibility must be mask, tracker or both, got '{config.visibility}'")
+    if min(config.grid_size, config.dense_stride, config.pnp_stride, config.sim3_stride) < 1:
+        raise St4rError("chain.grid_size, dense_stride, pnp_stride and sim3_stride must be >= 1")
+
+
+@dataclass
+class Sim3:
+    """x_world = scale * rotation @ x + translation."""
+
+    scale: float
+    rotation: np.ndarray
+    translation: np.ndarray
+
+    def points(self, pts: np.ndarray) -> np.ndarray:
+        return self.scale * pts @ self.rotation.T + self.translation
+
+    def inverse_points(self, pts: np.ndarray) -> np.ndarray:
+        return (pts - self.translation) @ self.rotation / self.scale
+
+    def c2w(self, local_c2w: np.ndarray) -> np.ndarray:
+        """Camera-to-window poses (..., 4, 4) -> camera-to-world (rigid; the scale moves centres)."""
+        import numpy as np
+
+        out = np.array(local_c2w, dtype=np.float64, copy=True)
+        out[..., :3, :3] = self.rotation @ out[..., :3, :3]
+        out[..., :3, 3] = self.points(out[..., :3, 3])
+        return out
+
+
+def chain_windows(pred: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[str, np.ndarray] | None,
+                  config: ChainConfig) -> dict[str, np.ndarray]:
+    """Turn the adapt stage's per-window predictions into the `scene.npz` arrays.
+
+    pred: adapt-stage arrays (window_start (W,), window_frames (W, L), track_pts / recon_pts
+    (W*L, H, W, 3), track_conf / recon_conf (W*L, H, W), intrinsics (3, 3)); frames (T, H, W, 3) uint8;
+    tracks: tracks-stage arrays (tracks_xy (N,T,2), visible (N,T), queries (N,3)) or None.
+    Returns tracks3d (N,T,3), tracks2d (N,T,2), visible (N,T), query_xy (N,2), query_t (N,),
+    sigma (N,T), pointmaps (T,H,W,3), conf (T,H,W), colors (T,H,W,3), intrinsics (3,3),
+    cam_c2w (T,4,4), image_hw (2,), window_start (W,), window_sim3_scale (W,).
+    """
+    import numpy as np
+
+    from st4r_cli import progress
+
+    check_chain_config(config)
+    num_frames, h, w = frames.shape[:3]
+    k_mat = np.asarray(pred["intrinsics"], dtype=np.float64)
+    starts = [int(s) for s in pred["window_start"]]
+    slots = np.asarray(pred["window_frames"])
+    length = slots.shape[1]
+    windows = [_Window(i, starts[i], [int(f) for f in slots[i] if f >= 0], length, pred) for i in range(len(starts))]
+
+    for win in progress.track(windows, "cameras"):
+        win.local_w2c = _solve_window_poses(win, k_mat, config.pnp_stride)
+    gauges = [Sim3(1.0, np.eye(3), np.zeros(3))]
+    for prev, win in zip(windows, windows[1:]):
+        gauges.append(_align_window(prev, gauges[-1], win, config.sim3_stride))
+    # Re-express the world in the camera of frame 0.
+    c2w0 = gauges[0].c2w(np.linalg.inv(windows[0].local_w2c[0]))
+    to_cam0 = Sim3(1.0, c2w0[:3, :3].T, -c2w0[:3, :3].T @ c2w0[:3, 3])
+    gauges = [_compose(to_cam0, g) for g in gauges]
+    for win, gauge in zip(windows, gauges):
+        win.gauge = gauge
+
+    owner = _frame_owner(windows, num_frames)
+    cam_c2w = np.zeros((num_frames, 4, 4))
+    pointmaps = np.zeros((num_frames, h, w, 3), np.float32)
+    conf = np.zeros((num_frames, h, w), np.float32)
+    for t in range(num_frames):
+        win = windows[owner[t]]
+        slot = win.frames.index(t)
+        cam_c2w[t] = win.gauge.c2w(np.linalg.inv(win.local_w2c[slot]))
+        pointmaps[t] = win.gauge.points(win.recon_pts(slot).astype(np.float64))
+        conf[t] = win.recon_conf(slot)
+    w2c_world = np.linalg.inv(cam_c2w)
+    surface_z = (np.einsum("tj,thwj->thw", w2c_world[:, 2, :3], pointmaps.astype(np.float64))
+                 + w2c_world[:, 2, 3][:, None, None])  # (T, H, W) depth of each frame's own surface
+
+    query_t, query_xy = _queries(tracks, config, (h, w))
+    scene_tracks = _chain_tracks(windows, owner, query_t, query_xy, tracks if config.queries == "tracks" else None,
+                                 k_mat, w2c_world, surface_z, config, (h, w), num_frames)
+    tracks3d, sigma, source = scene_tracks
+    cam_pts = np.einsum("tij,ntj->nti", w2c_world[:, :3, :3], tracks3d) + w2c_world[None, :, :3, 3]
+    z = cam_pts[..., 2]
+    tracks2d = np.stack([k_mat[0, 0] * cam_pts[..., 0] / np.where(z > 0, z, np.nan) + k_mat[0, 2],
+                         k_mat[1, 1] * cam_pts[..., 1] / np.where(z > 0, z, np.nan) + k_mat[1, 2]], -1)
+    visible = _visibility(tracks2d, z, surface_z, tracks if config.queries == "tracks" else None, config, (h, w))
+    return {
+        "tracks3d": tracks3d.astype(np.float32), "tracks2d": tracks2d.astype(np.float32),
+        "visible": visible, "query_xy": query_xy.astype(np.float32), "query_t": query_t.astype(np.int32),
+        "sigma": sigma.astype(np.float32), "pointmaps": pointmaps, "conf": conf,
+        "colors": np.asarray(frames, dtype=np.uint8), "intrinsics": k_mat.astype(np.float32),
+        "cam_c2w": cam_c2w.astype(np.float32), "image_hw": np.asarray([h, w], np.int32),
+        "window_start": np.asarray(starts, np.int64),
+        "window_sim3_scale": np.asarray([g.scale for g in gauges], np.float64),
+        "track_source": source.astype(np.uint8),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# windows, cameras, gauges
+# ----------------------------------------------------------------------------------------------
+
+class _Window:
+    """One window's predictions (views into the adapt arrays) and its solved cameras / gauge."""
+
+    def __init__(self, index: int, start: int, frames: list[int], length: int, pred: dict[str, np.ndarray]) -> None:
+        self.index = index
+        self.start = start
+        self.frames = frames
+        self.offset = index * length
+        self.pred = pred
+        self.local_w2c: np.ndarray | None = None   # (L, 4, 4) window frame -> camera j
+        self.gauge: Sim3 | None = None
+
+    def track_pts(self, slot: int) -> np.ndarray:
+        return self.pred["track_pts"][self.offset + slot]
+
+    def track_conf(self, slot: int) -> np.ndarray:
+        return self.pred["track_conf"][self.offset + slot]
+
+    def recon_pts(self, slot: int) -> np.ndarray:
+        return self.pred["recon_pts"][self.offset + slot]
+
+    def recon_conf(self, slot: int) -> np.ndarray:
+        return self.pred["recon_conf"][self.offset + slot]
+
+    @property
+    def end(self) -> int:
+        return self.frames[-1] + 1
+
+
+def _solve_window_poses(win: _Window, k_mat: np.ndarray, stride: int) -> np.ndarray:
+    """(L, 4, 4) w2c of every camera of the window by PnP on head 2."""
+    import numpy as np
+    import torch
+
+    from st4r_cli.geometry.camera import pixel_grid
+    from st4r_cli.geometry.pnp import PnPOptions, solve_pnp
+
+    sl = slice(win.offset, win.offset + len(win.frames))
+    pts = torch.as_tensor(win.pred["recon_pts"][sl][:, ::stride, ::stride], dtype=torch.float64)
+    conf = torch.as_tensor(win.pred["recon_conf"][sl][:, ::stride, ::stride], dtype=torch.float64)
+    count, hs, ws, _ = pts.shape
+    h, w = win.pred["recon_pts"].shape[1:3]
+    grid = pixel_grid((h, w), dtype=torch.float64)[::stride, ::stride].reshape(1, -1, 2).expand(count, -1, -1)
+    with torch.no_grad():
+        w2c = solve_pnp(pts.reshape(count, -1, 3), grid, torch.as_tensor(k_mat), weights=conf.reshape(count, -1),
+                        options=PnPOptions(grad_steps=0))
+    return w2c.numpy().astype(np.float64)
+
+
+def _align_window(prev: _Window, prev_gauge: Sim3, win: _Window, stride: int) -> Sim3:
+    """Sim(3) mapping window `win` into the world, from its head-2 overlap with `prev`."""
+    import numpy as np
+
+    from st4r_cli.errors import St4rError
+    from st4r_cli.geometry.align import umeyama
+
+    shared = [t for t in win.frames if t in prev.frames]
+    if not shared:
+        raise St4rError(f"windows starting at {prev.start} and {win.start} share no frame; raise chain.overlap")
+    src, dst, wts = [], [], []
+    for t in shared:
+        a = prev.recon_pts(prev.frames.index(t))[::stride, ::stride].reshape(-1, 3).astype(np.float64)
+        b = win.recon_pts(win.frames.index(t))[::stride, ::stride].reshape(-1, 3).astype(np.float64)
+        ca = prev.recon_conf(prev.frames.index(t))[::stride, ::stride].reshape(-1)
+        cb = win.recon_conf(win.frames.index(t))[::stride, ::stride].reshape(-1)
+        dst.append(prev_gauge.points(a))
+        src.append(b)
+        wts.append(np.sqrt(np.clip(ca, 0, None) * np.clip(cb, 0, None)))
+    src_all, dst_all, w_all = np.concatenate(src), np.concatenate(dst), np.concatenate(wts)
+    ok = np.isfinite(src_all).all(1) & np.isfinite(dst_all).all(1) & np.isfinite(w_all) & (w_all > 0)
+    src_all, dst_all, w_all = src_all[ok], dst_all[ok], w_all[ok]
+    if len(src_all) < 3:
+        raise St4rError(f"window at frame {win.start}: too few valid overlap points to place it")
+    # Most confident half, fit, drop residuals beyond 2.5x the median, refit.
+    keep = w_all >= np.median(w_all)
+    scale, rot, trans = umeyama(src_all[keep], dst_all[keep], weights=w_all[keep])
+    resid = np.linalg.norm(scale * src_all @ rot.T + trans - dst_all, axis=1)
+    inliers = keep & (resid <= 2.5 * np.median(resid[keep]) + 1e-12)
+    if inliers.sum() >= 3:
+        scale, rot, trans = umeyama(src_all[inliers], dst_all[inliers], weights=w_all[inliers])
+    return Sim3(float(scale), rot, trans)
+
+
+def _compose(outer: Sim3, inner: Sim3) -> Sim3:
+    """outer(inner(x))."""
+    return Sim3(outer.scale * inner.scale, outer.rotation @ inner.rotation,
+                outer.scale * outer.rotation @ inner.translation + outer.translation)
+
+
+def _frame_owner(windows: list[_Window], num_frames: int) -> np.ndarray:
+    """(T,) index of the latest window containing each frame."""
+    import numpy as np
+
+    owner = np.full(num_frames, -1, np.int64)
+    for win in windows:
+        owner[win.frames] = win.index
+    if (owner < 0).any():
+        from st4r_cli.errors import St4rError
+
+        raise St4rError("the adapt predictions do not cover every frame (rerun with --force adapt)")
+    return owner
+
+
+# ----------------------------------------------------------------------------------------------
+# tracks
+# ----------------------------------------------------------------------------------------------
+
+def _queries(tracks: dict[str, np.ndarray] | None, config: ChainConfig, hw: tuple[int, int]
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(query_t (N,), query_xy (N, 2)) for the configured query mode."""
+    import numpy as np
+
+    from st4r_cli.errors import St4rError
+
+    h, w = hw
+    if config.queries == "tracks":
+        if tracks is None:
+            raise St4rError("chain.queries=tracks needs the tracks stage; use chain.queries=grid or dense")
+        queries = np.asarray(tracks["queries"], dtype=np.float64)
+        return np.rint(queries[:, 0]).astype(np.int64), queries[:, 1:3]
+    if config.queries == "grid":
+        n = config.grid_size
+        xs = (np.arange(n) + 0.5) * w / n - 0.5
+        ys = (np.arange(n) + 0.5) * h / n - 0.5
+    else:
+        xs = np.arange(0, w, config.dense_stride, dtype=np.float64)
+        ys = np.arange(0, h, config.dense_stride, dtype=np.float64)
+    gx, gy = np.meshgrid(xs, ys)
+    xy = np.stack([gx.ravel(), gy.ravel()], -1)
+    return np.zeros(len(xy), np.int64), xy
+
+
+def _bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """(H, W, C) or (H, W) image sampled bilinearly at xy (N, 2) (clamped to the border)."""
+    import numpy as np
+
+    h, w = image.shape[:2]
+    x = np.clip(xy[:, 0], 0, w - 1)
+    y = np.clip(xy[:, 1], 0, h - 1)
+    x0 = np.clip(np.floor(x).astype(np.int64), 0, max(w - 2, 0))
+    y0 = np.clip(np.floor(y).astype(np.int64), 0, max(h - 2, 0))
+    x1 = np.minimum(x0 + 1, w - 1)
+    y1 = np.minimum(y0 + 1, h - 1)
+    fx = x - x0
+    fy = y - y0
+    if image.ndim == 3:
+        fx, fy = fx[:, None], fy[:, None]
+    return (image[y0, x0] * (1 - fx) * (1 - fy) + image[y0, x1] * fx * (1 - fy)
+            + image[y1, x0] * (1 - fx) * fy + image[y1, x1] * fx * fy)
+
+
+def _inside(xy: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    import numpy as np
+
+    return (np.isfinite(xy).all(-1) & (xy[..., 0] >= 0) & (xy[..., 0] <= hw[1] - 1)
+            & (xy[..., 1] >= 0) & (xy[..., 1] <= hw[0] - 1))
+
+
+def _project(points: np.ndarray, w2c: np.ndarray, k_mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels (N, 2) and depth (N,) of world points (N, 3) in a camera."""
+    import numpy as np
+
+    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+    z = cam[:, 2]
+    safe = np.where(z > 1e-12, z, np.nan)
+    return np.stack([k_mat[0, 0] * cam[:, 0] / safe + k_mat[0, 2], k_mat[1, 1] * cam[:, 1] / safe + k_mat[1, 2]], -1), z
+
+
+def _ramp(win: _Window, windows: list[_Window]) -> dict[int, float]:
+    """Blend weight of `win` at each of its frames: linear ramps on the overlaps with its neighbours."""
+    weights = {t: 1.0 for t in win.frames}
+    if win.index > 0:
+        prev = windows[win.index - 1]
+        shared = [t for t in win.frames if t in prev.frames]
+        for k, t in enumerate(shared):
+            weights[t] *= (k + 1) / (len(shared) + 1)
+    if win.index + 1 < len(windows):
+        nxt = windows[win.index + 1]
+        shared = [t for t in win.frames if t in nxt.frames]
+        for k, t in enumerate(shared):
+            weights[t] *= 1.0 - (k + 1) / (len(shared) + 1)
+    return weights
+
+
+def _sigma_px(conf: np.ndarray, depth: np.ndarray, scene_depth: float, focal: float, config: ChainConfig) -> np.ndarray:
+    """Pixel sigma from a confidence, as the robust TTA loss defines it."""
+    import numpy as np
+
+    raw = focal * config.conf_alpha * scene_depth / (np.clip(conf, 1e-6, None) * np.clip(depth, 1e-9, None))
+    return np.sqrt(config.sigma_floor_px**2 + raw**2)
+
+
+def _chain_tracks(windows: list[_Window], owner: np.ndarray, query_t: np.ndarray, query_xy: np.ndarray,
+                  tracks: dict[str, np.ndarray] | None, k_mat: np.ndarray, w2c_world: np.ndarray,
+                  surface_z: np.ndarray, config: ChainConfig, hw: tuple[int, int], num_frames: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World 3D tracks (N, T, 3), sigma (N, T) and source (N, T): 1 head 1, 2 head 2, 3 filled."""
+    import numpy as np
+
+    count = len(query_t)
+    num = np.zeros((count, num_frames, 3))
+    den = np.zeros((count, num_frames))
+    sig_num = np.zeros((count, num_frames))
+    focal = float(k_mat[0, 0])
+    for win in windows:
+        anchor = win.start
+        ramp = _ramp(win, windows)
+        pixel = np.full((count, 2), np.nan)
+        at_anchor = query_t == anchor
+        pixel[at_anchor] = query_xy[at_anchor]
+        if tracks is not None:
+            seen = (query_t < anchor) & tracks["visible"][:, anchor].astype(bool) & _inside(tracks["tracks_xy"][:, anchor], hw)
+            pixel[seen] = tracks["tracks_xy"][seen, anchor]
+        # Carry tracks the previous windows placed at this anchor time, when visible from the anchor.
+        todo = np.flatnonzero((query_t < anchor) & ~np.isfinite(pixel).all(1) & (den[:, anchor] > 0))
+        if todo.size:
+            pos = num[todo, anchor] / den[todo, anchor, None]
+            proj, z = _project(pos, w2c_world[anchor], k_mat)
+            ok = _inside(proj, hw) & (z > 0)
+            z_surf = np.full(len(todo), np.nan)
+            z_surf[ok] = surface_z[anchor][np.rint(proj[ok, 1]).astype(int), np.rint(proj[ok, 0]).astype(int)]
+            ok &= z <= z_surf * (1.0 + config.mask_eps_rel)
+            pixel[todo[ok]] = proj[ok]
+        carried = np.flatnonzero(np.isfinite(pixel).all(1))
+        if carried.size == 0:
+            continue
+        anchor_depth = win.recon_pts(0)[..., 2]
+        scene_depth = float(np.median(np.abs(anchor_depth))) * win.gauge.scale
+        for slot, t in enumerate(win.frames):
+            live = carried[query_t[carried] <= t]
+            if live.size == 0:
+                continue
+            local = _bilinear(win.track_pts(slot), pixel[live]).astype(np.float64)
+            world = win.gauge.points(local)
+            c = _bilinear(win.track_conf(slot), pixel[live])
+            depth = world @ w2c_world[t, 2, :3] + w2c_world[t, 2, 3]
+            weight = ramp[t]
+            num[live, t] += weight * world
+            den[live, t] += weight
+            sig_num[live, t] += weight * _sigma_px(c, depth, scene_depth, focal, config)
+    known = den > 0
+    tracks3d = np.where(known[..., None], num / np.where(known, den, 1.0)[..., None], np.nan)
+    sigma = np.where(known, sig_num / np.where(known, den, 1.0), np.nan)
+    source = known.astype(np.uint8)
+    _fill_from_head2(windows, owner, query_t, query_xy, tracks, tracks3d, sigma, source, k_mat, config, hw)
+    _fill_by_interpolation(tracks3d, sigma, source, config.sigma_fill_px)
+    return tracks3d, sigma, source
+
+
+def _fill_from_head2(windows: list[_Window], owner: np.ndarray, query_t: np.ndarray, query_xy: np.ndarray,
+                     tracks: dict[str, np.ndarray] | None, tracks3d: np.ndarray, sigma: np.ndarray,
+                     source: np.ndarray, k_mat: np.ndarray, config: ChainConfig, hw: tuple[int, int]) -> None:
+    """Unknown positions where the point is seen (query frame; tracker-visible frames): head 2 there."""
+    import numpy as np
+
+    num_frames = tracks3d.shape[1]
+    for t in range(num_frames):
+        win = windows[owner[t]]
+        slot = win.frames.index(t)
+        need = ~np.isfinite(tracks3d[:, t]).all(1)
+        pixel = np.full((len(query_t), 2), np.nan)
+        at_query = need & (query_t == t)
+        pixel[at_query] = query_xy[at_query]
+        if tracks is not None:
+            seen = need & (query_t <= t) & tracks["visible"][:, t].astype(bool) & _inside(tracks["tracks_xy"][:, t], hw)
+            pixel[seen] = tracks["tracks_xy"][seen, t]
+        idx = np.flatnonzero(np.isfinite(pixel).all(1) & _inside(pixel, hw))
+        if idx.size == 0:
+            continue
+        world = win.gauge.points(_bilinear(win.recon_pts(slot), pixel[idx]).astype(np.float64))
+        tracks3d[idx, t] = world
+        c = _bilinear(win.recon_conf(slot), pixel[idx])
+        depth = np.abs(_bilinear(win.recon_pts(slot)[..., 2], pixel[idx])) * win.gauge.scale
+        scene_depth = float(np.median(np.abs(win.recon_pts(slot)[..., 2]))) * win.gauge.scale
+        sigma[idx, t] = _sigma_px(c, depth, scene_depth, float(k_mat[0, 0]), config)
+        source[idx, t] = 2
+
+
+def _fill_by_interpolation(tracks3d: np.ndarray, sigma: np.ndarray, source: np.ndarray, sigma_fill: float) -> None:
+    """Linear interpolation in time of the remaining gaps (held constant before/after the known span)."""
+    import numpy as np
+
+    times = np.arange(tracks3d.shape[1], dtype=np.float64)
+    for n in range(tracks3d.shape[0]):
+        known = np.isfinite(tracks3d[n]).all(1)
+        if known.all():
+            continue
+        gaps = ~known
+        if not known.any():
+            tracks3d[n] = 0.0
+            sigma[n] = sigma_fill
+            source[n] = 3
+            continue
+        for axis in range(3):
+            tracks3d[n, gaps, axis] = np.interp(times[gaps], times[known], tracks3d[n, known, axis])
+        sigma[n, gaps] = sigma_fill
+        source[n, gaps] = 3
+
+
+def _visibility(tracks2d: np.ndarray, z: np.ndarray, surface_z: np.ndarray, tracks: dict[str, np.ndarray] | None,
+                config: ChainConfig, hw: tuple[int, int]) -> np.ndarray:
+    """(N, T) visibility: z-buffer test (mask), the tracker's flags, or both."""
+    import numpy as np
+
+    inside = _inside(tracks2d, hw) & (z > 0)
+    col = np.clip(np.rint(np.nan_to_num(tracks2d[..., 0])).astype(int), 0, hw[1] - 1)
+    row = np.clip(np.rint(np.nan_to_num(tracks2d[..., 1])).astype(int), 0, hw[0] - 1)
+    t_idx = np.broadcast_to(np.arange(z.shape[1])[None], z.shape)
+    z_surf = surface_z[t_idx, row, col]
+    mask = inside & (z <= z_surf * (1.0 + config.mask_eps_rel))
+    if config.visibility == "mask" or tracks is None:
+        return mask
+    tracker = tracks["visible"].astype(bool)
+    return tracker if config.visibility == "tracker" else (mask & tracker)
