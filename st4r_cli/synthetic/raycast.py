@@ -146,7 +146,10 @@ def canonical_to_world(scene: Scene, obj_index: np.ndarray, u: np.ndarray, frame
         obj = scene.objects[index]
         rows = np.flatnonzero(obj_index == index)
         local = obj.scale[frames][:, None, :] * u[rows][None]                    # (F, m, 3)
-        out[:, rows] = local @ obj.rotation[frames].transpose(0, 2, 1) + obj.center[frames][:, None]
+        rotation, center = obj.rotation[frames], obj.center[frames]
+        for i in range(3):  # out_i = sum_j R_ij local_j + c_i, broadcast over (F, m): faster than batched matmul
+            out[:, rows, i] = (rotation[:, i, 0, None] * local[..., 0] + rotation[:, i, 1, None] * local[..., 1]
+                               + rotation[:, i, 2, None] * local[..., 2] + center[:, i, None])
     return out
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from st4r_cli.synthetic.raycast import Hits, canonical_to_world, cast_rays, world_normals
-from st4r_cli.synthetic.scene import Scene, build_scene
+from st4r_cli.synthetic.scene import Scene, build_scene, scene_in_camera0
 from st4r_cli.synthetic.texture import NoiseTables, shade_texture
 
 VISIBILITY_REL_TOL = 1e-5  # a blocker must be closer than (1 - tol) x the point's distance
@@ -174,13 +174,13 @@ def render_scene(scene: Scene, size_hw: tuple[int, int], seed: int, antialias: i
         points[frame, ok] = origin + hits.t[ok, None] * dirs[ok]
         rgb = _shade(scene, frame, hits, dirs, tables, pixel_angle)
         if offsets:
+            # all sub-pixel rays of all edge pixels in one cast: (S * E, 3), sample-major
             edges = np.flatnonzero(_edge_pixels(object_ids[frame].reshape(size_hw), depth[frame].reshape(size_hw)))
-            edge_rgb = np.zeros((len(edges), 3))
-            for dx, dy in offsets:
-                sub_dirs = (centre_rays[edges] + np.array([dx * pixel_angle, dy / intrinsics[1, 1], 0.0])) @ rot.T
-                sub_hits = cast_rays(scene, frame, origin, sub_dirs)
-                edge_rgb += _shade(scene, frame, sub_hits, sub_dirs, tables, pixel_angle / antialias)
-            rgb[edges] = edge_rgb / len(offsets)
+            shifts = np.array([[dx / intrinsics[0, 0], dy / intrinsics[1, 1], 0.0] for dx, dy in offsets])
+            sub_dirs = ((centre_rays[edges][None] + shifts[:, None]).reshape(-1, 3)) @ rot.T
+            sub_hits = cast_rays(scene, frame, origin, sub_dirs)
+            sub_rgb = _shade(scene, frame, sub_hits, sub_dirs, tables, pixel_angle / antialias)
+            rgb[edges] = sub_rgb.reshape(len(offsets), len(edges), 3).mean(axis=0)
         frames[frame] = np.round(255.0 * np.clip(rgb, 0.0, 1.0) ** (1 / 1.4)).astype(np.uint8)
 
     tracks, visible = _dense_tracks(scene, first_hits, intrinsics, size_hw)
@@ -221,11 +221,6 @@ def _dense_tracks(scene: Scene, first_hits: Hits, intrinsics: np.ndarray,
     return tracks, visible
 
 
-def _to_frame0(c2w0: np.ndarray, points: np.ndarray) -> np.ndarray:
-    w2c0 = np.linalg.inv(c2w0)
-    return points @ w2c0[:3, :3].T + w2c0[:3, 3]
-
-
 def render_clip(preset: str, seed: int, num_frames: int = 32, size_hw: tuple[int, int] = (192, 256),
                 antialias: int = 3) -> SyntheticClip:
     """Render a procedural dynamic clip with exact ground truth.
@@ -240,24 +235,18 @@ def render_clip(preset: str, seed: int, num_frames: int = 32, size_hw: tuple[int
     Returns:
         a `SyntheticClip` in frame-0 camera coordinates.
     """
-    scene = build_scene(preset, seed, num_frames)
+    scene = scene_in_camera0(build_scene(preset, seed, num_frames))
     out = render_scene(scene, size_hw, seed, antialias)
-    c2w0 = scene.cam_c2w[0]
     valid = out["object_ids"] >= 0
     dynamic_objects = np.array([obj.is_dynamic for obj in scene.objects])
-    points = np.where(valid[..., None], _to_frame0(c2w0, out["points_world"]), 0.0)
-    valid0 = valid[0][None, ..., None]
-    tracks = np.where(valid0, _to_frame0(c2w0, out["tracks3d_dense"]), 0.0)
-    cam_c2w = np.linalg.inv(c2w0)[None] @ scene.cam_c2w
-    cam_c2w[0] = np.eye(4)
     return SyntheticClip(
         frames=out["frames"],
         depth=out["depth"].astype(np.float32),
         valid=valid,
         intrinsics=out["intrinsics"].astype(np.float32),
-        cam_c2w=cam_c2w.astype(np.float32),
-        points_world=points.astype(np.float32),
-        tracks3d_dense=tracks.astype(np.float32),
+        cam_c2w=scene.cam_c2w.astype(np.float32),
+        points_world=out["points_world"].astype(np.float32),
+        tracks3d_dense=out["tracks3d_dense"].astype(np.float32),
         visible_dense=out["visible_dense"],
         dynamic_mask=valid & dynamic_objects[np.clip(out["object_ids"], 0, None)],
         object_ids=out["object_ids"].astype(np.int16),

@@ -82,6 +82,22 @@ class Scene:
         return int(self.cam_c2w.shape[0])
 
 
+def scene_in_camera0(scene: Scene) -> Scene:
+    """The same scene with every pose expressed in frame 0's camera coordinates (cam_c2w[0] = I).
+
+    A rigid change of world frame: object centres and rotations, camera poses and the light direction
+    are mapped; canonical coordinates (and so textures and tracks) are unchanged.
+    """
+    w2c0 = np.linalg.inv(scene.cam_c2w[0])
+    rot, trans = w2c0[:3, :3], w2c0[:3, 3]
+    objects = [SceneObject(o.kind, o.center @ rot.T + trans, rot[None] @ o.rotation, o.scale, o.texture, o.name)
+               for o in scene.objects]
+    cam_c2w = w2c0[None] @ scene.cam_c2w
+    cam_c2w[0] = np.eye(4)
+    return Scene(objects=objects, cam_c2w=cam_c2w, fov_x_deg=scene.fov_x_deg, camera_path=scene.camera_path,
+                 light_dir=rot @ scene.light_dir)
+
+
 # ----------------------------------------------------------------------------------------- rotations
 def axis_angle_to_matrix(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
     """Rodrigues: unit `axis (3,)`, `angle (T,)` radians -> `(T, 3, 3)`."""
