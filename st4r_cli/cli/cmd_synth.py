@@ -62,7 +62,7 @@ def command(
     from st4r_cli.synthetic import render_clip
 
     start = time.perf_counter()
-    clip = render_clip(preset, seed, frames, size_hw, antialias=antialias)
+    clip = render_clip(preset, seed, frames, size_hw, antialias=antialias, show_progress=True)
     seconds = time.perf_counter() - start
     gt, meta = synthetic_gt(clip, num_tracks=tracks, seed=seed, dense=dense)
     meta["render_seconds"] = round(seconds, 3)

@@ -141,7 +141,8 @@ def _edge_pixels(object_ids: np.ndarray, depth: np.ndarray) -> np.ndarray:
     return edges
 
 
-def render_scene(scene: Scene, size_hw: tuple[int, int], seed: int, antialias: int = 3) -> dict[str, np.ndarray]:
+def render_scene(scene: Scene, size_hw: tuple[int, int], seed: int, antialias: int = 3,
+                 show_progress: bool = False) -> dict[str, np.ndarray]:
     """Render every frame of `scene`; all arrays in the scene world frame (see `render_clip`).
 
     Colour: one pixel-centre ray with a footprint-filtered texture everywhere, plus `antialias^2`
@@ -162,7 +163,12 @@ def render_scene(scene: Scene, size_hw: tuple[int, int], seed: int, antialias: i
     object_ids = np.full((num_frames, num_pixels), -1, dtype=np.int64)
     points = np.zeros((num_frames, num_pixels, 3))
     first_hits = None
-    for frame in range(num_frames):
+    frame_indices = range(num_frames)
+    if show_progress:
+        from st4r_cli import progress
+
+        frame_indices = progress.track(frame_indices, "rendering")
+    for frame in frame_indices:
         rot, origin = scene.cam_c2w[frame, :3, :3], scene.cam_c2w[frame, :3, 3]
         dirs = centre_rays @ rot.T
         hits = cast_rays(scene, frame, origin, dirs)
@@ -222,7 +228,7 @@ def _dense_tracks(scene: Scene, first_hits: Hits, intrinsics: np.ndarray,
 
 
 def render_clip(preset: str, seed: int, num_frames: int = 32, size_hw: tuple[int, int] = (192, 256),
-                antialias: int = 3) -> SyntheticClip:
+                antialias: int = 3, show_progress: bool = False) -> SyntheticClip:
     """Render a procedural dynamic clip with exact ground truth.
 
     Args:
@@ -232,11 +238,12 @@ def render_clip(preset: str, seed: int, num_frames: int = 32, size_hw: tuple[int
         size_hw: (H, W) of the frames.
         antialias: sub-pixel rays per axis at silhouette pixels of the colour image (1 = none; textures
             are always pre-filtered); ground truth always uses the exact pixel-centre ray.
+        show_progress: show a progress bar over frames (`st4r_cli.progress`).
     Returns:
         a `SyntheticClip` in frame-0 camera coordinates.
     """
     scene = scene_in_camera0(build_scene(preset, seed, num_frames))
-    out = render_scene(scene, size_hw, seed, antialias)
+    out = render_scene(scene, size_hw, seed, antialias, show_progress)
     valid = out["object_ids"] >= 0
     dynamic_objects = np.array([obj.is_dynamic for obj in scene.objects])
     return SyntheticClip(
