@@ -88,21 +88,20 @@ def run_depth(run: Run, decoded: Artifact, device: str) -> Artifact | None:
 
 
 def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact | None:
-    """Test-time adaptation (issue 6; its owner wires `stages.adapt` here).
+    """Test-time adaptation (`stages.adapt.run_adapt_stage`, owned by issue 6): adapted weight deltas."""
+    from st4r_cli.stages.adapt import run_adapt_stage
 
-    Inputs should be the digests of decode/tracks/depth artifacts plus `digest_path(model file)`.
-    """
-    progress.log("[yellow]-[/yellow] adapt: not available in this build, skipped")
-    return None
+    return run_adapt_stage(run, artifacts, device)
 
 
 def run_chain(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact | None:
-    """World-frame chaining of windows into the scene arrays (issue 6; its owner wires it here).
+    """Window inference + world-frame chaining (`stages.chain.run_chain_stage`, owned by issue 6).
 
     Its artifact holds the `scene.npz` arrays; `run_pipeline` publishes them as `<run>/scene.npz`.
     """
-    progress.log("[yellow]-[/yellow] chain: not available in this build, skipped")
-    return None
+    from st4r_cli.stages.chain import run_chain_stage
+
+    return run_chain_stage(run, artifacts, device)
 
 
 def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, Artifact]:

@@ -249,19 +249,16 @@ def tracks_for_window(tracks: dict[str, np.ndarray] | None, anchor: int, hw: tup
     return WindowTracks(index, xy[index].astype(np.float32))
 
 
-def adapt_and_predict(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] | None,
-                      depth: dict[str, np.ndarray] | None, config: AdaptConfig, chain: ChainConfig,
-                      device: str, seed: int) -> dict[str, np.ndarray]:
-    """Adapt `model` in place on this video, then predict every window.
+def adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] | None,
+                depth: dict[str, np.ndarray] | None, config: AdaptConfig, chain: ChainConfig,
+                device: str, seed: int) -> dict[str, np.ndarray]:
+    """Test-time adaptation of `model` (in place) on one video: the adapt stage's arrays.
 
     frames (T, H, W, 3) uint8; tracks: the tracks-stage arrays (tracks_xy (N,T,2), visible (N,T),
     queries (N,3)) or None; depth: depth-stage arrays (depth (T,H,W), valid (T,H,W), optional
     intrinsics (3,3)) or None.
-    Returns: window_start (W,) int64, window_frames (W, L) int64 (-1 pads short windows),
-    track_pts / recon_pts (W*L, H, W, 3) f32, track_conf / recon_conf (W*L, H, W) f32 (pair (a, j)
-    of window w, slot k at index w*L + k), intrinsics (3, 3) f32, loss_history (S,) f32,
-    lr_history (S,) f32, rollbacks () int64, seconds_tta () f32, seconds_infer () f32, and
-    `delta.<param>` arrays: adapted minus original parameters.
+    Returns `delta.<param>` arrays (adapted minus original parameters), loss_history (S,) f32,
+    lr_history (S,) f32, rollbacks () int64, seconds_tta () f32.
     """
     import time
 
@@ -269,56 +266,111 @@ def adapt_and_predict(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarr
     import torch
 
     from st4r_cli import progress
-    from st4r_cli.errors import St4rError
-    from st4r_cli.model.inference import frames_to_tensor
 
     check_adapt_config(config)
     resolved = resolve(config, device)
     torch.manual_seed(seed)
-    num_frames, h, w = frames.shape[:3]
-    patch = model.config.patch_size
-    if h % patch or w % patch:
-        raise St4rError(f"frames of {h}x{w} are not a multiple of the model's patch size {patch}")
+    _check_frames(model, frames)
     model = model.to(device)
     model.eval()  # no dropout / batch-norm in St4rNet; eval keeps inference and TTA identical
+    num_frames, h, w = frames.shape[:3]
     starts = window_starts(num_frames, chain.window, chain.overlap)
-    images = frames_to_tensor(frames, device)
     chosen = select_parameters(model, config.params) if config.loss != "none" else []
-    encoder_adapts = any(name.startswith(("patch_embed", "enc_blocks", "enc_norm")) for name, _ in chosen)
     original = {name: param.detach().clone() for name, param in chosen}
-    runner = PairRunner(model, images, cache_encoder=not encoder_adapts)
-    focal = _given_focal(config, depth, (h, w))
-
     history: list[float] = []
     lrs: list[float] = []
     rollbacks = 0
     t0 = time.perf_counter()
     if config.loss != "none" and tracks is not None and resolved.iters > 0:
+        from st4r_cli.model.inference import frames_to_tensor
+
+        encoder_adapts = any(name.startswith(("patch_embed", "enc_blocks", "enc_norm")) for name, _ in chosen)
+        runner = PairRunner(model, frames_to_tensor(frames, device), cache_encoder=not encoder_adapts)
+        focal = given_focal(config, depth)
         history, lrs, rollbacks = _tta_loop(runner, chosen, frames.shape[:3], starts, tracks, depth,
                                             config, resolved, chain.window, focal, seed)
     elif config.loss != "none":
         progress.log("[yellow]-[/yellow] adapt: no 2D tracks, test-time adaptation skipped")
-    seconds_tta = time.perf_counter() - t0
-
-    t1 = time.perf_counter()
     for param in model.parameters():
         param.requires_grad_(False)
-    out = _predict_windows(runner, starts, num_frames, chain.window, resolved.batch_size)
-    with torch.no_grad():
-        anchor0 = torch.as_tensor(out["track_pts"][0], device=device)
-        k_mat = anchor_intrinsics(anchor0, focal)
-    out["intrinsics"] = k_mat.cpu().numpy().astype(np.float32)
+    out = {f"delta.{name}": (param.detach() - original[name]).cpu().numpy().astype(np.float32)
+           for name, param in chosen}
     out["loss_history"] = np.asarray(history, dtype=np.float32)
     out["lr_history"] = np.asarray(lrs, dtype=np.float32)
     out["rollbacks"] = np.asarray(rollbacks, dtype=np.int64)
-    out["seconds_tta"] = np.asarray(seconds_tta, dtype=np.float32)
-    out["seconds_infer"] = np.asarray(time.perf_counter() - t1, dtype=np.float32)
-    for name, param in chosen:
-        out[f"delta.{name}"] = (param.detach() - original[name]).cpu().numpy().astype(np.float32)
+    out["seconds_tta"] = np.asarray(time.perf_counter() - t0, dtype=np.float32)
     return out
 
 
-def _given_focal(config: AdaptConfig, depth: dict[str, np.ndarray] | None, hw: tuple[int, int]) -> float | None:
+def apply_delta(model: Any, adapted: dict[str, np.ndarray]) -> None:
+    """Add the adapt stage's `delta.<param>` arrays to the model's parameters (in place)."""
+    import torch
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, value in adapted.items():
+            if key.startswith("delta."):
+                name = key[len("delta."):]
+                if name not in params:
+                    from st4r_cli.errors import St4rError
+
+                    raise St4rError(f"adapted weights do not match the model (no parameter {name}); "
+                                    "rerun with --force adapt")
+                params[name].add_(torch.as_tensor(value, device=params[name].device, dtype=params[name].dtype))
+
+
+def predict_windows(model: Any, frames: np.ndarray, config: AdaptConfig, chain: ChainConfig, device: str,
+                    depth: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Predict every pair (anchor, j) of every window with the (adapted) model.
+
+    Returns window_start (W,) int64, window_frames (W, L) int64 (-1 pads short windows),
+    track_pts / recon_pts (W*L, H, W, 3) f32, track_conf / recon_conf (W*L, H, W) f32 (slot k of
+    window w at index w*L + k, in that window's anchor camera), intrinsics (3, 3) f32 (from the
+    frame-0 pointmap unless a focal is given), seconds_infer () f32.
+    """
+    import time
+
+    import numpy as np
+    import torch
+
+    from st4r_cli.model.inference import frames_to_tensor
+
+    _check_frames(model, frames)
+    t0 = time.perf_counter()
+    model = model.to(device)
+    model.eval()
+    resolved = resolve(config, device)
+    num_frames = frames.shape[0]
+    starts = window_starts(num_frames, chain.window, chain.overlap)
+    with torch.no_grad():
+        runner = PairRunner(model, frames_to_tensor(frames, device), cache_encoder=True)
+        out = _predict_windows(runner, starts, num_frames, chain.window, resolved.batch_size)
+        anchor0 = torch.as_tensor(out["track_pts"][0], device=device)
+        k_mat = anchor_intrinsics(anchor0, given_focal(config, depth))
+    out["intrinsics"] = k_mat.cpu().numpy().astype(np.float32)
+    out["seconds_infer"] = np.asarray(time.perf_counter() - t0, dtype=np.float32)
+    return out
+
+
+def adapt_and_predict(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] | None,
+                      depth: dict[str, np.ndarray] | None, config: AdaptConfig, chain: ChainConfig,
+                      device: str, seed: int) -> dict[str, np.ndarray]:
+    """`adapt_model` then `predict_windows`: both stages' arrays in one dict."""
+    out = adapt_model(model, frames, tracks, depth, config, chain, device, seed)
+    out.update(predict_windows(model, frames, config, chain, device, depth))
+    return out
+
+
+def _check_frames(model: Any, frames: np.ndarray) -> None:
+    from st4r_cli.errors import St4rError
+
+    h, w = frames.shape[1:3]
+    patch = model.config.patch_size
+    if h % patch or w % patch:
+        raise St4rError(f"frames of {h}x{w} are not a multiple of the model's patch size {patch}")
+
+
+def given_focal(config: AdaptConfig, depth: dict[str, np.ndarray] | None) -> float | None:
     """The user's focal, else the depth backend's (when allowed), else None (estimate)."""
     if config.focal > 0:
         return float(config.focal)
@@ -484,3 +536,65 @@ def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int]
             roll_back()
             progress.debug("adapt: the final update was rejected, rolled back")
     return history, lrs, rollbacks
+
+
+# ----------------------------------------------------------------------------------------------
+# pipeline glue (called by st4r_cli.pipeline.run_adapt)
+# ----------------------------------------------------------------------------------------------
+
+def load_run_model(run: Any, device: str) -> Any:
+    """The run's checkpoint as an St4rNet on `device` (St4rError when it is missing)."""
+    from pathlib import Path
+
+    from st4r_cli.errors import St4rError
+    from st4r_cli.model.io import load_model
+    from st4r_cli.runs.config import resolve_model_path
+
+    path = Path(resolve_model_path(run.config.model))
+    if not path.is_file():
+        raise St4rError(f"model checkpoint not found: {run.config.model} (the embedded default is "
+                        "weights/st4r-tiny/model.safetensors; pass --model PATH)")
+    return load_model(path, device)
+
+
+def model_digest(run: Any) -> str:
+    """Content digest of the run's checkpoint (a placeholder naming the path when it is missing)."""
+    from pathlib import Path
+
+    from st4r_cli.runs import digest_path
+    from st4r_cli.runs.config import resolve_model_path
+
+    path = Path(resolve_model_path(run.config.model))
+    return digest_path(path) if path.is_file() else f"missing:{path}"
+
+
+def stage_key_config(run: Any, device: str) -> dict[str, Any]:
+    """What the adapt result depends on besides input digests: configs, resolved defaults, seed."""
+    import dataclasses
+
+    cfg = run.config.adapt
+    return {"adapt": dataclasses.asdict(cfg), "resolved": dataclasses.asdict(resolve(cfg, device)),
+            "window": run.config.chain.window, "overlap": run.config.chain.overlap,
+            "seed": run.config.seed, "device": str(device).split(":")[0]}
+
+
+def run_adapt_stage(run: Any, artifacts: dict[str, Any], device: str) -> Any:
+    """The adapt stage through the run cache: TTA of the run's model on its frames, tracks and depth.
+
+    Inputs: decode, tracks, depth artifacts (when present) and the checkpoint's content digest.
+    """
+    from st4r_cli.stages.chain import check_chain_config
+
+    check_adapt_config(run.config.adapt)
+    check_chain_config(run.config.chain)
+    decoded, tracks, depth = artifacts["decode"], artifacts.get("tracks"), artifacts.get("depth")
+    inputs = [decoded.digest, tracks.digest if tracks else "no-tracks", depth.digest if depth else "no-depth",
+              model_digest(run)]
+
+    def compute() -> dict[str, Any]:
+        model = load_run_model(run, device)
+        return adapt_model(model, decoded["frames"], tracks.load() if tracks else None,
+                           depth.load() if depth else None, run.config.adapt, run.config.chain, device,
+                           run.config.seed)
+
+    return run.stage("adapt", ADAPT_VERSION, stage_key_config(run, device), inputs, compute)

@@ -481,3 +481,41 @@ def _visibility(tracks2d: np.ndarray, z: np.ndarray, surface_z: np.ndarray, trac
         return mask
     tracker = tracks["visible"].astype(bool)
     return tracker if config.visibility == "tracker" else (mask & tracker)
+
+
+# ----------------------------------------------------------------------------------------------
+# pipeline glue (called by st4r_cli.pipeline.run_chain)
+# ----------------------------------------------------------------------------------------------
+
+def run_chain_stage(run, artifacts: dict, device: str):  # noqa: ANN001, ANN201 - Run / Artifact
+    """The chain stage through the run cache: the adapted model predicts every window, the windows
+    are chained into the world frame, and the result is the `scene.npz` arrays.
+
+    Inputs: the adapt artifact (its weight deltas), decode, tracks, depth, and the checkpoint digest.
+    """
+    import dataclasses
+
+    from st4r_cli import progress
+    from st4r_cli.stages.adapt import (apply_delta, load_run_model, model_digest, predict_windows,
+                                       stage_key_config)
+
+    config = run.config.chain
+    check_chain_config(config)
+    decoded, tracks, depth = artifacts["decode"], artifacts.get("tracks"), artifacts.get("depth")
+    adapted = artifacts.get("adapt")
+    if tracks is None and config.queries == "tracks":
+        progress.log("[yellow]-[/yellow] chain: no 2D tracks, 3D tracks start from a frame-0 grid")
+        config = dataclasses.replace(config, queries="grid")
+    key = {"chain": dataclasses.asdict(config), "adapt": stage_key_config(run, device)}
+    inputs = [decoded.digest, tracks.digest if tracks else "no-tracks", depth.digest if depth else "no-depth",
+              adapted.digest if adapted else "not-adapted", model_digest(run)]
+
+    def compute() -> dict:
+        model = load_run_model(run, device)
+        if adapted is not None:
+            apply_delta(model, adapted.load())
+        depth_arrays = depth.load() if depth else None
+        pred = predict_windows(model, decoded["frames"], run.config.adapt, run.config.chain, device, depth_arrays)
+        return chain_windows(pred, decoded["frames"], tracks.load() if tracks else None, config)
+
+    return run.stage("chain", CHAIN_VERSION, key, inputs, compute)

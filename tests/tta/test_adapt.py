@@ -74,7 +74,7 @@ def test_tta_lowers_the_loss_and_touches_only_the_adapted_set(loss, run_tta):
     assert changed and all(n.startswith(("dec_blocks.", "downstream_head1")) for n in changed)
     for name in changed:
         assert np.allclose(out[f"delta.{name}"], (dict(model.named_parameters())[name] - before[name]).numpy())
-    # predictions of the one window: 6 pairs (0, j)
+    # predictions of the one window: 6 pairs (0, j), made with the adapted weights
     assert out["window_start"].tolist() == [0]
     assert out["window_frames"].tolist() == [[0, 1, 2, 3, 4, 5]]
     assert out["track_pts"].shape == (6, 32, 48, 3) and out["recon_conf"].shape == (6, 32, 48)
