@@ -273,11 +273,15 @@ def _has_alpha(pix_format: Any) -> bool:
 
 
 def _quiet_ffmpeg() -> None:
-    """Keep FFmpeg's own log lines off the terminal (errors are reported as St4rError)."""
+    """Keep FFmpeg's log lines off the terminal (errors are reported as St4rError).
+
+    `set_level(None)` installs PyAV's C no-op log callback. Never a Python-level log level: that
+    callback takes the GIL from FFmpeg's decoder threads and can deadlock threaded decoding.
+    """
     try:
         import av.logging
 
-        av.logging.set_level(av.logging.PANIC)
+        av.logging.set_level(None)
     except (ImportError, AttributeError):
         pass
 
