@@ -144,8 +144,10 @@ def _random_texture(rng: np.random.Generator, checker_freq: float | None = None)
 
 
 # ------------------------------------------------------------------------------------------- camera
-def _camera_path(path: str, tau: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
-    """`(T, 4, 4)` camera-to-world for a named path; `amount` scales the motion (1 = moderate)."""
+def _camera_path(path: str, tau: np.ndarray, amount: float, rng: np.random.Generator,
+                 shake_deg: float = 0.0) -> np.ndarray:
+    """`(T, 4, 4)` camera-to-world for a named path; `amount` scales the motion (1 = moderate);
+    `shake_deg` adds a fast hand-held rotation jitter (3-5 oscillations over the clip) of that amplitude."""
     start = np.array([rng.uniform(-0.3, 0.3), rng.uniform(-0.2, 0.1), 0.0])
     target = np.array([rng.uniform(-0.4, 0.4), rng.uniform(0.0, 0.4), 4.0])
     smooth = 0.5 - 0.5 * np.cos(np.pi * tau)  # ease in / out, 0 -> 1
@@ -171,7 +173,16 @@ def _camera_path(path: str, tau: np.ndarray, amount: float, rng: np.random.Gener
         else:
             raise ValueError(f"unknown camera path {path!r}; expected one of {CAMERA_PATHS}")
         poses.append(c2w)
-    return np.stack(poses)
+    poses = np.stack(poses)
+    if shake_deg > 0:
+        freq = rng.uniform(3.0, 5.0, size=2)
+        phase = rng.uniform(0, 2 * np.pi, size=2)
+        angles = np.deg2rad(shake_deg) * (np.sin(2 * np.pi * freq[:, None] * tau[None] + phase[:, None])
+                                         - np.sin(phase[:, None]))
+        jitter = axis_angle_to_matrix(np.array([0.0, 1.0, 0.0]), angles[0]) @ axis_angle_to_matrix(
+            np.array([1.0, 0.0, 0.0]), angles[1])
+        poses[:, :3, :3] = poses[:, :3, :3] @ jitter   # rotate about the camera's own axes
+    return poses
 
 
 # ------------------------------------------------------------------------------------------ objects
@@ -190,13 +201,16 @@ def _spot_in_view(rng: np.random.Generator, cam0: np.ndarray, depth_range: tuple
     return position
 
 
-def _moving_center(rng: np.random.Generator, start: np.ndarray, tau: np.ndarray, speed: float) -> np.ndarray:
-    """`(T, 3)` a drift plus a smooth wiggle; `speed` ~ metres travelled over the clip."""
+def _moving_center(rng: np.random.Generator, start: np.ndarray, tau: np.ndarray, speed: float,
+                   freq_scale: float = 1.0, wiggle_amp: float | None = None) -> np.ndarray:
+    """`(T, 3)` a drift plus a smooth wiggle; `speed` ~ metres drifted over the clip; the wiggle has
+    amplitude `wiggle_amp` (default speed / 4) and 0.5-1.5 x `freq_scale` oscillations per clip."""
     drift = rng.normal(size=3) * np.array([1.0, 0.25, 0.6])
     drift *= speed / max(np.linalg.norm(drift), 1e-9)
     freq = rng.uniform(0.5, 1.5, size=3)
     phase = rng.uniform(0, 2 * np.pi, size=3)
-    wiggle = 0.25 * speed * (np.sin(2 * np.pi * freq * tau[:, None] + phase) - np.sin(phase))
+    amplitude = 0.25 * speed if wiggle_amp is None else wiggle_amp
+    wiggle = amplitude * (np.sin(2 * np.pi * freq_scale * freq * tau[:, None] + phase) - np.sin(phase))
     return start[None] + drift[None] * tau[:, None] + wiggle
 
 
@@ -212,16 +226,16 @@ def _keep_above_floor(center: np.ndarray, radius: float) -> np.ndarray:
     return center
 
 
-def _rigid(rng, tau, cam0, speed, spin, depth_range=(2.5, 5.5)) -> SceneObject:
+def _rigid(rng, tau, cam0, speed, spin, depth_range=(2.5, 5.5), **wiggle) -> SceneObject:
     kind = int(rng.choice([SPHERE, BOX]))
     half = rng.uniform(0.25, 0.5, size=3) if kind == BOX else np.full(3, rng.uniform(0.3, 0.55))
     radius = float(np.linalg.norm(half) if kind == BOX else half[0])
-    center = _moving_center(rng, _spot_in_view(rng, cam0, depth_range, radius), tau, speed)
+    center = _moving_center(rng, _spot_in_view(rng, cam0, depth_range, radius), tau, speed, **wiggle)
     return SceneObject(kind, _keep_above_floor(center, radius), _spin(rng, tau, spin),
                        _static(half, len(tau)), _random_texture(rng), name="rigid")
 
 
-def _deforming(rng, tau, cam0, speed, spin, depth_range=(2.5, 5.5)) -> SceneObject:
+def _deforming(rng, tau, cam0, speed, spin, depth_range=(2.5, 5.5), **wiggle) -> SceneObject:
     """An ellipsoid whose three axes oscillate over time (exact non-rigid motion)."""
     axes0 = rng.uniform(0.3, 0.6, size=3)
     amplitude = rng.uniform(0.2, 0.4, size=3)
@@ -230,18 +244,18 @@ def _deforming(rng, tau, cam0, speed, spin, depth_range=(2.5, 5.5)) -> SceneObje
     scale = axes0[None] * (1.0 + amplitude * (np.sin(2 * np.pi * freq * tau[:, None] + phase) - np.sin(phase)) * 0.8)
     scale = np.maximum(scale, 0.12)
     radius = float(scale.max())
-    center = _moving_center(rng, _spot_in_view(rng, cam0, depth_range, radius), tau, speed)
+    center = _moving_center(rng, _spot_in_view(rng, cam0, depth_range, radius), tau, speed, **wiggle)
     return SceneObject(SPHERE, _keep_above_floor(center, radius), _spin(rng, tau, spin), scale,
                        _random_texture(rng), name="deforming")
 
 
-def _articulated(rng, tau, cam0, speed, swing) -> list[SceneObject]:
+def _articulated(rng, tau, cam0, speed, swing, **wiggle) -> list[SceneObject]:
     """Two boxes: a parent moving rigidly and a child swinging about a hinge at the parent's end."""
     parent_half = np.array([rng.uniform(0.35, 0.5), rng.uniform(0.1, 0.16), rng.uniform(0.1, 0.16)])
     child_half = np.array([rng.uniform(0.3, 0.45), rng.uniform(0.08, 0.13), rng.uniform(0.08, 0.13)])
     radius = float(np.linalg.norm(parent_half) + 2 * child_half[0])
     start = _spot_in_view(rng, cam0, (3.0, 5.0), radius)
-    parent_center = _keep_above_floor(_moving_center(rng, start, tau, speed), 0.4)
+    parent_center = _keep_above_floor(_moving_center(rng, start, tau, speed, **wiggle), 0.4)
     base = axis_angle_to_matrix(np.array([0.0, 0.0, 1.0]), np.array([rng.uniform(-0.6, 0.6)]))[0]
     parent_rot = axis_angle_to_matrix(np.array([0.0, 1.0, 0.0]), rng.uniform(-0.8, 0.8) * swing * tau) @ base[None]
     hinge_axis = np.array([0.0, rng.uniform(-0.3, 0.3), 1.0])
@@ -299,6 +313,7 @@ def build_scene(preset: str, seed: int, num_frames: int) -> Scene:
     rng = np.random.default_rng([seed, PRESETS.index(preset)])
     tau = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
     fov = 60.0
+    shake_deg, wiggle = 0.0, {}
     if preset == "easy":
         path, cam_amount = str(rng.choice(["static", "pan", "orbit"])), 0.5
         speed, spin, counts = 0.5, 0.8, dict(rigid=1, deforming=1, articulated=1, furniture=2, occluder=0)
@@ -306,8 +321,11 @@ def build_scene(preset: str, seed: int, num_frames: int) -> Scene:
         path, cam_amount = str(rng.choice(["static", "pan"])), 0.6
         speed, spin, counts = 0.8, 1.2, dict(rigid=2, deforming=1, articulated=1, furniture=2, occluder=2)
     elif preset == "fast-motion":
-        path, cam_amount = str(rng.choice(["pan", "orbit", "forward"])), 1.6
-        speed, spin, counts = 2.2, 4.0, dict(rigid=2, deforming=1, articulated=1, furniture=2, occluder=0)
+        # large per-frame displacements: a quick pan/orbit with hand-held shake, objects that drift and
+        # oscillate 1.5-4.5 times per clip (peaks of ~0.5 m per frame at 32 frames) while spinning
+        path, cam_amount, shake_deg = str(rng.choice(["pan", "orbit"])), 2.5, 1.5
+        speed, spin, counts = 2.0, 8.0, dict(rigid=2, deforming=1, articulated=1, furniture=2, occluder=0)
+        wiggle = dict(freq_scale=3.0, wiggle_amp=0.6)
     elif preset == "static-scene":
         path, cam_amount = str(rng.choice(["pan", "forward", "orbit"])), 1.0
         speed, spin, counts = 0.0, 0.0, dict(rigid=3, deforming=0, articulated=0, furniture=3, occluder=0)
@@ -318,7 +336,7 @@ def build_scene(preset: str, seed: int, num_frames: int) -> Scene:
         counts = dict(rigid=int(rng.integers(1, 4)), deforming=int(rng.integers(0, 3)),
                       articulated=int(rng.integers(0, 2)), furniture=int(rng.integers(0, 4)),
                       occluder=int(rng.integers(0, 2)) if path in ("static", "pan") else 0)
-    cam_c2w = _camera_path(path, tau, cam_amount, rng)
+    cam_c2w = _camera_path(path, tau, cam_amount, rng, shake_deg)
     cam0 = cam_c2w[0]
     objects = [_room(rng, num_frames)]
     objects += [_furniture(rng, num_frames, cam0) for _ in range(counts["furniture"])]
@@ -326,12 +344,12 @@ def build_scene(preset: str, seed: int, num_frames: int) -> Scene:
         if speed == 0.0:  # static scene: rigid objects stay put
             obj = _rigid(rng, tau, cam0, 0.0, 0.0)
         else:
-            obj = _rigid(rng, tau, cam0, speed * rng.uniform(0.6, 1.2), spin)
+            obj = _rigid(rng, tau, cam0, speed * rng.uniform(0.6, 1.2), spin, **wiggle)
         objects.append(obj)
     for _ in range(counts["deforming"]):
-        objects.append(_deforming(rng, tau, cam0, speed * rng.uniform(0.5, 1.0), spin))
+        objects.append(_deforming(rng, tau, cam0, speed * rng.uniform(0.5, 1.0), spin, **wiggle))
     for _ in range(counts["articulated"]):
-        objects += _articulated(rng, tau, cam0, speed * 0.5, max(spin, 1.0))
+        objects += _articulated(rng, tau, cam0, speed * 0.5, max(spin, 1.0), **wiggle)
     for _ in range(counts["occluder"]):
         objects.append(_occluder(rng, tau, cam0, rng.uniform(0.8, 1.1)))
     return Scene(objects=objects, cam_c2w=cam_c2w, fov_x_deg=fov, camera_path=path)
