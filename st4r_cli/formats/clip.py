@@ -4,6 +4,8 @@
       frames/00000.png ...     RGB frames (PNG or JPEG), sorted by name: T frames of H x W
       gt.npz                   ground truth, every key optional (schema: `GT_SCHEMA`, docs/formats.md)
       meta.json                optional: where the clip comes from (preset, seed, source dataset, ...)
+      queries.npy              written with tracks: (N, 3) float32 (t, x, y) of the ground-truth queries,
+                               for `st4r adapt --queries` so that every ground-truth track gets a prediction
 
 Conventions: world coordinates are arbitrary (eval re-expresses them in frame 0's camera using
 `cam_c2w[0]`; without `cam_c2w` they are taken to be frame 0's camera already); pixels are those of the
@@ -110,9 +112,18 @@ def write_clip(path: Path, frames: np.ndarray, gt: dict[str, np.ndarray] | None 
         if gt:
             with open(tmp / "gt.npz", "wb") as handle:
                 np.savez_compressed(handle, **gt)
+        if "query_xy" in gt:
+            np.save(tmp / "queries.npy", query_array(gt))
         if meta:
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
     return Path(path)
+
+
+def query_array(gt: dict[str, np.ndarray]) -> np.ndarray:
+    """`(N, 3)` float32 (t, x, y) queries of the ground-truth tracks (query_t defaults to 0)."""
+    query_xy = np.asarray(gt["query_xy"], dtype=np.float32)
+    query_t = np.asarray(gt.get("query_t", np.zeros(len(query_xy))), dtype=np.float32)
+    return np.concatenate([query_t[:, None], query_xy], axis=1)
 
 
 def _json_default(value):

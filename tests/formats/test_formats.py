@@ -39,6 +39,9 @@ def test_clip_folder_round_trip(tmp_path, synthetic):
     for key, value in gt.items():
         np.testing.assert_array_equal(clip.gt[key], value)
     assert clip.meta["preset"] == "easy" and clip.meta["synthetic"] is True
+    queries = np.load(out / "queries.npy")
+    np.testing.assert_array_equal(queries[:, 0], gt["query_t"])
+    np.testing.assert_array_equal(queries[:, 1:], gt["query_xy"])
     assert ground_truth_kind(out) == "clip" and load_ground_truth(out).num_frames == 4
     frames_only = write_clip(tmp_path / "bare", synthetic.frames)
     assert read_clip(frames_only).gt == {}
