@@ -1,13 +1,60 @@
-"""`st4r export`: placeholder until its owner's implementation lands."""
+"""`st4r export RUN_DIR [--ply] [--glb] [--tum] [--colmap] [--npz]`: a run's scene in other tools' formats."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from st4r_cli.cli.common import QuietOpt, VerboseOpt, set_verbosity
 from st4r_cli.errors import St4rError
 
-# Accept any arguments so the placeholder answers with its own message, not a usage error.
-CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+def command(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of `st4r adapt` (or a scene.npz file).")],
+    ply: Annotated[bool, typer.Option("--ply", help="Per-frame and accumulated coloured point clouds.")] = False,
+    glb: Annotated[bool, typer.Option("--glb", help="glTF binary: points, camera frusta, track polylines.")] = False,
+    tum: Annotated[bool, typer.Option("--tum", help="Camera trajectory in TUM format.")] = False,
+    colmap: Annotated[bool, typer.Option("--colmap", help="COLMAP text model (+ images/).")] = False,
+    npz: Annotated[bool, typer.Option("--npz", help="Compressed copy of scene.npz.")] = False,
+    out: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+        "--out", "-o", help="Output directory (default: RUN_DIR/export).")] = None,
+    conf_quantile: Annotated[float, typer.Option(
+        "--conf-quantile", help="Drop this fraction of each frame's least confident points.")] = 0.3,
+    every: Annotated[int, typer.Option("--every", help="Frame stride of the accumulated cloud.")] = 1,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Export a run's scene: PLY, GLB, TUM, COLMAP, NPZ (all of them when no format is given)."""
+    set_verbosity(quiet, verbose)
+    from st4r_cli import progress
+    from st4r_cli.formats.scene import read_scene
+    from st4r_cli.stages.export import FORMATS, ExportConfig, export_scene
+
+    if not run_dir.exists():
+        raise St4rError(f"not found: {run_dir}")
+    scene_path = run_dir if run_dir.is_file() else run_dir / "scene.npz"
+    if not scene_path.is_file():
+        raise St4rError(f"{run_dir} has no scene.npz (run `st4r adapt` to completion first)")
+    chosen = [name for name, flag in zip(FORMATS, (ply, glb, tum, colmap, npz)) if flag] or list(FORMATS)
+    out_dir = out if out is not None else (run_dir.parent if run_dir.is_file() else run_dir) / "export"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise St4rError(f"output path exists and is not a directory: {out_dir}")
+    scene = read_scene(scene_path)
+    config = ExportConfig(conf_quantile=conf_quantile, every=every)
+    written = export_scene(scene, out_dir, chosen, config, timestamps=_timestamps(run_dir, scene))
+    progress.log(f"[green]done[/green]: {len(written)} file(s) in {out_dir}")
 
 
-def command() -> None:
-    """(not available yet)"""
-    raise St4rError("`st4r export` is not available yet")
+def _timestamps(run_dir: Path, scene: dict) -> object:
+    """Frame times in seconds from the run's decode stage, when available and consistent."""
+    if run_dir.is_file() or "cam_c2w" not in scene:
+        return None
+    try:
+        from st4r_cli.runs import Run
+
+        stamps = Run.open(run_dir).artifact("decode")["timestamps_s"]
+    except Exception:  # noqa: BLE001 - timestamps are a nicety; frame indices are the fallback
+        return None
+    return stamps if len(stamps) == len(scene["cam_c2w"]) else None

@@ -1,0 +1,162 @@
+"""Every export format round-trips: trimesh reads the PLY/GLB, our COLMAP reader and the TUM reader
+read back the exact cameras, and static tracks reproject onto their COLMAP observations."""
+
+import numpy as np
+import pytest
+import trimesh
+
+from st4r_cli.cli.app import run as cli_run
+from st4r_cli.formats.scene import read_scene, write_scene
+from st4r_cli.formats.tum import quaternion_xyzw_to_rotation, read_tum
+from st4r_cli.stages.export import (ExportConfig, export_scene, frame_points, frustum_segments,
+                                    read_colmap_text)
+
+T, H, W = 4, 6, 8
+K = np.array([[9.0, 0, (W - 1) / 2], [0, 9.0, (H - 1) / 2], [0, 0, 1]])
+
+
+def _rot(axis, angle):
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def _scene():
+    rng = np.random.default_rng(0)
+    cam_c2w = np.stack([np.eye(4) for _ in range(T)])
+    for t in range(T):
+        cam_c2w[t, :3, :3] = _rot([0.2, 1.0, 0.1], 0.05 * t)
+        cam_c2w[t, :3, 3] = [0.1 * t, -0.02 * t, 0.03 * t]
+    ys, xs = np.mgrid[0:H, 0:W].astype(float)
+    pointmaps = np.zeros((T, H, W, 3))
+    for t in range(T):
+        depth = 3.0 + 0.1 * xs + 0.05 * ys
+        cam = np.stack([(xs - K[0, 2]) / K[0, 0] * depth, (ys - K[1, 2]) / K[1, 1] * depth, depth], -1)
+        pointmaps[t] = cam @ cam_c2w[t, :3, :3].T + cam_c2w[t, :3, 3]
+    # static tracks: frame-0 points, exactly projected into every camera
+    query_xy = np.array([[1.0, 1.0], [4.0, 2.0], [6.0, 4.0]])
+    tracks3d = np.repeat(pointmaps[0][query_xy[:, 1].astype(int), query_xy[:, 0].astype(int)][:, None], T, 1)
+    tracks2d = np.zeros((3, T, 2))
+    for t in range(T):
+        w2c = np.linalg.inv(cam_c2w[t])
+        cam = tracks3d[:, t] @ w2c[:3, :3].T + w2c[:3, 3]
+        tracks2d[:, t] = cam[:, :2] / cam[:, 2:] * K[0, 0] + K[:2, 2]
+    visible = np.ones((3, T), bool)
+    visible[2, 3] = False
+    return {"pointmaps": pointmaps.astype(np.float32), "conf": rng.uniform(1, 5, (T, H, W)).astype(np.float32),
+            "colors": rng.integers(0, 255, (T, H, W, 3), dtype=np.uint8), "intrinsics": K.astype(np.float32),
+            "cam_c2w": cam_c2w.astype(np.float32), "tracks3d": tracks3d.astype(np.float32),
+            "tracks2d": tracks2d.astype(np.float32), "visible": visible,
+            "query_xy": query_xy.astype(np.float32), "query_t": np.zeros(3, np.int32),
+            "sigma": np.ones((3, T), np.float32)}
+
+
+def test_ply_round_trip(tmp_path):
+    scene = _scene()
+    export_scene(scene, tmp_path, ["ply"], ExportConfig(conf_quantile=0.5))
+    for t in (0, 3):
+        cloud = trimesh.load(tmp_path / "ply" / f"frame_{t:05d}.ply")
+        xyz, rgb, conf, _ = frame_points(scene, t, 0.5)
+        assert len(cloud.vertices) == len(xyz) == (scene["conf"][t] >= np.quantile(scene["conf"][t], 0.5)).sum()
+        assert np.allclose(cloud.vertices, xyz, atol=1e-6)
+        assert np.array_equal(np.asarray(cloud.colors)[:, :3], rgb)
+    acc = trimesh.load(tmp_path / "ply" / "accumulated.ply")
+    assert len(acc.vertices) == sum(len(frame_points(scene, t, 0.5)[0]) for t in range(T))
+
+
+def test_glb_round_trip(tmp_path):
+    scene = _scene()
+    export_scene(scene, tmp_path, ["glb"], ExportConfig(conf_quantile=0.0))
+    glb = trimesh.load(tmp_path / "scene.glb")
+    assert set(glb.geometry) == {"points", "cameras", "tracks"}
+    assert len(glb.geometry["points"].vertices) == T * H * W
+    tracks = glb.geometry["tracks"]
+    assert len(tracks.vertices) == 3 * (T - 1) * 2  # glTF stores polylines as line segments
+    # every track vertex is one of the exported track positions
+    assert np.allclose(np.unique(np.round(tracks.vertices, 5), axis=0),
+                       np.unique(np.round(scene["tracks3d"].reshape(-1, 3), 5), axis=0), atol=1e-5)
+    cams = glb.geometry["cameras"]
+    centres = scene["cam_c2w"][:, :3, 3]
+    for c in centres:  # each camera centre is a frustum vertex
+        assert np.min(np.linalg.norm(cams.vertices - c, axis=1)) < 1e-5
+
+
+def test_frustum_geometry():
+    pose = np.eye(4)
+    seg = frustum_segments(pose[None], K, (H, W), depth=2.0)
+    assert seg.shape == (8, 2, 3)
+    corner = seg[0, 1]  # top-left image corner (-0.5, -0.5) at depth 2
+    assert np.allclose(corner, [(-0.5 - K[0, 2]) / 9 * 2, (-0.5 - K[1, 2]) / 9 * 2, 2.0])
+
+
+def test_tum_round_trip(tmp_path):
+    scene = _scene()
+    stamps = np.arange(T) / 30.0
+    export_scene(scene, tmp_path, ["tum"], ExportConfig(), timestamps=stamps)
+    read_stamps, poses = read_tum(tmp_path / "trajectory_tum.txt")
+    assert np.allclose(read_stamps, stamps)
+    assert np.allclose(poses, scene["cam_c2w"], atol=1e-6)
+
+
+def test_colmap_round_trip_and_reprojection(tmp_path):
+    scene = _scene()
+    export_scene(scene, tmp_path, ["colmap"], ExportConfig(conf_quantile=0.0, colmap_dense_points=40))
+    model = read_colmap_text(tmp_path / "colmap")
+    (cam_model, width, height, params), = model["cameras"].values()
+    assert (cam_model, width, height) == ("PINHOLE", W, H)
+    assert np.allclose(params, [K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5])  # COLMAP pixel centres
+    assert sorted(model["images"]) == [1, 2, 3, 4]
+    for image_id, image in model["images"].items():
+        q_wxyz = image["q_wxyz"]
+        rot = quaternion_xyzw_to_rotation(np.array([[*q_wxyz[1:], q_wxyz[0]]]))[0]
+        w2c = np.linalg.inv(scene["cam_c2w"][image_id - 1].astype(np.float64))
+        assert np.allclose(rot, w2c[:3, :3], atol=1e-6) and np.allclose(image["t"], w2c[:3, 3], atol=1e-6)
+        assert (tmp_path / "colmap" / "images" / image["name"]).is_file()
+        # every observation is the COLMAP projection of its 3D point
+        for xy, pid in zip(image["xys"], image["point3d_ids"]):
+            cam = rot @ model["points"][pid]["xyz"] + image["t"]
+            proj = cam[:2] / cam[2] * params[:2] + params[2:]
+            assert np.allclose(proj, xy, atol=1e-3)
+    tracks = [p for p in model["points"].values() if len(p["track"]) > 1]
+    assert len(tracks) == 3
+    assert sorted(len(p["track"]) for p in tracks) == [3, 4, 4]  # track 2 is hidden in the last frame
+    assert len(model["points"]) == 3 + 40
+    for pid, point in model["points"].items():  # tracks refer back to the right observation slots
+        for image_id, idx in point["track"]:
+            assert model["images"][image_id]["point3d_ids"][idx] == pid
+
+
+def test_npz_round_trip(tmp_path):
+    scene = _scene()
+    export_scene(scene, tmp_path, ["npz"], ExportConfig())
+    back = read_scene(tmp_path / "scene.npz")
+    for key, value in scene.items():
+        assert np.array_equal(back[key], value), key
+
+
+def test_cli_exports_every_format_and_reports_errors(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    code = cli_run(["export", str(run_dir), "-q"])
+    err = capsys.readouterr().err
+    assert code != 0 and "has no scene.npz" in err and "Traceback" not in err
+    write_scene(run_dir / "scene.npz", _scene())
+    code = cli_run(["export", str(run_dir), "-q", "--conf-quantile", "0.2"])
+    assert code == 0
+    out = run_dir / "export"
+    for name in ("ply/accumulated.ply", "ply/frame_00003.ply", "scene.glb", "trajectory_tum.txt",
+                 "colmap/cameras.txt", "colmap/images.txt", "colmap/points3D.txt", "scene.npz"):
+        assert (out / name).is_file(), name
+    assert not any(p.name.startswith(".") for p in out.rglob("*"))  # no temp files left behind
+    code = cli_run(["export", str(run_dir), "--tum", "-o", str(tmp_path / "only_tum"), "-q"])
+    assert code == 0 and [p.name for p in (tmp_path / "only_tum").iterdir()] == ["trajectory_tum.txt"]
+    code = cli_run(["export", str(run_dir), "--conf-quantile", "1.5", "-q"])
+    assert code != 0 and "conf-quantile" in capsys.readouterr().err
+
+
+def test_missing_keys_are_a_user_error(tmp_path):
+    from st4r_cli.errors import St4rError
+
+    scene = {k: v for k, v in _scene().items() if k != "cam_c2w"}
+    with pytest.raises(St4rError, match="no cam_c2w"):
+        export_scene(scene, tmp_path, ["tum"], ExportConfig())
