@@ -1,13 +1,77 @@
-"""`st4r depth`: placeholder until its owner's implementation lands."""
+"""`st4r depth VIDEO|RUN_DIR`: per-frame mono-depth through the run's stage cache, written to RUN/depth.npz.
+
+Same input handling as `st4r tracks` (a video starts a run directory, a run directory reuses its
+decoded frames and config); the depth stage's cache entry is the one `st4r adapt` uses.
+"""
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from st4r_cli.cli.cmd_tracks import (ConfigOpt, InputArg, LongSideOpt, MaxFramesOpt, RunOutOpt, SetOpt,
+                                     _set_if, finish_run, open_or_start_run, stage_through_cache)
+from st4r_cli.cli.common import Device, DeviceOpt, ForceOpt, QuietOpt, VerboseOpt, set_verbosity
 from st4r_cli.errors import St4rError
 
-# Accept any arguments so the placeholder answers with its own message, not a usage error.
-CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+if TYPE_CHECKING:
+    from st4r_cli.runs import RunConfig
+
+OUTPUT_NAME = "depth.npz"
 
 
-def command() -> None:
-    """(not available yet)"""
-    raise St4rError("`st4r depth` is not available yet")
+class DepthBackend(str, Enum):
+    moge = "moge"
+    none = "none"
+
+
+def command(
+    input_path: InputArg,
+    out: RunOutOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    backend: Annotated[Optional[DepthBackend], typer.Option(  # noqa: UP007
+        "--depth", "--backend", case_sensitive=False,
+        help="Depth backend (default: the config's; `st4r depth` needs moge).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+        "--weights", help="MoGe-2/MoGe-1 checkpoint (default: weights/moge-2-vitl-normal/model.pt).")] = None,
+    resolution_level: Annotated[Optional[int], typer.Option(  # noqa: UP007
+        "--resolution-level", help="MoGe detail level 0..9.")] = None,
+    long_side: LongSideOpt = None,
+    max_frames: MaxFramesOpt = None,
+    force: ForceOpt = None,
+    device: DeviceOpt = Device.auto,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,  # noqa: UP007
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Per-frame mono-depth (MoGe) of a video or run; writes RUN/depth.npz."""
+    set_verbosity(quiet, verbose)
+    from st4r_cli import progress
+    from st4r_cli.stages.depth import DEPTH_VERSION, check_backend_available, compute_depth
+
+    def configure(cfg: RunConfig) -> None:
+        depth = cfg.depth
+        _set_if(depth, "backend", backend.value if backend else None)
+        if depth.backend == "none":
+            depth.backend = "moge" if backend is None else depth.backend
+        if depth.backend == "none":
+            raise St4rError("--depth none computes nothing; use --depth moge")
+        _set_if(depth, "moge_weights", str(weights) if weights is not None else None)
+        _set_if(depth, "resolution_level", resolution_level)
+        check_backend_available(depth)
+
+    run, decoded, dev = open_or_start_run(input_path, out, config, set_, long_side, max_frames,
+                                          force, device, seed, configure)
+    with run:
+        cfg = run.config.depth
+        artifact = stage_through_cache(run, "depth", DEPTH_VERSION, cfg, [decoded.digest],
+                                       lambda: compute_depth(decoded["frames"], cfg, dev), force)
+        path = run.publish(OUTPUT_NAME, artifact.load())
+        finish_run(run, input_path)
+        valid = artifact["valid"]
+        progress.log(f"[green]done[/green]: depth of {valid.shape[0]} frames "
+                     f"({100 * valid.mean():.0f}% valid) -> {path}")

@@ -1,8 +1,27 @@
-"""Track stage: 2D pseudo-tracks of query points through the video (owner: issue 4)."""
+"""Track stage: 2D pseudo-tracks of query points through the video (owner: issue 4).
+
+Output arrays (docs/architecture.md, "Stage contracts"):
+    tracks_xy   (N, T, 2) float32  pixels of the decoded frames (pixel centres at integers)
+    visible     (N, T)    bool
+    confidence  (N,)      float32  in [0, 1]
+    queries     (N, 3)    float32  (t, x, y)
+
+Backends: `builtin` (OpenCV DIS flow chained with cycle checks, st4r_cli/tracking/builtin.py) and
+`cotracker3` (official CoTracker3, st4r_cli/tracking/cotracker3.py). Query modes: `grid` on frame 0,
+`grid_every_k` (the grid on every k-th frame) and `file` (st4r_cli/tracking/queries.py).
+
+The config dataclass is a light import; OpenCV/torch are imported inside the compute function.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from st4r_cli.errors import St4rError
+
+TRACKS_VERSION = 1
+BACKENDS = ("builtin", "cotracker3")
 
 
 @dataclass
@@ -10,3 +29,108 @@ class TracksConfig:
     backend: str = "builtin"          # builtin | cotracker3
     query_mode: str = "grid"          # grid | grid_every_k | file
     grid_size: int = 32               # points per side of the query grid
+    query_every_k: int = 8            # grid_every_k: a new grid every k frames
+    query_file: str = ""              # file: .npy (N,3)/(N,2) or text rows "t,x,y" / "x,y"
+    # builtin tracker (see st4r_cli/tracking/builtin.py)
+    flow_long_side: int = 432         # DIS flow raster long side (px, never enlarged)
+    dis_preset: str = "ultrafast"     # ultrafast | fast | medium
+    occlusion: str = "lk_fb"          # lk_fb | dis_fb | none: the cycle check flagging occlusion
+    fb_threshold: float = 3.0         # cycle error (px at a 256 long side) above which a point is occluded
+    reacquire: bool = True            # re-find occluded points by their query-frame appearance
+    # cotracker3
+    cotracker_mode: str = "offline"   # offline | online
+    cotracker_weights: str = ""       # default: weights/scaled_offline.pth or weights/scaled_online.pth
+    cotracker_backward: bool = False  # offline: also track backwards from each query frame
+    cotracker_model_hw: tuple[int, int] = (384, 512)  # internal resolution (CoTracker3's own)
+
+
+def check_tracks_config(cfg: TracksConfig) -> None:
+    """St4rError for option values that cannot work (before any heavy work starts)."""
+    if cfg.backend not in BACKENDS:
+        raise St4rError(f"unknown tracker backend '{cfg.backend}' (use {', '.join(BACKENDS)})")
+    if cfg.query_mode not in ("grid", "grid_every_k", "file"):
+        raise St4rError(f"unknown tracks query mode '{cfg.query_mode}' (use grid, grid_every_k or file)")
+    if not 1 <= cfg.grid_size <= 1024:
+        raise St4rError(f"tracks grid size must be in [1, 1024], got {cfg.grid_size}")
+    if cfg.query_every_k < 1:
+        raise St4rError(f"tracks query_every_k must be >= 1, got {cfg.query_every_k}")
+    if cfg.dis_preset not in ("ultrafast", "fast", "medium"):
+        raise St4rError(f"unknown DIS preset '{cfg.dis_preset}' (use ultrafast, fast or medium)")
+    if cfg.occlusion not in ("lk_fb", "dis_fb", "none"):
+        raise St4rError(f"unknown occlusion test '{cfg.occlusion}' (use lk_fb, dis_fb or none)")
+    if not cfg.fb_threshold > 0 or cfg.flow_long_side < 16:
+        raise St4rError("tracks fb_threshold must be > 0 and flow_long_side >= 16")
+    if cfg.cotracker_mode not in ("offline", "online"):
+        raise St4rError(f"unknown cotracker mode '{cfg.cotracker_mode}' (use offline or online)")
+
+
+def check_backend_available(cfg: TracksConfig) -> None:
+    """St4rError (what to install, which file to put where) if the backend cannot run here."""
+    check_tracks_config(cfg)
+    if cfg.backend == "cotracker3":
+        from st4r_cli.tracking.cotracker3 import require_cotracker3
+
+        require_cotracker3(cfg.cotracker_mode, cfg.cotracker_weights)
+
+
+def compute_tracks(frames: Any, cfg: TracksConfig, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+    """Track the configured query points through `frames`.
+
+    Args:
+        frames: `(T, H, W, 3)` uint8 RGB (the decoded frames).
+        cfg: the stage config.
+        device: `cpu` or `cuda` (used by cotracker3; the builtin tracker is CPU only).
+        seed: seeds torch for learned backends (the builtin tracker is deterministic by itself).
+    Returns:
+        dict with `tracks_xy (N,T,2) f32`, `visible (N,T) bool`, `confidence (N,) f32`, `queries (N,3) f32`.
+    """
+    import numpy as np
+
+    from st4r_cli.tracking.queries import make_queries
+
+    check_tracks_config(cfg)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise St4rError(f"tracks stage needs (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    if len(frames) < 2:
+        raise St4rError(f"tracking needs at least 2 frames, got {len(frames)}")
+    num_frames, height, width = frames.shape[:3]
+    queries = make_queries(cfg.query_mode, num_frames, (height, width), cfg.grid_size,
+                           cfg.query_every_k, cfg.query_file)
+    if cfg.backend == "builtin":
+        out = _run_builtin(frames, queries, cfg)
+    else:
+        out = _run_cotracker3(frames, queries, cfg, device, seed)
+    return {"tracks_xy": np.asarray(out["tracks_xy"], dtype=np.float32),
+            "visible": np.asarray(out["visible"], dtype=bool),
+            "confidence": np.clip(np.asarray(out["confidence"], dtype=np.float32), 0.0, 1.0),
+            "queries": queries.astype(np.float32)}
+
+
+def builtin_params(cfg: TracksConfig):  # -> BuiltinTrackerParams
+    from st4r_cli.tracking.builtin import BuiltinTrackerParams
+
+    return BuiltinTrackerParams(flow_long_side=cfg.flow_long_side, dis_preset=cfg.dis_preset,
+                                occlusion=cfg.occlusion, fb_threshold=cfg.fb_threshold,
+                                reacquire=cfg.reacquire)
+
+
+def _run_builtin(frames: Any, queries: Any, cfg: TracksConfig) -> dict[str, Any]:
+    from st4r_cli.tracking.builtin import track_points
+
+    return track_points(frames, queries, builtin_params(cfg), progress_desc="tracks (builtin)")
+
+
+def _run_cotracker3(frames: Any, queries: Any, cfg: TracksConfig, device: str, seed: int) -> dict[str, Any]:
+    import torch
+
+    from st4r_cli import progress
+    from st4r_cli.tracking.cotracker3 import track_points_cotracker3
+
+    torch.manual_seed(seed)
+    progress.log(f"tracks: CoTracker3 {cfg.cotracker_mode} on {device}, {len(queries)} points, "
+                 f"{len(frames)} frames")
+    return track_points_cotracker3(frames, queries, mode=cfg.cotracker_mode,
+                                   checkpoint=cfg.cotracker_weights, device=device,
+                                   backward_tracking=cfg.cotracker_backward,
+                                   model_hw=tuple(cfg.cotracker_model_hw))

@@ -42,6 +42,7 @@ class BuiltinTrackerParams:
     occlusion: str = "lk_fb"          # lk_fb | dis_fb | none
     fb_threshold: float = 3.0         # cycle error (px at a 256 long side) above which a point is occluded
     reacquire: bool = True            # match occluded points against their query-frame appearance
+    sticky: bool = False              # a lost point stays occluded until re-acquired
     lk_window: int = 21               # LK window (px of the frames), for lk_fb and re-acquisition
     lk_levels: int = 3                # LK pyramid levels
 
@@ -90,6 +91,7 @@ def track_points(frames: np.ndarray, queries: np.ndarray, params: BuiltinTracker
     visible[np.arange(num_points), query_t] = True
     cycle_error[np.arange(num_points), query_t] = 0.0
     current = queries[:, 1:].copy()
+    was_lost = np.zeros(num_points, dtype=bool)
 
     steps = range(1, num_frames)
     if progress_desc is not None:
@@ -114,6 +116,8 @@ def track_points(frames: np.ndarray, queries: np.ndarray, params: BuiltinTracker
         else:
             error = np.zeros(len(active))
         seen = error < threshold_px
+        if params.sticky:
+            seen &= ~was_lost[active]
         if params.reacquire and not seen.all():
             lost = np.flatnonzero(~seen)
             found_xy, found = _reacquire(grey, t, queries[active[lost]], query_t[active[lost]],
@@ -121,6 +125,7 @@ def track_points(frames: np.ndarray, queries: np.ndarray, params: BuiltinTracker
             moved_xy[lost[found]] = found_xy[found]
             seen[lost[found]] = True
         current[active] = moved_xy
+        was_lost[active] = ~seen
         tracks_xy[active, t] = moved_xy
         visible[active, t] = seen
         cycle_error[active, t] = np.where(np.isfinite(error), error, 1e6)
