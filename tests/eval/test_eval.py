@@ -9,7 +9,6 @@ import pytest
 
 from st4r_cli.cli.app import run as cli_run
 from st4r_cli.errors import St4rError
-from st4r_cli.eval import run_eval
 from st4r_cli.eval.evaluate import evaluate_clip
 from st4r_cli.formats import load_ground_truth
 from st4r_cli.formats.clip import Clip
