@@ -89,6 +89,12 @@ def st4r_exe() -> str:
     return shutil.which("st4r") or str(Path(sys.executable).with_name("st4r"))
 
 
+def adapt_command(folder: Path, run_dir: Path) -> list[str]:
+    """`st4r adapt` up to decode; --device cpu skips importing torch, so the CLI starts quickly."""
+    return [st4r_exe(), "adapt", str(folder), "--out", str(run_dir), "--until", "decode",
+            "--device", "cpu", "-q"]
+
+
 def image_folder(folder: Path, count: int) -> Path:
     from PIL import Image
 
@@ -103,8 +109,8 @@ def blocked_in_decode(folder: Path, run_dir: Path) -> subprocess.Popen:
     """Start `st4r adapt` on a folder whose last image is a FIFO: the decode stage blocks reading it."""
     fifo = folder / "9999.png"
     os.mkfifo(fifo)
-    proc = subprocess.Popen([st4r_exe(), "adapt", str(folder), "--out", str(run_dir), "--until", "decode",
-                             "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(adapt_command(folder, run_dir), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     wait_for(run_dir / "run.json", proc)
     time.sleep(0.3)                                          # inside decode, waiting on the FIFO
     assert proc.poll() is None
@@ -121,8 +127,7 @@ def replace_fifo_with_image(folder: Path) -> None:
 def resume_and_check(folder: Path, run_dir: Path) -> None:
     from st4r_cli.stages.decode import DecodeConfig, decode
 
-    done = subprocess.run([st4r_exe(), "adapt", str(folder), "--out", str(run_dir), "--until", "decode",
-                           "-q"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(adapt_command(folder, run_dir), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "complete"
