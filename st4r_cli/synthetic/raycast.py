@@ -83,11 +83,18 @@ def _hit_box(origin_c: np.ndarray, dirs_c: np.ndarray, t_min: float) -> np.ndarr
     return np.where((t_near <= t_far) & (t_near > t_min), t_near, np.inf)
 
 
-def _hit_room(origin_c: np.ndarray, dirs_c: np.ndarray, t_min: float) -> np.ndarray:
-    """Exit parameter of rays leaving the cube [-1, 1]^3 from inside (the room's walls)."""
+def _hit_room(origin_c: np.ndarray, dirs_c: np.ndarray, t_min: float, open_top: bool = False) -> np.ndarray:
+    """Exit parameter of rays leaving the cube [-1, 1]^3 from inside (the room's walls).
+
+    With `open_top`, rays leaving through the ceiling (the face y = -1; y points down) miss.
+    """
     _, t_hi = _slabs(origin_c, dirs_c)
     t_far = _min3(t_hi)
-    return np.where(t_far > t_min, t_far, np.inf)
+    hit = t_far > t_min
+    if open_top:
+        through_ceiling = (t_hi[:, 1] <= np.minimum(t_hi[:, 0], t_hi[:, 2])) & (dirs_c[:, 1] < 0)
+        hit &= ~through_ceiling
+    return np.where(hit, t_far, np.inf)
 
 
 def snap_canonical(kind: int, u: np.ndarray) -> np.ndarray:
@@ -125,7 +132,7 @@ def cast_rays(scene: Scene, frame: int, origin: np.ndarray, dirs: np.ndarray, t_
         elif obj.kind == BOX:
             t = _hit_box(origin_c, dirs_c, t_min)
         else:
-            t = _hit_room(origin_c, dirs_c, t_min)
+            t = _hit_room(origin_c, dirs_c, t_min, obj.open_top)
         closer = t < best_t[rays]
         best_t[rays[closer]] = t[closer]
         best_obj[rays[closer]] = index

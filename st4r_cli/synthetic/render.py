@@ -81,12 +81,17 @@ def pixel_rays(size_hw: tuple[int, int], intrinsics: np.ndarray, offset: tuple[f
 
 def _shade(scene: Scene, frame: int, hits: Hits, dirs_world: np.ndarray, tables: NoiseTables,
            pixel_angle: float) -> np.ndarray:
-    """Linear RGB `(R, 3)` in [0, 1]: solid texture x (ambient + Lambert); black where rays miss.
+    """Linear RGB `(R, 3)` in [0, 1]: solid texture x (ambient + Lambert); a sky gradient where rays miss.
 
     `pixel_angle` is the angle a pixel subtends (1 / focal): with the hit distance and the incidence
     angle it gives the pixel's footprint on the surface, used to pre-filter the texture.
     """
     rgb = np.zeros((len(hits.t), 3), dtype=np.float32)
+    missed = np.flatnonzero(~hits.hit)
+    if missed.size:
+        up = dirs_world[missed] @ scene.up_dir / np.sqrt(np.einsum("ij,ij->i", dirs_world[missed], dirs_world[missed]))
+        mix = np.clip(up, 0.0, 1.0)[:, None].astype(np.float32)
+        rgb[missed] = (1 - mix) * np.array([0.75, 0.82, 0.92], np.float32) + mix * np.array([0.25, 0.45, 0.85], np.float32)
     rows = np.flatnonzero(hits.hit)
     obj = hits.obj[rows]
     u = hits.u[rows]

@@ -54,6 +54,7 @@ class SceneObject:
     scale: np.ndarray
     texture: Texture
     name: str = ""
+    open_top: bool = False       # ROOM only: no ceiling (rays leaving through it see the sky: no hit)
 
     @property
     def is_dynamic(self) -> bool:
@@ -76,6 +77,7 @@ class Scene:
     fov_x_deg: float
     camera_path: str
     light_dir: np.ndarray = field(default_factory=lambda: np.array([0.3, -1.0, -0.4]) / np.linalg.norm([0.3, -1.0, -0.4]))
+    up_dir: np.ndarray = field(default_factory=lambda: np.array([0.0, -1.0, 0.0]))  # world up (y points down)
 
     @property
     def num_frames(self) -> int:
@@ -90,12 +92,12 @@ def scene_in_camera0(scene: Scene) -> Scene:
     """
     w2c0 = np.linalg.inv(scene.cam_c2w[0])
     rot, trans = w2c0[:3, :3], w2c0[:3, 3]
-    objects = [SceneObject(o.kind, o.center @ rot.T + trans, rot[None] @ o.rotation, o.scale, o.texture, o.name)
-               for o in scene.objects]
+    objects = [SceneObject(o.kind, o.center @ rot.T + trans, rot[None] @ o.rotation, o.scale, o.texture, o.name,
+                           o.open_top) for o in scene.objects]
     cam_c2w = w2c0[None] @ scene.cam_c2w
     cam_c2w[0] = np.eye(4)
     return Scene(objects=objects, cam_c2w=cam_c2w, fov_x_deg=scene.fov_x_deg, camera_path=scene.camera_path,
-                 light_dir=rot @ scene.light_dir)
+                 light_dir=rot @ scene.light_dir, up_dir=rot @ scene.up_dir)
 
 
 # ----------------------------------------------------------------------------------------- rotations
@@ -298,9 +300,9 @@ def _furniture(rng, T, cam0) -> SceneObject:
                        _random_texture(rng), name="furniture")
 
 
-def _room(rng, T) -> SceneObject:
+def _room(rng, T, open_top: bool = False) -> SceneObject:
     return SceneObject(ROOM, _static(ROOM_CENTER, T), _static(np.eye(3), T), _static(ROOM_HALF, T),
-                       _random_texture(rng, checker_freq=rng.uniform(1.0, 2.0)), name="room")
+                       _random_texture(rng, checker_freq=rng.uniform(1.0, 2.0)), name="room", open_top=open_top)
 
 
 # ------------------------------------------------------------------------------------------ presets
@@ -313,7 +315,7 @@ def build_scene(preset: str, seed: int, num_frames: int) -> Scene:
     rng = np.random.default_rng([seed, PRESETS.index(preset)])
     tau = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
     fov = 60.0
-    shake_deg, wiggle = 0.0, {}
+    shake_deg, wiggle, open_top = 0.0, {}, False
     if preset == "easy":
         path, cam_amount = str(rng.choice(["static", "pan", "orbit"])), 0.5
         speed, spin, counts = 0.5, 0.8, dict(rigid=1, deforming=1, articulated=1, furniture=2, occluder=0)
@@ -336,9 +338,10 @@ def build_scene(preset: str, seed: int, num_frames: int) -> Scene:
         counts = dict(rigid=int(rng.integers(1, 4)), deforming=int(rng.integers(0, 3)),
                       articulated=int(rng.integers(0, 2)), furniture=int(rng.integers(0, 4)),
                       occluder=int(rng.integers(0, 2)) if path in ("static", "pan") else 0)
+        open_top = bool(rng.uniform() < 0.35)  # a courtyard: sky (no depth) above the walls
     cam_c2w = _camera_path(path, tau, cam_amount, rng, shake_deg)
     cam0 = cam_c2w[0]
-    objects = [_room(rng, num_frames)]
+    objects = [_room(rng, num_frames, open_top)]
     objects += [_furniture(rng, num_frames, cam0) for _ in range(counts["furniture"])]
     for _ in range(counts["rigid"]):
         if speed == 0.0:  # static scene: rigid objects stay put

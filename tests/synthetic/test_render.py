@@ -142,3 +142,17 @@ def test_occlusion_preset_occludes():
 def test_bad_preset():
     with pytest.raises(ValueError, match="unknown preset"):
         render_clip("nope", 0, 2, (8, 8))
+
+
+def test_open_sky_has_no_geometry():
+    seed = next(s for s in range(40) if build_scene("mixed", s, 2).objects[0].open_top)
+    clip = render_clip("mixed", seed=seed, num_frames=3, size_hw=(48, 64))
+    sky = ~clip.valid
+    assert 0.02 < sky.mean() < 0.6
+    assert (clip.depth[sky] == 0).all() and (clip.object_ids[sky] == -1).all()
+    assert not clip.visible_dense[:, sky[0]].any()
+    # the sky is in the upper part of the image (y down)
+    rows = np.nonzero(sky[0])[0]
+    assert rows.mean() < SIZE[0] / 2
+    tracks = sample_tracks(clip, 200, seed=0)
+    assert clip.valid[0][tracks.query_xy[:, 1].astype(int), tracks.query_xy[:, 0].astype(int)].all()
