@@ -17,7 +17,7 @@ def command(
              "a directory holding one run per clip (<run>/<clip name>/scene.npz).")],
     gt: Annotated[Path, typer.Option(
         "--gt", help="Ground truth: a st4r clip folder, a TAP-Vid folder, a 7-Scenes sequence, a "
-                     "TAPVid-3D .npz, or a directory of them.")],
+                     "TAPVid-3D .npz, a directory of them, or an official TAP-Vid .pkl.")],
     match_px: Annotated[float, typer.Option(
         "--match-px", help="Match a ground-truth track to the predicted track whose query lies within "
                            "this many ground-truth pixels.")] = 1.0,

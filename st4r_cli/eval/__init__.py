@@ -10,9 +10,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from st4r_cli.errors import St4rError
 from st4r_cli.eval.evaluate import EvalResult, evaluate_clip, mean_metrics
+
+if TYPE_CHECKING:
+    from st4r_cli.formats.clip import Clip
 
 # (metric key, short column label) in display order; only keys present in a result are shown
 DISPLAY: tuple[tuple[str, str], ...] = (
@@ -96,17 +100,45 @@ def pair_predictions(prediction: Path, ground_truth: Path) -> list[tuple[str, Pa
     return pairs
 
 
+def _pickle_clips(prediction: Path, ground_truth: Path) -> list[tuple[str, Path, Clip]]:
+    """Pairs for an official TAP-Vid pickle: one clip per video, runs at `<prediction>/<name>/scene.npz`."""
+    from st4r_cli.formats.clip import Clip
+    from st4r_cli.formats.tapvid2d import read_tapvid_pickle, to_clip_gt
+
+    clips = read_tapvid_pickle(ground_truth)
+    if len(clips) == 1 and not (prediction / clips[0].name / "scene.npz").is_file():
+        return [(clips[0].name, _scene_path(prediction),
+                 Clip(clips[0].frames, to_clip_gt(clips[0]), {"source": "tapvid2d"}, clips[0].name))]
+    missing = [c.name for c in clips if not (prediction / c.name / "scene.npz").is_file()]
+    if missing:
+        listed = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise St4rError(f"no prediction for {len(missing)} of {len(clips)} videos ({listed}): "
+                        f"expected {prediction}/<video name>/scene.npz")
+    return [(c.name, prediction / c.name / "scene.npz", Clip(c.frames, to_clip_gt(c), {"source": "tapvid2d"}, c.name))
+            for c in clips]
+
+
 def run_eval(prediction: Path, ground_truth: Path, match_px: float = 1.0) -> EvalReport:
-    """Evaluate one prediction or a directory of runs against ground truth (see `pair_predictions`)."""
+    """Evaluate one prediction or a directory of runs against ground truth (see `pair_predictions`).
+
+    `ground_truth` may also be an official TAP-Vid pickle (`.pkl`): each video is a clip, scored
+    against `<prediction>/<video name>/scene.npz` (or `prediction` itself for a one-video pickle).
+    """
     from st4r_cli import progress
     from st4r_cli.formats import load_ground_truth
     from st4r_cli.formats.scene import read_scene
 
-    pairs = pair_predictions(prediction, ground_truth)
-    report = EvalReport(Path(prediction), Path(ground_truth))
-    for name, scene_path, clip_path in progress.track(pairs, "evaluating"):
+    prediction, ground_truth = Path(prediction), Path(ground_truth)
+    if ground_truth.suffix == ".pkl" and ground_truth.is_file():
+        if not prediction.exists():
+            raise St4rError(f"prediction not found: {prediction}")
+        pairs = _pickle_clips(prediction, ground_truth)
+    else:
+        pairs = pair_predictions(prediction, ground_truth)
+    report = EvalReport(prediction, ground_truth)
+    for name, scene_path, clip_or_path in progress.track(pairs, "evaluating"):
         scene = read_scene(scene_path)
-        clip = load_ground_truth(clip_path)
+        clip = clip_or_path if not isinstance(clip_or_path, Path) else load_ground_truth(clip_or_path)
         result = evaluate_clip(scene, clip, match_px=match_px, name=name)
         for note in result.notes:
             progress.log(f"[yellow]{name}: {note}[/yellow]")

@@ -185,3 +185,25 @@ def test_real_benchmark_layouts(tmp_path):
     m = evaluate_clip(prediction, davis).metrics
     assert 0.5 < m["tapvid2d/average_pts_within_thresh"] < 1.0 and m["tapvid2d/occlusion_accuracy"] == 1.0
     assert set(k.split("/")[0] for k in m) == {"tracks", "tapvid2d"}
+
+
+def test_tapvid_pickle_ground_truth(tmp_path):
+    from dataclasses import replace
+
+    from st4r_cli.formats import tapvid2d
+
+    clip = tapvid2d.read_tapvid_folder(DATA / "davis-mini")
+    videos = [replace(clip, name="first"), replace(clip, name="second")]
+    tapvid2d.write_tapvid_pickle(tmp_path / "davis.pkl", videos)
+    runs = tmp_path / "runs"
+    for video, offset in zip(videos, (0.0, 3.0)):
+        gt = tapvid2d.to_clip_gt(video)
+        (runs / video.name).mkdir(parents=True)
+        write_scene(runs / video.name / "scene.npz", {
+            "tracks2d": gt["tracks2d"] + np.array([offset * 107 / 256, 0.0]), "visible": gt["visible"],
+            "query_xy": gt["query_xy"], "query_t": gt["query_t"]})
+    assert cli_run(["eval", str(runs), "--gt", str(tmp_path / "davis.pkl"), "-q"]) == 0
+    report = json.loads((runs / "metrics.json").read_text())["clips"]
+    assert report["first"]["metrics"]["tapvid2d/average_pts_within_thresh"] == pytest.approx(1.0)
+    # a 3 px error at 256 px: within 4, 8, 16 but not 1, 2 -> 3/5 on the frames after each query
+    assert report["second"]["metrics"]["tapvid2d/average_pts_within_thresh"] == pytest.approx(0.6, abs=1e-6)
