@@ -194,3 +194,9 @@ def synthetic_gt(clip, num_tracks: int = 1024, seed: int = 0, dense: bool = Fals
             "scene_scale": clip.scene_scale, "objects": clip.object_names,
             "fov_x_deg": clip.meta.get("fov_x_deg"), "track_seed": seed}
     return gt, meta
+
+
+def clip_from_synthetic(clip, num_tracks: int = 1024, seed: int = 0, dense: bool = False) -> Clip:
+    """An in-memory `Clip` of a `SyntheticClip` (what `st4r synth` would write), ready for `evaluate_clip`."""
+    gt, meta = synthetic_gt(clip, num_tracks=num_tracks, seed=seed, dense=dense)
+    return Clip(frames=clip.frames, gt=gt, meta=meta, name=f"{clip.preset}-{clip.seed}")

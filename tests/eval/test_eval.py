@@ -139,6 +139,17 @@ def test_mismatches_give_clear_errors(clip):
     assert any("within 1 px" in n for n in far_result.notes)
 
 
+def test_in_memory_synthetic_clip_matches_the_written_one(clip):
+    from st4r_cli.formats.clip import clip_from_synthetic
+    from st4r_cli.synthetic import render_clip
+
+    rendered = render_clip("occlusion", seed=1, num_frames=6, size_hw=(48, 64))
+    in_memory = clip_from_synthetic(rendered, num_tracks=300, seed=1)
+    for key, value in clip.gt.items():
+        np.testing.assert_array_equal(in_memory.gt[key], value)
+    assert evaluate_clip(scene_from_gt(in_memory), in_memory).metrics["worldtrack/global/apd"] == 1.0
+
+
 def test_half_resolution_prediction_is_rescaled(clip):
     perfect = scene_from_gt(clip)
     half = dict(perfect)
