@@ -1,5 +1,5 @@
 # st4r: one command sets everything up and runs the job.
-#   make demo    set up .venv, then run st4r on the example clip (CPU is fine)
+#   make demo    set up .venv, then run st4r on the example clip (CPU is fine) and export it
 #   make test    set up .venv, then run the test suite (what CI runs, via .ci/run)
 # Set-up installs torch==2.13.0 FIRST, so that pip never pulls a newer multi-GB CUDA build for a
 # looser requirement; then st4r in editable mode with its extras; then the CoTracker3 / MoGe code
@@ -27,8 +27,9 @@ $(STAMP): pyproject.toml Makefile
 extras: setup            ## (re)install the CoTracker3 / MoGe code without their dependencies
 	$(BIN)/python -m pip install --no-deps $(NO_DEPS_BACKENDS)
 
-demo: setup
+demo: setup             ## adapt on the example clip, then export PLY/GLB/TUM/COLMAP/NPZ
 	$(BIN)/st4r adapt examples/sheep.mp4 --out $(DEMO_RUN)
+	$(BIN)/st4r export $(DEMO_RUN)
 
 test: setup
 	$(BIN)/python -m pytest -q
