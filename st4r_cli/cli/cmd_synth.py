@@ -25,7 +25,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def command(
-    out: Annotated[Path, typer.Argument(help="Clip folder to write (frames/ + gt.npz + meta.json).")],
+    out: Annotated[Path, typer.Argument(
+        help="Clip folder to write (frames/ + gt.npz + meta.json), or a .npz file with --format tapvid3d.")],
     preset: Annotated[str, typer.Option(
         "--preset", "-p", help="easy | occlusion | fast-motion | static-scene | mixed")] = "easy",
     seed: SeedOpt = 0,
@@ -37,6 +38,8 @@ def command(
                         "object_ids); large.")] = False,
     antialias: Annotated[int, typer.Option(
         "--antialias", help="Sub-pixel rays per axis at silhouettes (1 = off).")] = 3,
+    out_format: Annotated[str, typer.Option(
+        "--format", help="clip (st4r clip folder) | tapvid3d (TAPVid-3D .npz, camera-frame tracks)")] = "clip",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -52,6 +55,8 @@ def command(
         raise St4rError("--tracks must be at least 1")
     if not 1 <= antialias <= 8:
         raise St4rError("--antialias must be between 1 and 8")
+    if out_format not in ("clip", "tapvid3d"):
+        raise St4rError(f"unknown --format {out_format!r}; use clip or tapvid3d")
     size_hw = parse_size(size)
     if Path(out).exists() and not overwrite:
         raise St4rError(f"{out} already exists (use --overwrite to replace it)")
@@ -66,7 +71,12 @@ def command(
     seconds = time.perf_counter() - start
     gt, meta = synthetic_gt(clip, num_tracks=tracks, seed=seed, dense=dense)
     meta["render_seconds"] = round(seconds, 3)
-    write_clip(out, clip.frames, gt, meta, overwrite=overwrite)
+    if out_format == "tapvid3d":
+        from st4r_cli.formats.tapvid3d import from_clip_gt, write_tapvid3d
+
+        write_tapvid3d(out, from_clip_gt(clip.frames, gt))
+    else:
+        write_clip(out, clip.frames, gt, meta, overwrite=overwrite)
     progress.log(f"{preset} seed {seed}: {frames} frames {size_hw[1]}x{size_hw[0]}, camera {clip.camera_path}, "
                  f"{len(gt['query_t'])} tracks ({int(gt['dynamic'].sum())} dynamic), rendered in {seconds:.1f} s "
                  f"-> {out}")

@@ -145,3 +145,25 @@ def to_clip_gt(clip: TapVid3DClip) -> dict[str, np.ndarray]:
     if clip.depth is not None:
         gt["depth"] = clip.depth
     return gt
+
+
+def from_clip_gt(frames: np.ndarray, gt: dict[str, np.ndarray]) -> TapVid3DClip:
+    """A TAPVid-3D clip from clip-folder ground truth (needs `tracks3d`, `intrinsics`; `cam_c2w`,
+    `visible`, `query_t`/`query_xy`, `depth` used when present). Tracks go to each frame's camera."""
+    missing = [k for k in ("tracks3d", "intrinsics") if k not in gt]
+    if missing:
+        raise St4rError(f"TAPVid-3D export needs {', '.join(missing)} in the ground truth")
+    num_tracks, num_frames = gt["tracks3d"].shape[:2]
+    cam_c2w = gt["cam_c2w"].astype(np.float64) if "cam_c2w" in gt else np.tile(np.eye(4), (num_frames, 1, 1))
+    w2c = np.linalg.inv(cam_c2w)
+    tracks_cam = np.einsum("tij,ntj->nti", w2c[:, :3, :3], gt["tracks3d"].astype(np.float64)) + w2c[None, :, :3, 3]
+    K = gt["intrinsics"] if gt["intrinsics"].ndim == 2 else gt["intrinsics"][0]
+    queries = None
+    if "query_xy" in gt:
+        query_t = gt["query_t"] if "query_t" in gt else np.zeros(num_tracks)
+        queries = np.concatenate([gt["query_xy"], np.asarray(query_t, dtype=np.float64)[:, None]], axis=1)
+    return TapVid3DClip(frames=np.asarray(frames, dtype=np.uint8), tracks_cam=tracks_cam,
+                        visible=gt["visible"].astype(bool) if "visible" in gt else np.ones((num_tracks, num_frames), bool),
+                        fx_fy_cx_cy=np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]], dtype=np.float64),
+                        queries_xyt=queries, extrinsics_w2c=w2c if "cam_c2w" in gt else None,
+                        depth=gt.get("depth"))

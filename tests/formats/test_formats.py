@@ -113,6 +113,18 @@ def test_tapvid3d_round_trip_and_world_frame(tmp_path, synthetic):
         tapvid3d.read_tapvid3d(tmp_path / "other.npz")
 
 
+def test_clip_to_tapvid3d_and_back(tmp_path, synthetic):
+    gt, _ = synthetic_gt(synthetic, num_tracks=40)
+    tapvid3d.write_tapvid3d(tmp_path / "syn.npz", tapvid3d.from_clip_gt(synthetic.frames, gt))
+    back = tapvid3d.to_clip_gt(tapvid3d.read_tapvid3d(tmp_path / "syn.npz"))
+    np.testing.assert_allclose(back["tracks3d"], gt["tracks3d"], atol=1e-4)   # world = frame-0 camera both
+    np.testing.assert_allclose(back["cam_c2w"], gt["cam_c2w"], atol=1e-5)
+    np.testing.assert_array_equal(back["visible"], gt["visible"])
+    np.testing.assert_allclose(back["query_xy"], gt["query_xy"], atol=1e-4)
+    finite = np.isfinite(gt["tracks2d"]).all(-1)
+    np.testing.assert_allclose(back["tracks2d"][finite], gt["tracks2d"][finite], atol=1e-2)
+
+
 def test_tapvid2d_pickle_and_folder_round_trip(tmp_path):
     clip = tapvid2d.read_tapvid_folder(DATA / "davis-mini")
     assert clip.frames.shape == (3, 60, 107, 3) and clip.tracks_xy.shape[1] == 3
