@@ -198,29 +198,19 @@ def _load_st4r(path: Path) -> str:
 
 
 def _load_cotracker(path: Path) -> str:
-    from cotracker.models.build_cotracker import build_cotracker
+    """Through the tracker's own loader (`tracking.cotracker3`), as `--tracker cotracker3` would."""
+    from st4r_cli.tracking.cotracker3 import load_predictor
 
-    online = "online" in path.name.lower()
-    model = build_cotracker(str(path), offline=not online, window_len=16 if online else 60)
-    return f"{'online' if online else 'offline'}, {_count(model)}"
+    mode = "online" if "online" in path.name.lower() else "offline"
+    return f"{mode}, {_count(load_predictor(mode, path, 'cpu'))}"
 
 
 def _load_moge(path: Path) -> str:
-    import torch
+    """Through the depth backend's own loader (`depth.moge`), as `--depth moge` would."""
+    from st4r_cli.depth.moge import load_moge
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or "model_config" not in checkpoint:
-        raise ValueError("not a MoGe checkpoint (no 'model_config')")
-    errors = []
-    for version in ("v2", "v1"):
-        try:
-            module = importlib.import_module(f"moge.model.{version}")
-            model = module.MoGeModel(**checkpoint["model_config"])
-            model.load_state_dict(checkpoint["model"], strict=True)
-            return f"MoGe-{version[1]}, {_count(model)}"
-        except Exception as err:  # noqa: BLE001
-            errors.append(f"{version}: {_one_line(err)}")
-    raise ValueError("; ".join(errors))
+    model, version = load_moge(path, "cpu")
+    return f"MoGe-{version[1]}, {_count(model)}"
 
 
 def _one_line(err: BaseException, limit: int = 200) -> str:
