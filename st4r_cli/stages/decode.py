@@ -139,7 +139,8 @@ def decode(source: str | Path, cfg: DecodeConfig) -> dict[str, Any]:
 
     if len(frames) < 2:
         where = "" if (cfg.start, cfg.end, cfg.stride) == (0, None, 1) else " in the selected range"
-        raise St4rError(f"{source}: {len(frames)} decodable frame(s){where}; st4r needs at least 2")
+        hint = " (for a sequence of images, pass their folder)" if source.suffix.lower() in IMAGE_SUFFIXES else ""
+        raise St4rError(f"{source}: {len(frames)} decodable frame(s){where}; st4r needs at least 2{hint}")
     timestamps = _fill_timestamps(times, indices, folder_fps)
     span = timestamps[-1] - timestamps[0]
     fps = (len(frames) - 1) / span if span > 0 else (folder_fps or 30.0) / cfg.stride

@@ -92,6 +92,11 @@ def test_zero_and_one_decodable_frames(capsys, tmp_path, small_video):
     code, _, err = st4r(capsys, "adapt", one, "--out", tmp_path / "r1", "-q")
     assert_one_line_error(code, err, r"1 decodable frame\(s\); st4r needs at least 2")
     assert_not_complete(tmp_path / "r1")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "still.png")
+    code, _, err = st4r(capsys, "adapt", tmp_path / "still.png", "--out", tmp_path / "r3", "-q")
+    assert_one_line_error(code, err, r"1 decodable frame\(s\); st4r needs at least 2 \(for a sequence of images")
     empty = tmp_path / "empty_folder"
     empty.mkdir()
     code, _, err = st4r(capsys, "adapt", empty, "--out", tmp_path / "r2", "-q")
