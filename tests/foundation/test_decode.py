@@ -173,3 +173,20 @@ def test_image_folder_modes_and_exif_orientation(tmp_path):
     assert out["orig_hw"].tolist() == [32, 16]                 # displayed size, after EXIF rotation
     image = out["frames"][0].mean(axis=2)
     assert image[:4, -4:].mean() > 200 and image[:4, :4].mean() < 100   # top-left -> top-right
+
+
+@pytest.mark.parametrize("orig_hw, block_xy", [((64, 128), (40, 16)), ((90, 160), (100, 50))])
+def test_pixel_mapping_formula(tmp_path, orig_hw, block_xy):
+    """A bright block's centroid lands where (x + 0.5) * W / W0 - 0.5 (same for y) says."""
+    frames = np.zeros((2, *orig_hw, 3), np.uint8)
+    x0, y0 = block_xy
+    frames[:, y0:y0 + 10, x0:x0 + 10] = 255
+    path = write_video(tmp_path / "b.mkv", frames, codec="ffv1", pix_fmt="bgr0")
+    out = decode(path, DecodeConfig(long_side=64))
+    h, w = out["frames"].shape[1:3]
+    image = out["frames"][0, ..., 0].astype(np.float64)
+    ys, xs = np.mgrid[0:h, 0:w]
+    centroid = np.array([(image * xs).sum(), (image * ys).sum()]) / image.sum()
+    centre_src = np.array([x0 + 4.5, y0 + 4.5])
+    expected = (centre_src + 0.5) * np.array([w / orig_hw[1], h / orig_hw[0]]) - 0.5
+    np.testing.assert_allclose(centroid, expected, atol=0.05)
