@@ -53,6 +53,13 @@ def _pixel_scale(pred_hw: tuple[int, int] | None, gt_hw: tuple[int, int], notes:
     return np.array([gt_hw[1] / pred_hw[1], gt_hw[0] / pred_hw[0]])
 
 
+def to_gt_pixels(xy: np.ndarray, scale_xy: np.ndarray) -> np.ndarray:
+    """Prediction pixel coordinates -> ground-truth pixels, image corners aligned (centres at integers)."""
+    if np.all(scale_xy == 1.0):
+        return np.asarray(xy, dtype=np.float64)
+    return (np.asarray(xy, dtype=np.float64) + 0.5) * scale_xy - 0.5
+
+
 def _to_frame0(gt: dict[str, np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Ground-truth `tracks3d` and `cam_c2w` re-expressed in frame 0's camera coordinates."""
     tracks = gt.get("tracks3d")
@@ -95,7 +102,7 @@ def _pred_queries(scene: dict[str, np.ndarray], scale_xy: np.ndarray) -> tuple[n
         query_xy = scene["tracks2d"][np.arange(num_tracks), query_t].astype(np.float64)
     else:
         return None
-    return query_t, query_xy * scale_xy
+    return query_t, to_gt_pixels(query_xy, scale_xy)
 
 
 def _pred_depth(scene: dict[str, np.ndarray]) -> np.ndarray:
@@ -133,8 +140,13 @@ def evaluate_clip(scene: dict[str, np.ndarray], clip: Clip, match_px: float = 1.
 
     # ---- tracks: match ground-truth queries to predicted tracks
     match = None
-    gt_has_tracks = "query_xy" in gt and ("tracks3d" in gt or "tracks2d" in gt)
     queries = _pred_queries(scene, scale_xy)
+    if clip.meta.get("static_scene") and queries is not None and all(k in gt for k in ("depth", "cam_c2w", "intrinsics")):
+        gt = _static_scene_gt_at(clip, *queries)
+        gt_tracks0, gt_poses0 = _to_frame0(gt)
+        notes.append(f"static scene: ground-truth tracks derived at the prediction's {len(gt['query_t'])} "
+                     "frame-0 queries with valid depth")
+    gt_has_tracks = "query_xy" in gt and ("tracks3d" in gt or "tracks2d" in gt)
     if gt_has_tracks and queries is not None:
         gt_query_t = gt["query_t"].astype(np.int64) if "query_t" in gt else np.zeros(len(gt["query_xy"]), np.int64)
         match = match_tracks(gt_query_t, gt["query_xy"].astype(np.float64), *queries, match_px)
@@ -174,7 +186,7 @@ def evaluate_clip(scene: dict[str, np.ndarray], clip: Clip, match_px: float = 1.
                     fx_fy_cx_cy, scaling="median")
                 out.update({f"tapvid3d/{key}": value for key, value in report.items()})
         if "tracks2d" in gt and "tracks2d" in scene:
-            pred_2d = scene["tracks2d"][pred_rows].astype(np.float64) * scale_xy
+            pred_2d = to_gt_pixels(scene["tracks2d"][pred_rows].astype(np.float64), scale_xy)
             report = compute_tapvid2d_metrics(
                 scale_tracks_to_256(gt["tracks2d"][rows], clip.size_hw), gt_visible,
                 scale_tracks_to_256(pred_2d, clip.size_hw), pred_visible, gt_query_t, query_mode="first")
@@ -206,6 +218,37 @@ def evaluate_clip(scene: dict[str, np.ndarray], clip: Clip, match_px: float = 1.
                         f"{', '.join(sorted(gt)) or 'no ground truth'} and the prediction has "
                         f"{', '.join(sorted(scene))}; " + "; ".join(notes))
     return result
+
+
+def _static_scene_gt_at(clip: Clip, query_t: np.ndarray, query_xy: np.ndarray) -> dict[str, np.ndarray]:
+    """Ground truth of a static scene re-derived at the prediction's frame-0 queries (GT pixels).
+
+    Every frame-0 pixel with valid depth has an exact world track (its back-projection, constant in
+    time), so the prediction's own queries are scored instead of a fixed grid; queries at depth edges
+    (a 4-neighbour differs by more than 5%) or without depth are left out.
+    """
+    from st4r_cli.formats.sevenscenes import static_scene_tracks
+
+    gt = dict(clip.gt)
+    depth0 = np.where(clip.depth_valid()[0], gt["depth"][0], 0.0)
+    height, width = depth0.shape
+    keep = query_t == 0
+    xy = query_xy[keep]
+    col, row = np.round(xy[:, 0]).astype(int), np.round(xy[:, 1]).astype(int)
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    ok = np.zeros(len(xy), dtype=bool)
+    c, r = np.clip(col, 1, width - 2), np.clip(row, 1, height - 2)
+    centre = depth0[r, c]
+    neighbours = np.stack([depth0[r - 1, c], depth0[r + 1, c], depth0[r, c - 1], depth0[r, c + 1]])
+    smooth = np.all(np.abs(neighbours - centre) <= 0.05 * centre, axis=0)
+    ok[inside] = (centre > 0)[inside] & smooth[inside] & (col == c)[inside] & (row == r)[inside]
+    K = gt["intrinsics"] if gt["intrinsics"].ndim == 2 else gt["intrinsics"][0]
+    depth = np.where(clip.depth_valid(), gt["depth"], 0.0)
+    derived = static_scene_tracks(depth, gt["cam_c2w"], K.astype(np.float64), xy[ok])
+    for key in ("tracks3d", "tracks2d", "visible", "query_xy", "query_t", "cam_c2w"):
+        gt[key] = derived[key]
+    gt["dynamic"] = np.zeros(int(ok.sum()), dtype=bool)
+    return gt
 
 
 def mean_metrics(results: list[EvalResult]) -> dict[str, float]:

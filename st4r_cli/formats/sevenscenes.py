@@ -80,9 +80,10 @@ def write_sevenscenes(path: Path, sequence: RgbdSequence, overwrite: bool = Fals
 
 
 def backproject(depth_m: np.ndarray, intrinsics: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Camera-frame points `(N, 3)` of pixels `xy (N, 2)` (integer pixel centres) with their depth."""
-    xy = np.asarray(xy)
-    z = depth_m[xy[:, 1].astype(int), xy[:, 0].astype(int)].astype(np.float64)
+    """Camera-frame points `(N, 3)` on the rays through pixels `xy (N, 2)` at the depth of the nearest
+    pixel (exact for integer pixel centres)."""
+    xy = np.asarray(xy, dtype=np.float64)
+    z = depth_m[np.round(xy[:, 1]).astype(int), np.round(xy[:, 0]).astype(int)].astype(np.float64)
     x = (xy[:, 0] - intrinsics[0, 2]) / intrinsics[0, 0] * z
     y = (xy[:, 1] - intrinsics[1, 2]) / intrinsics[1, 1] * z
     return np.stack([x, y, z], axis=1)
@@ -96,7 +97,8 @@ def static_scene_tracks(depth_m: np.ndarray, cam_c2w: np.ndarray, intrinsics: np
         depth_m: `(T, H, W)` depth, 0 where invalid.
         cam_c2w: `(T, 4, 4)` camera-to-world poses.
         intrinsics: `(3, 3)`.
-        query_xy: `(N, 2)` integer frame-0 pixels with valid depth.
+        query_xy: `(N, 2)` frame-0 pixels (x, y) with valid depth at their nearest pixel (exact for
+            integer pixel centres).
         tol_rel: relative depth tolerance of the visibility test.
     Returns:
         `tracks3d (N, T, 3)` in frame 0's camera coordinates (constant in time), `tracks2d (N, T, 2)`,

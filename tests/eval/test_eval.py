@@ -153,11 +153,12 @@ def test_in_memory_synthetic_clip_matches_the_written_one(clip):
 def test_half_resolution_prediction_is_rescaled(clip):
     perfect = scene_from_gt(clip)
     half = dict(perfect)
-    half["pointmaps"] = perfect["pointmaps"][:, ::2, ::2]  # a 32x24 prediction: pixel (j) ~ gt (2j + 0.5)
+    half["pointmaps"] = perfect["pointmaps"][:, ::2, ::2]  # a 32x24 prediction (nearest samples)
     half["conf"] = perfect["conf"][:, ::2, ::2]
     half["colors"] = perfect["colors"][:, ::2, ::2]
-    half["tracks2d"] = perfect["tracks2d"] / 2.0
-    half["query_xy"] = perfect["query_xy"] / 2.0
+    # corners aligned, pixel centres at integers: ground-truth x = 2 x_half + 0.5
+    half["tracks2d"] = (perfect["tracks2d"] - 0.5) / 2.0
+    half["query_xy"] = (perfect["query_xy"] - 0.5) / 2.0
     result = evaluate_clip(half, clip)
     assert any("rescaled" in n for n in result.notes)
     assert result.metrics["tracks/matched"] == 300
@@ -181,6 +182,26 @@ def test_cli_directory_of_clips(tmp_path, synth_dir):
                     "-q", "--out", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["mean"]["camera/ate"] == pytest.approx(0.0, abs=1e-4)
     assert cli_run(["eval", str(tmp_path / "nope"), "--gt", str(synth_dir / "occlusion-1")]) != 0
+
+
+def test_static_scene_ground_truth_follows_the_prediction_queries():
+    from st4r_cli.formats.sevenscenes import static_scene_tracks
+
+    seven = load_ground_truth(DATA / "7scenes-mini", load_frames=True)
+    perfect = scene_from_gt(seven)
+    # the prediction tracks its own grid (not the ground truth's): exact static tracks at those pixels
+    ys, xs = np.mgrid[3:60:5, 3:80:5]
+    queries = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(float)
+    queries = queries[seven.gt["depth"][0][ys.ravel(), xs.ravel()] > 0]
+    own = static_scene_tracks(seven.gt["depth"], seven.gt["cam_c2w"], seven.gt["intrinsics"].astype(float), queries)
+    scene = dict(perfect, tracks3d=own["tracks3d"], tracks2d=own["tracks2d"], visible=own["visible"],
+                 query_xy=own["query_xy"], query_t=own["query_t"])
+    result = evaluate_clip(scene, seven)
+    assert any("static scene" in n for n in result.notes)
+    assert result.metrics["tracks/matched"] > 0.7 * len(queries)    # depth edges are left out
+    assert result.metrics["worldtrack/global/apd"] == pytest.approx(1.0)
+    moved = dict(scene, tracks3d=scene["tracks3d"] + np.array([0.0, 0.0, 0.2]))
+    assert evaluate_clip(moved, seven).metrics["worldtrack/global/epe"] > 0.05
 
 
 def test_real_benchmark_layouts(tmp_path):
