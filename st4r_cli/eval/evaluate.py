@@ -6,7 +6,10 @@ Matching rules:
   depth maps); a different aspect ratio is an error.
 - Tracks: each ground-truth track is matched to the predicted track with the same query frame whose
   query pixel is nearest, within `match_px` ground-truth pixels (run `adapt` on the ground truth's
-  queries, or densely, to match them all). Unmatched ground-truth tracks are left out and counted.
+  queries, e.g. a clip's `queries.npy`, to match them all). Unmatched ground-truth tracks are left out
+  and counted. Two kinds of ground truth follow the prediction's own frame-0 queries instead: static
+  scenes (7-Scenes: tracks re-derived from frame-0 depth and poses) and clips with dense tracks
+  (`st4r synth --dense`: the track of the query's nearest pixel).
 - World frames: the prediction's world is its frame-0 camera (the `scene.npz` contract); the ground
   truth's world is re-expressed in its frame-0 camera with `cam_c2w[0]`.
 
@@ -146,6 +149,11 @@ def evaluate_clip(scene: dict[str, np.ndarray], clip: Clip, match_px: float = 1.
         gt_tracks0, gt_poses0 = _to_frame0(gt)
         notes.append(f"static scene: ground-truth tracks derived at the prediction's {len(gt['query_t'])} "
                      "frame-0 queries with valid depth")
+    elif queries is not None and all(k in gt for k in ("tracks3d_dense", "visible_dense", "intrinsics")):
+        gt = _dense_gt_at(clip, *queries, match_px)
+        gt_tracks0, gt_poses0 = _to_frame0(gt)
+        notes.append(f"dense ground truth: tracks taken at the nearest pixel of the prediction's "
+                     f"{len(gt['query_t'])} frame-0 queries")
     gt_has_tracks = "query_xy" in gt and ("tracks3d" in gt or "tracks2d" in gt)
     if gt_has_tracks and queries is not None:
         gt_query_t = gt["query_t"].astype(np.int64) if "query_t" in gt else np.zeros(len(gt["query_xy"]), np.int64)
@@ -248,6 +256,38 @@ def _static_scene_gt_at(clip: Clip, query_t: np.ndarray, query_xy: np.ndarray) -
     for key in ("tracks3d", "tracks2d", "visible", "query_xy", "query_t", "cam_c2w"):
         gt[key] = derived[key]
     gt["dynamic"] = np.zeros(int(ok.sum()), dtype=bool)
+    return gt
+
+
+def _dense_gt_at(clip: Clip, query_t: np.ndarray, query_xy: np.ndarray, match_px: float) -> dict[str, np.ndarray]:
+    """Sparse ground truth read from the dense frame-0 tracks at the prediction's frame-0 queries.
+
+    Each query takes the track of its nearest pixel centre (exact for queries at pixel centres; queries
+    farther than `match_px` from a centre, or on pixels without geometry, are left out). 2D tracks are
+    the projections of the 3D tracks with the ground-truth cameras.
+    """
+    gt = dict(clip.gt)
+    height, width = clip.size_hw
+    xy = query_xy[query_t == 0]
+    col, row = np.round(xy[:, 0]).astype(int), np.round(xy[:, 1]).astype(int)
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    col, row = np.clip(col, 0, width - 1), np.clip(row, 0, height - 1)
+    valid0 = gt["valid"][0] if "valid" in gt else gt["visible_dense"][0]
+    ok = inside & valid0[row, col] & (np.hypot(xy[:, 0] - col, xy[:, 1] - row) <= match_px)
+    col, row = col[ok], row[ok]
+    tracks3d = np.transpose(gt["tracks3d_dense"][:, row, col], (1, 0, 2)).astype(np.float64)
+    poses = gt["cam_c2w"].astype(np.float64) if "cam_c2w" in gt else np.tile(np.eye(4), (clip.num_frames, 1, 1))
+    w2c = np.linalg.inv(poses)
+    cam = np.einsum("tij,ntj->nti", w2c[:, :3, :3], tracks3d) + w2c[None, :, :3, 3]
+    K = gt["intrinsics"] if gt["intrinsics"].ndim == 2 else gt["intrinsics"][0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tracks2d = np.stack([K[0, 0] * cam[..., 0] / cam[..., 2] + K[0, 2],
+                             K[1, 1] * cam[..., 1] / cam[..., 2] + K[1, 2]], axis=-1)
+    tracks2d[cam[..., 2] <= 0] = np.nan
+    gt.update(tracks3d=tracks3d, tracks2d=tracks2d, visible=gt["visible_dense"][:, row, col].T,
+              query_xy=xy[ok], query_t=np.zeros(int(ok.sum()), dtype=np.int64))
+    if "dynamic_mask" in gt:
+        gt["dynamic"] = gt["dynamic_mask"][0, row, col]
     return gt
 
 

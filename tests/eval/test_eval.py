@@ -204,6 +204,27 @@ def test_static_scene_ground_truth_follows_the_prediction_queries():
     assert evaluate_clip(moved, seven).metrics["worldtrack/global/epe"] > 0.05
 
 
+def test_dense_ground_truth_follows_the_prediction_queries():
+    from st4r_cli.formats.clip import clip_from_synthetic
+    from st4r_cli.synthetic import render_clip, sample_tracks
+
+    rendered = render_clip("fast-motion", seed=2, num_frames=5, size_hw=(48, 64))
+    dense = clip_from_synthetic(rendered, num_tracks=50, seed=0, dense=True)
+    grid = sample_tracks(rendered, 200, mode="grid")          # the prediction's own query grid
+    perfect = scene_from_gt(dense)
+    scene = dict(perfect, tracks3d=grid.tracks3d, tracks2d=grid.tracks2d, visible=grid.visible,
+                 query_xy=grid.query_xy, query_t=grid.query_t)
+    result = evaluate_clip(scene, dense)
+    assert any("dense ground truth" in n for n in result.notes)
+    assert result.metrics["tracks/matched"] == len(grid.query_t)
+    for key in ("worldtrack/global/apd", "worldtrack/global_dyn/apd", "tapvid2d/average_jaccard",
+                "tapvid3d/average_jaccard"):
+        assert result.metrics[key] == pytest.approx(1.0), key
+    noisy = dict(scene, tracks3d=grid.tracks3d + 0.3)
+    assert evaluate_clip(noisy, dense).metrics["worldtrack/sim3/apd"] == pytest.approx(1.0)   # a translation
+    assert evaluate_clip(noisy, dense).metrics["worldtrack/global/apd"] < 1.0
+
+
 def test_real_benchmark_layouts(tmp_path):
     seven = load_ground_truth(DATA / "7scenes-mini", load_frames=True)
     m = evaluate_clip(scene_from_gt(seven), seven).metrics
