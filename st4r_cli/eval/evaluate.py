@@ -126,106 +126,137 @@ def _resize_nearest(maps: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 def evaluate_clip(scene: dict[str, np.ndarray], clip: Clip, match_px: float = 1.0, name: str | None = None) -> EvalResult:
     """Every metric the ground truth and the prediction both support (see the module docstring)."""
-    from st4r_cli.metrics.camera import camera_metrics
-    from st4r_cli.metrics.depth import depth_metrics
+    result = EvalResult(name=name or clip.name)
+    dims = scene_dims(scene)
+    if dims.get("T", clip.num_frames) != clip.num_frames:
+        raise St4rError(f"prediction has {dims['T']} frames but the ground truth {clip.name} has {clip.num_frames}")
+    scale_xy = _pixel_scale(scene_image_hw(scene), clip.size_hw, result.notes)
+    queries = _pred_queries(scene, scale_xy)
+    gt = _ground_truth_for_queries(clip, queries, match_px, result.notes)
+    match = _match(gt, queries, match_px, result)
+    if match is not None:
+        result.metrics.update(_track_metrics(scene, clip, gt, match, scale_xy, result.notes))
+    result.metrics.update(_depth_metrics(scene, clip, result.notes))
+    result.metrics.update(_camera_metrics(scene, clip, gt, result.notes))
+    if not any(not key.startswith("tracks/") for key in result.metrics):
+        raise St4rError(f"nothing to evaluate for {result.name}: the ground truth has "
+                        f"{', '.join(sorted(clip.gt)) or 'no ground truth'} and the prediction has "
+                        f"{', '.join(sorted(scene))}; " + "; ".join(result.notes))
+    return result
+
+
+def _ground_truth_for_queries(clip: Clip, queries: tuple[np.ndarray, np.ndarray] | None, match_px: float,
+                              notes: list[str]) -> dict[str, np.ndarray]:
+    """The clip's ground truth, with tracks re-derived at the prediction's queries when the clip allows."""
+    gt = clip.gt
+    if queries is None:
+        return gt
+    if clip.meta.get("static_scene") and all(k in gt for k in ("depth", "cam_c2w", "intrinsics")):
+        gt = _static_scene_gt_at(clip, *queries)
+        notes.append(f"static scene: ground-truth tracks derived at the prediction's {len(gt['query_t'])} "
+                     "frame-0 queries with valid depth")
+    elif all(k in gt for k in ("tracks3d_dense", "visible_dense", "intrinsics")):
+        gt = _dense_gt_at(clip, *queries, match_px)
+        notes.append(f"dense ground truth: tracks taken at the nearest pixel of the prediction's "
+                     f"{len(gt['query_t'])} frame-0 queries")
+    return gt
+
+
+def _match(gt: dict[str, np.ndarray], queries: tuple[np.ndarray, np.ndarray] | None, match_px: float,
+           result: EvalResult) -> np.ndarray | None:
+    """`(N_gt,)` predicted track index per ground-truth track (-1: none), or None when nothing matches."""
+    if "query_xy" not in gt or not ("tracks3d" in gt or "tracks2d" in gt):
+        return None
+    if queries is None:
+        result.notes.append("prediction has no tracks: track metrics skipped")
+        return None
+    gt_query_t = gt["query_t"].astype(np.int64) if "query_t" in gt else np.zeros(len(gt["query_xy"]), np.int64)
+    match = match_tracks(gt_query_t, gt["query_xy"].astype(np.float64), *queries, match_px)
+    result.metrics["tracks/matched"] = float((match >= 0).sum())
+    result.metrics["tracks/gt_tracks"] = float(len(match))
+    if not (match >= 0).any():
+        result.notes.append(f"no predicted track starts within {match_px:g} px of a ground-truth query: track "
+                            "metrics skipped (adapt on the ground truth's queries, e.g. the clip's queries.npy)")
+        return None
+    if (match < 0).any():
+        result.notes.append(f"{int((match < 0).sum())} of {len(match)} ground-truth tracks have no predicted "
+                            f"track within {match_px:g} px and are left out")
+    return match
+
+
+def _track_metrics(scene: dict[str, np.ndarray], clip: Clip, gt: dict[str, np.ndarray], match: np.ndarray,
+                   scale_xy: np.ndarray, notes: list[str]) -> dict[str, float]:
+    """WorldTrack, TAPVid-3D and TAP-Vid 2D metrics of the matched tracks."""
     from st4r_cli.metrics.tapvid2d import compute_tapvid2d_metrics, scale_tracks_to_256
     from st4r_cli.metrics.tapvid3d import compute_tapvid3d_metrics, intrinsics_at_256, world_to_camera_tracks
     from st4r_cli.metrics.worldtrack import evaluate_worldtrack
 
-    result = EvalResult(name=name or clip.name)
-    notes, out = result.notes, result.metrics
-    gt = clip.gt
-    dims = scene_dims(scene)
-    if dims.get("T", clip.num_frames) != clip.num_frames:
-        raise St4rError(f"prediction has {dims['T']} frames but the ground truth {clip.name} has {clip.num_frames}")
-    scale_xy = _pixel_scale(scene_image_hw(scene), clip.size_hw, notes)
+    out: dict[str, float] = {}
+    rows = np.flatnonzero(match >= 0)
+    pred_rows = match[rows]
+    all_visible = np.ones((len(rows), clip.num_frames), bool)
+    gt_visible = gt["visible"][rows].astype(bool) if "visible" in gt else all_visible
+    pred_visible = scene["visible"][pred_rows].astype(bool) if "visible" in scene else all_visible
+    gt_query_t = gt["query_t"][rows].astype(np.int64) if "query_t" in gt else np.zeros(len(rows), np.int64)
     gt_tracks0, gt_poses0 = _to_frame0(gt)
-
-    # ---- tracks: match ground-truth queries to predicted tracks
-    match = None
-    queries = _pred_queries(scene, scale_xy)
-    if clip.meta.get("static_scene") and queries is not None and all(k in gt for k in ("depth", "cam_c2w", "intrinsics")):
-        gt = _static_scene_gt_at(clip, *queries)
-        gt_tracks0, gt_poses0 = _to_frame0(gt)
-        notes.append(f"static scene: ground-truth tracks derived at the prediction's {len(gt['query_t'])} "
-                     "frame-0 queries with valid depth")
-    elif queries is not None and all(k in gt for k in ("tracks3d_dense", "visible_dense", "intrinsics")):
-        gt = _dense_gt_at(clip, *queries, match_px)
-        gt_tracks0, gt_poses0 = _to_frame0(gt)
-        notes.append(f"dense ground truth: tracks taken at the nearest pixel of the prediction's "
-                     f"{len(gt['query_t'])} frame-0 queries")
-    gt_has_tracks = "query_xy" in gt and ("tracks3d" in gt or "tracks2d" in gt)
-    if gt_has_tracks and queries is not None:
-        gt_query_t = gt["query_t"].astype(np.int64) if "query_t" in gt else np.zeros(len(gt["query_xy"]), np.int64)
-        match = match_tracks(gt_query_t, gt["query_xy"].astype(np.float64), *queries, match_px)
-        out["tracks/matched"] = float((match >= 0).sum())
-        out["tracks/gt_tracks"] = float(len(match))
-        if not (match >= 0).any():
-            notes.append(f"no predicted track starts within {match_px:g} px of a ground-truth query: "
-                         "track metrics skipped (adapt on the ground truth's queries or densely)")
-            match = None
-        elif (match < 0).any():
-            notes.append(f"{int((match < 0).sum())} of {len(match)} ground-truth tracks have no predicted "
-                         f"track within {match_px:g} px and are left out")
-    elif gt_has_tracks:
-        notes.append("prediction has no tracks: track metrics skipped")
-
-    if match is not None:
-        rows = np.flatnonzero(match >= 0)
-        pred_rows = match[rows]
-        gt_visible = gt["visible"][rows].astype(bool) if "visible" in gt else np.ones((len(rows), clip.num_frames), bool)
-        pred_visible = (scene["visible"][pred_rows].astype(bool) if "visible" in scene
-                        else np.ones((len(rows), clip.num_frames), bool))
-        gt_query_t = gt["query_t"][rows].astype(np.int64) if "query_t" in gt else np.zeros(len(rows), np.int64)
-        if gt_tracks0 is not None and "tracks3d" in scene:
-            frame0 = gt_query_t == 0
-            if frame0.any():
-                report = evaluate_worldtrack(scene["tracks3d"][pred_rows][frame0], gt_tracks0[rows][frame0],
-                                             gt_visible[frame0], relative=bool(clip.meta.get("synthetic")))
-                out.update({f"worldtrack/{key}": value for key, value in report.items()})
-            else:
-                notes.append("no frame-0 queries: world-track metrics skipped")
-            if gt_poses0 is not None and "cam_c2w" in scene and "intrinsics" in gt:
-                K = gt["intrinsics"] if gt["intrinsics"].ndim == 2 else gt["intrinsics"][0]
-                fx_fy_cx_cy = intrinsics_at_256(np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]]), clip.size_hw)
-                report = compute_tapvid3d_metrics(
-                    world_to_camera_tracks(gt_tracks0[rows], gt_poses0), gt_visible,
-                    world_to_camera_tracks(scene["tracks3d"][pred_rows], scene["cam_c2w"]), pred_visible,
-                    fx_fy_cx_cy, scaling="median")
-                out.update({f"tapvid3d/{key}": value for key, value in report.items()})
-        if "tracks2d" in gt and "tracks2d" in scene:
-            pred_2d = to_gt_pixels(scene["tracks2d"][pred_rows].astype(np.float64), scale_xy)
-            report = compute_tapvid2d_metrics(
-                scale_tracks_to_256(gt["tracks2d"][rows], clip.size_hw), gt_visible,
-                scale_tracks_to_256(pred_2d, clip.size_hw), pred_visible, gt_query_t, query_mode="first")
-            out.update({f"tapvid2d/{key}": value for key, value in report.items()})
-
-    # ---- depth from the predicted pointmaps
-    if "depth" in gt:
-        if "pointmaps" in scene and "cam_c2w" in scene:
-            pred_depth = _pred_depth(scene)
-            if pred_depth.shape[1:] != clip.size_hw:
-                pred_depth = _resize_nearest(pred_depth, clip.size_hw)
-            valid = clip.depth_valid()
-            for alignment in ("median", "scale_shift"):
-                report = depth_metrics(pred_depth, gt["depth"], valid, alignment=alignment)
-                out.update({f"depth/{alignment}/{key}": value for key, value in report.items()})
+    if gt_tracks0 is not None and "tracks3d" in scene:
+        frame0 = gt_query_t == 0
+        if frame0.any():
+            report = evaluate_worldtrack(scene["tracks3d"][pred_rows][frame0], gt_tracks0[rows][frame0],
+                                         gt_visible[frame0], relative=bool(clip.meta.get("synthetic")))
+            out.update({f"worldtrack/{key}": value for key, value in report.items()})
         else:
-            notes.append("prediction has no pointmaps + cam_c2w: depth metrics skipped")
+            notes.append("no frame-0 queries: world-track metrics skipped")
+        if gt_poses0 is not None and "cam_c2w" in scene and "intrinsics" in gt:
+            K = gt["intrinsics"] if gt["intrinsics"].ndim == 2 else gt["intrinsics"][0]
+            fx_fy_cx_cy = intrinsics_at_256(np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]]), clip.size_hw)
+            report = compute_tapvid3d_metrics(
+                world_to_camera_tracks(gt_tracks0[rows], gt_poses0), gt_visible,
+                world_to_camera_tracks(scene["tracks3d"][pred_rows], scene["cam_c2w"]), pred_visible,
+                fx_fy_cx_cy, scaling="median")
+            out.update({f"tapvid3d/{key}": value for key, value in report.items()})
+    if "tracks2d" in gt and "tracks2d" in scene:
+        pred_2d = to_gt_pixels(scene["tracks2d"][pred_rows].astype(np.float64), scale_xy)
+        report = compute_tapvid2d_metrics(
+            scale_tracks_to_256(gt["tracks2d"][rows], clip.size_hw), gt_visible,
+            scale_tracks_to_256(pred_2d, clip.size_hw), pred_visible, gt_query_t, query_mode="first")
+        out.update({f"tapvid2d/{key}": value for key, value in report.items()})
+    return out
 
-    # ---- camera trajectory
-    if gt_poses0 is not None:
-        if "cam_c2w" in scene and clip.num_frames >= 2:
-            report = camera_metrics(scene["cam_c2w"], gt_poses0)
-            out.update({f"camera/{key}": value for key, value in report.items()})
-        elif "cam_c2w" not in scene:
-            notes.append("prediction has no cam_c2w: camera metrics skipped")
 
-    if not any(not key.startswith("tracks/") for key in out):
-        raise St4rError(f"nothing to evaluate for {result.name}: the ground truth has "
-                        f"{', '.join(sorted(gt)) or 'no ground truth'} and the prediction has "
-                        f"{', '.join(sorted(scene))}; " + "; ".join(notes))
-    return result
+def _depth_metrics(scene: dict[str, np.ndarray], clip: Clip, notes: list[str]) -> dict[str, float]:
+    """AbsRel / delta<1.25 of the pointmaps' z-depth (median and scale-and-shift alignment)."""
+    from st4r_cli.metrics.depth import depth_metrics
+
+    if "depth" not in clip.gt:
+        return {}
+    if "pointmaps" not in scene or "cam_c2w" not in scene:
+        notes.append("prediction has no pointmaps + cam_c2w: depth metrics skipped")
+        return {}
+    pred_depth = _pred_depth(scene)
+    if pred_depth.shape[1:] != clip.size_hw:
+        pred_depth = _resize_nearest(pred_depth, clip.size_hw)
+    out = {}
+    for alignment in ("median", "scale_shift"):
+        report = depth_metrics(pred_depth, clip.gt["depth"], clip.depth_valid(), alignment=alignment)
+        out.update({f"depth/{alignment}/{key}": value for key, value in report.items()})
+    return out
+
+
+def _camera_metrics(scene: dict[str, np.ndarray], clip: Clip, gt: dict[str, np.ndarray],
+                    notes: list[str]) -> dict[str, float]:
+    """ATE / RPE of the predicted poses against the ground truth's (both with frame 0 = world)."""
+    from st4r_cli.metrics.camera import camera_metrics
+
+    _, gt_poses0 = _to_frame0(gt)
+    if gt_poses0 is None:
+        return {}
+    if "cam_c2w" not in scene:
+        notes.append("prediction has no cam_c2w: camera metrics skipped")
+        return {}
+    if clip.num_frames < 2:
+        return {}
+    return {f"camera/{key}": value for key, value in camera_metrics(scene["cam_c2w"], gt_poses0).items()}
 
 
 def _static_scene_gt_at(clip: Clip, query_t: np.ndarray, query_xy: np.ndarray) -> dict[str, np.ndarray]:
