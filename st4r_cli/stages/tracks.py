@@ -37,6 +37,8 @@ class TracksConfig:
     occlusion: str = "lk_fb"          # lk_fb | dis_fb | none: the cycle check flagging occlusion
     fb_threshold: float = 3.0         # cycle error (px at a 256 long side) above which a point is occluded
     reacquire: bool = True            # re-find occluded points by their query-frame appearance
+    reacquire_ncc: float = 0.7        # re-found patch must correlate with the query patch above this
+    lost_motion: str = "velocity"     # velocity | flow: how a lost point moves until re-found
     # cotracker3
     cotracker_mode: str = "offline"   # offline | online
     cotracker_weights: str = ""       # default: weights/scaled_offline.pth or weights/scaled_online.pth
@@ -60,6 +62,8 @@ def check_tracks_config(cfg: TracksConfig) -> None:
         raise St4rError(f"unknown occlusion test '{cfg.occlusion}' (use lk_fb, dis_fb or none)")
     if not cfg.fb_threshold > 0 or cfg.flow_long_side < 16:
         raise St4rError("tracks fb_threshold must be > 0 and flow_long_side >= 16")
+    if cfg.lost_motion not in ("velocity", "flow"):
+        raise St4rError(f"unknown lost_motion '{cfg.lost_motion}' (use velocity or flow)")
     if cfg.cotracker_mode not in ("offline", "online"):
         raise St4rError(f"unknown cotracker mode '{cfg.cotracker_mode}' (use offline or online)")
 
@@ -112,7 +116,8 @@ def builtin_params(cfg: TracksConfig):  # -> BuiltinTrackerParams
 
     return BuiltinTrackerParams(flow_long_side=cfg.flow_long_side, dis_preset=cfg.dis_preset,
                                 occlusion=cfg.occlusion, fb_threshold=cfg.fb_threshold,
-                                reacquire=cfg.reacquire)
+                                reacquire=cfg.reacquire, reacquire_ncc=cfg.reacquire_ncc,
+                                lost_motion=cfg.lost_motion)
 
 
 def _run_builtin(frames: Any, queries: Any, cfg: TracksConfig) -> dict[str, Any]:

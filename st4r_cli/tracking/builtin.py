@@ -3,19 +3,23 @@
 Classical, offline, CPU only (OpenCV). For each pair of consecutive frames (t-1, t):
 
 1. Dense flow t-1 -> t with OpenCV's DIS (Kroeger et al., ECCV 2016) on grey frames resized so their
-   long side is `flow_long_side` (finest scale 0 of that raster: patch matching plus variational
-   refinement). Every active point moves by the flow bilinearly sampled at its sub-pixel position.
-2. Cycle check (the GMRW/TAP-style occlusion test): the point is traced back to t-1, with the
-   backward DIS flow (`occlusion="dis_fb"`) or a pyramidal Lucas-Kanade step (`"lk_fb"`); a cycle
-   error above `fb_threshold` marks it occluded at t.
-3. Re-acquisition (`reacquire`): a point flagged occluded is matched directly against its own
-   appearance in its query frame: a pyramidal LK search from the query frame, started at the chained
-   position, and a backward LK search to the query frame. If that round trip closes within
-   `fb_threshold`, the point is visible again, at the matched position.
+   long side is `flow_long_side` (finest scale 0 of that raster). Every active point moves by the
+   flow bilinearly sampled at its sub-pixel position.
+2. Cycle check (the GMRW/TAP-style occlusion test): the point is traced back to t-1 with a pyramidal
+   Lucas-Kanade step started at its new position (`occlusion="lk_fb"`, zero-motion start, so the
+   check cannot close trivially) or with the backward DIS flow (`"dis_fb"`); a cycle error above
+   `fb_threshold` marks it lost.
+3. A lost point does not follow the flow (where it is hidden, the flow is the occluder's): it coasts
+   with the median of its last visible steps (`lost_motion="velocity"`), and stays occluded until it
+   is re-acquired.
+4. Re-acquisition (`reacquire`): a lost point is matched against its own appearance in its query
+   frame: pyramidal LK from the query frame started at the predicted position, a backward LK search
+   to the query frame that must close within `fb_threshold`, and a normalised cross-correlation of
+   the query-frame patch with the matched patch above `reacquire_ncc`. Then it is visible again, at
+   the matched position, and follows the flow again.
 
-Points keep following the flow while occluded (the surrounding motion carries them), so a point that
-reappears is near its true position. Tracks start at their query frame; frames before it repeat the
-query position and are marked not visible (no backward tracking).
+Tracks start at their query frame; frames before it repeat the query position and are marked not
+visible (no backward tracking).
 
 Thresholds are in pixels of a 256-pixel long side and scale with the frames (`fb_threshold=3` is
 about 10 px on an 854x480 frame), so a setting means the same at any resolution.
@@ -26,11 +30,13 @@ is in benchmarks/results/tapvid_davis_ablation.json).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 REFERENCE_LONG_SIDE = 256.0  # thresholds are given in pixels of this raster
+VELOCITY_MEMORY = 3          # a coasting point moves by the median of its last visible steps
 
 
 @dataclass
@@ -43,6 +49,11 @@ class BuiltinTrackerParams:
     fb_threshold: float = 3.0         # cycle error (px at a 256 long side) above which a point is occluded
     reacquire: bool = True            # match occluded points against their query-frame appearance
     sticky: bool = False              # a lost point stays occluded until re-acquired
+    appearance_ncc: float = 0.0       # visible needs NCC(query-frame patch, current patch) above this (0: off)
+    reacquire_ncc: float = 0.7        # a re-acquired match needs NCC with the query-frame patch above this
+    patch_size: int = 15              # NCC patch side (px of the frames)
+    lost_motion: str = "velocity"     # velocity | flow: how a lost point moves (local flow, or its
+                                      # last visible velocity: the flow there may be the occluder's)
     lk_window: int = 21               # LK window (px of the frames), for lk_fb and re-acquisition
     lk_levels: int = 3                # LK pyramid levels
 
@@ -92,6 +103,8 @@ def track_points(frames: np.ndarray, queries: np.ndarray, params: BuiltinTracker
     cycle_error[np.arange(num_points), query_t] = 0.0
     current = queries[:, 1:].copy()
     was_lost = np.zeros(num_points, dtype=bool)
+    recent_steps = np.full((num_points, VELOCITY_MEMORY, 2), np.nan, dtype=np.float32)  # last visible steps
+    templates = _patches(grey, query_t, queries[:, 1:], params.patch_size)   # (N, P, P) float32
 
     steps = range(1, num_frames)
     if progress_desc is not None:
@@ -106,24 +119,41 @@ def track_points(frames: np.ndarray, queries: np.ndarray, params: BuiltinTracker
         forward = dis.calc(flow_grey[t - 1], flow_grey[t], None)
         moved_xy = start_xy + _sample_flow(forward, start_xy, to_flow)
         moved_xy = _clip_xy(moved_xy, width, height)
+        coasting = was_lost[active] if params.lost_motion == "velocity" else np.zeros(len(active), bool)
+        if coasting.any():
+            with warnings.catch_warnings():   # a point lost on its first step has no steps yet
+                warnings.simplefilter("ignore", RuntimeWarning)
+                velocity = np.nan_to_num(np.nanmedian(recent_steps[active[coasting]], axis=1))
+            moved_xy[coasting] = _clip_xy(start_xy[coasting] + velocity, width, height)
         if params.occlusion == "dis_fb":
             backward = dis.calc(flow_grey[t], flow_grey[t - 1], None)
             back_xy = moved_xy + _sample_flow(backward, moved_xy, to_flow)
             error = np.linalg.norm(back_xy - start_xy, axis=1)
         elif params.occlusion == "lk_fb":
-            back_xy, ok = _lk(grey[t], grey[t - 1], moved_xy, start_xy, params)
+            # backward search starts where the point is (zero motion), not at the answer
+            back_xy, ok = _lk(grey[t], grey[t - 1], moved_xy, moved_xy, params)
             error = np.where(ok, np.linalg.norm(back_xy - start_xy, axis=1), np.inf)
         else:
             error = np.zeros(len(active))
         seen = error < threshold_px
-        if params.sticky:
+        if params.appearance_ncc > 0:
+            ncc = _ncc(templates[active], _patches(grey, np.full(len(active), t), moved_xy, params.patch_size))
+            seen &= ncc > params.appearance_ncc
+        if params.sticky or params.lost_motion == "velocity":
             seen &= ~was_lost[active]
         if params.reacquire and not seen.all():
             lost = np.flatnonzero(~seen)
             found_xy, found = _reacquire(grey, t, queries[active[lost]], query_t[active[lost]],
                                          moved_xy[lost], threshold_px, params)
+            if params.reacquire_ncc > 0 and found.any():
+                ncc = _ncc(templates[active[lost]],
+                           _patches(grey, np.full(len(lost), t), found_xy, params.patch_size))
+                found &= ncc > params.reacquire_ncc
             moved_xy[lost[found]] = found_xy[found]
             seen[lost[found]] = True
+        stepped = active[seen & ~coasting]
+        recent_steps[stepped] = np.roll(recent_steps[stepped], 1, axis=1)
+        recent_steps[stepped, 0] = (moved_xy - start_xy)[seen & ~coasting]
         current[active] = moved_xy
         was_lost[active] = ~seen
         tracks_xy[active, t] = moved_xy
@@ -187,11 +217,33 @@ def _reacquire(grey: list[np.ndarray], t: int, queries: np.ndarray, query_t: np.
         rows = np.flatnonzero(query_t == source_t)
         source_xy = queries[rows, 1:]
         match_xy, ok = _lk(grey[source_t], grey[t], source_xy, guess_xy[rows], params)
+        # the backward search starts at the query (the motion since the query frame can be large);
+        # the NCC test on the match (in track_points) guards against a trivially closing cycle
         back_xy, ok_back = _lk(grey[t], grey[source_t], match_xy, source_xy, params)
         closes = ok & ok_back & (np.linalg.norm(back_xy - source_xy, axis=1) < threshold_px)
         found_xy[rows] = match_xy
         found[rows] = closes
     return found_xy, found
+
+
+def _patches(grey: list[np.ndarray], frame_t: np.ndarray, xy: np.ndarray, size: int) -> np.ndarray:
+    """`(M, size, size)` float32 grey patches centred (sub-pixel) at `xy[m]` in frame `frame_t[m]`."""
+    import cv2
+
+    out = np.empty((len(xy), size, size), dtype=np.float32)
+    for m, (t, (x, y)) in enumerate(zip(frame_t, xy)):
+        out[m] = cv2.getRectSubPix(grey[int(t)], (size, size), (float(x), float(y)), patchType=cv2.CV_32F)
+    return out
+
+
+def _ncc(patches_a: np.ndarray, patches_b: np.ndarray) -> np.ndarray:
+    """Normalised cross-correlation `(M,)` in [-1, 1] of two patch stacks `(M, P, P)`."""
+    a = patches_a.reshape(len(patches_a), -1)
+    b = patches_b.reshape(len(patches_b), -1)
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1)) + 1e-6
+    return (a * b).sum(axis=1) / denominator
 
 
 def _confidence(visible: np.ndarray, cycle_error: np.ndarray, query_t: np.ndarray,
