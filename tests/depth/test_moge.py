@@ -75,7 +75,7 @@ def moge2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _frames() -> np.ndarray:
     rng = np.random.default_rng(1)
-    return rng.integers(0, 256, (3, 28, 42, 3), dtype=np.uint8)
+    return rng.integers(0, 256, (2, 28, 42, 3), dtype=np.uint8)
 
 
 def test_moge2_end_to_end_matches_official_inference(moge2_checkpoint: Path) -> None:
@@ -85,11 +85,11 @@ def test_moge2_end_to_end_matches_official_inference(moge2_checkpoint: Path) -> 
 
     frames = _frames()
     cfg = DepthConfig(backend="moge", moge_weights=str(moge2_checkpoint), num_tokens=NUM_TOKENS,
-                      batch_size=2)
+                      batch_size=1)
     out = compute_depth(frames, cfg, "cpu")
-    assert out["depth"].shape == (3, 28, 42) and out["depth"].dtype == np.float32
-    assert out["valid"].shape == (3, 28, 42) and out["valid"].dtype == bool
-    assert out["intrinsics"].shape == (3, 3) and out["intrinsics_per_frame"].shape == (3, 3, 3)
+    assert out["depth"].shape == (2, 28, 42) and out["depth"].dtype == np.float32
+    assert out["valid"].shape == (2, 28, 42) and out["valid"].dtype == bool
+    assert out["intrinsics"].shape == (3, 3) and out["intrinsics_per_frame"].shape == (2, 3, 3)
     assert bool(out["metric"]) is True
     assert out["valid"].mean() > 0.5
     assert (out["depth"][out["valid"]] > 0).all() and (out["depth"][~out["valid"]] == 0).all()
@@ -97,17 +97,17 @@ def test_moge2_end_to_end_matches_official_inference(moge2_checkpoint: Path) -> 
     # the same frame through the official `infer`, by hand
     model, version = load_moge(moge2_checkpoint, "cpu")
     assert version == "v2"
-    image = torch.from_numpy(frames[2]).permute(2, 0, 1).float()[None] / 255.0
+    image = torch.from_numpy(frames[1]).permute(2, 0, 1).float()[None] / 255.0
     reference = model.infer(image, num_tokens=NUM_TOKENS, use_fp16=False)
     ref_depth = reference["depth"][0].numpy()
     ref_valid = reference["mask"][0].numpy() & np.isfinite(ref_depth) & (ref_depth > 0)
-    assert np.array_equal(out["valid"][2], ref_valid)
-    assert np.allclose(out["depth"][2][ref_valid], ref_depth[ref_valid], rtol=1e-5)
+    assert np.array_equal(out["valid"][1], ref_valid)
+    assert np.allclose(out["depth"][1][ref_valid], ref_depth[ref_valid], rtol=1e-5)
     # normalised K (image corners at 0 and 1) -> pixels with centres at integers
     k_norm = reference["intrinsics"][0].numpy()
     k_pixels = np.array([[k_norm[0, 0] * 42, 0, k_norm[0, 2] * 42 - 0.5],
                          [0, k_norm[1, 1] * 28, k_norm[1, 2] * 28 - 0.5], [0, 0, 1]])
-    assert np.allclose(out["intrinsics_per_frame"][2], k_pixels, rtol=1e-5, atol=1e-5)
+    assert np.allclose(out["intrinsics_per_frame"][1], k_pixels, rtol=1e-5, atol=1e-5)
     assert np.allclose(out["intrinsics"][:2, 2], [20.5, 13.5])     # MoGe puts the centre at the middle
 
 
@@ -175,7 +175,7 @@ def test_cli_depth_on_a_run_reuses_decode(moge2_checkpoint: Path, tmp_path: Path
 
     decoded_hw = Run.open(run_dir).artifact("decode")["frames"].shape[1:3]
     first = np.load(run_dir / "depth.npz")
-    assert first["depth"].shape == (3, *decoded_hw)
+    assert first["depth"].shape == (2, *decoded_hw)
     assert run(["depth", str(run_dir), *args]) == 0            # from the run dir: cached, same arrays
     second = np.load(run_dir / "depth.npz")
     assert np.array_equal(first["depth"], second["depth"])
