@@ -22,6 +22,7 @@ returned in pixels of the input frames (pixel centres at integers).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +131,11 @@ def estimate_depth_moge(frames: np.ndarray, checkpoint: str = "", device: str = 
         batch = frames[start:start + batch_size]
         image = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
         image = image.permute(0, 3, 1, 2).float() / 255.0             # (B, 3, H, W) in [0, 1]
-        out = model.infer(image, resolution_level=resolution_level,
-                          num_tokens=num_tokens if num_tokens > 0 else None,
-                          use_fp16=fp16 and device.startswith("cuda"))
+        with warnings.catch_warnings():    # MoGe's fp32 autocast block warns on the CPU
+            warnings.filterwarnings("ignore", message=".*autocast.*", category=UserWarning)
+            out = model.infer(image, resolution_level=resolution_level,
+                              num_tokens=num_tokens if num_tokens > 0 else None,
+                              use_fp16=fp16 and device.startswith("cuda"))
         batch_depth = out["depth"].float().cpu()
         batch_valid = torch.isfinite(batch_depth) & (batch_depth > 0)
         if "mask" in out:

@@ -91,24 +91,26 @@ def test_moge2_end_to_end_matches_official_inference(moge2_checkpoint: Path) -> 
     assert out["valid"].shape == (2, 28, 42) and out["valid"].dtype == bool
     assert out["intrinsics"].shape == (3, 3) and out["intrinsics_per_frame"].shape == (2, 3, 3)
     assert bool(out["metric"]) is True
-    assert out["valid"].mean() > 0.5
+    assert out["valid"].any()                 # random weights: some frames may come out all invalid
     assert (out["depth"][out["valid"]] > 0).all() and (out["depth"][~out["valid"]] == 0).all()
 
     # the same frame through the official `infer`, by hand
     model, version = load_moge(moge2_checkpoint, "cpu")
     assert version == "v2"
-    image = torch.from_numpy(frames[1]).permute(2, 0, 1).float()[None] / 255.0
+    frame = int(out["valid"].sum(axis=(1, 2)).argmax())
+    image = torch.from_numpy(frames[frame]).permute(2, 0, 1).float()[None] / 255.0
     reference = model.infer(image, num_tokens=NUM_TOKENS, use_fp16=False)
     ref_depth = reference["depth"][0].numpy()
     ref_valid = reference["mask"][0].numpy() & np.isfinite(ref_depth) & (ref_depth > 0)
-    assert np.array_equal(out["valid"][1], ref_valid)
-    assert np.allclose(out["depth"][1][ref_valid], ref_depth[ref_valid], rtol=1e-5)
+    assert np.array_equal(out["valid"][frame], ref_valid)
+    assert np.allclose(out["depth"][frame][ref_valid], ref_depth[ref_valid], rtol=1e-5)
     # normalised K (image corners at 0 and 1) -> pixels with centres at integers
     k_norm = reference["intrinsics"][0].numpy()
     k_pixels = np.array([[k_norm[0, 0] * 42, 0, k_norm[0, 2] * 42 - 0.5],
                          [0, k_norm[1, 1] * 28, k_norm[1, 2] * 28 - 0.5], [0, 0, 1]])
-    assert np.allclose(out["intrinsics_per_frame"][1], k_pixels, rtol=1e-5, atol=1e-5)
+    assert np.allclose(out["intrinsics_per_frame"][frame], k_pixels, rtol=1e-5, atol=1e-5)
     assert np.allclose(out["intrinsics"][:2, 2], [20.5, 13.5])     # MoGe puts the centre at the middle
+    assert ref_valid.any()
 
 
 def test_moge1_checkpoint_runs(tmp_path: Path) -> None:
