@@ -170,13 +170,26 @@ def finish_run(run: Run, input_path: Path) -> None:
         run.mark_complete()
 
 
+def _mark_failed_if_started(run: Run, message: str, interrupted: bool = False) -> None:
+    """A run this command started (it holds the run lock) is marked failed, never left `running`."""
+    if run.status == "running" and getattr(run, "_lock_fd", None) is not None:
+        run.mark_failed(message, interrupted=interrupted)
+
+
 def stage_through_cache(run: Run, name: str, version: int | str, config: Any, inputs: list[str],
                         compute: Any, force: list[str] | None) -> Artifact:
     """Run a stage through the run's cache (same key as `st4r adapt` uses) and report it."""
     from st4r_cli import progress
 
     forced = bool({name, "all"} & set(force or []))
-    artifact = run.cache.get_or_compute(name, version, config, inputs, compute, force=forced)
+    try:
+        artifact = run.cache.get_or_compute(name, version, config, inputs, compute, force=forced)
+    except KeyboardInterrupt:
+        _mark_failed_if_started(run, "interrupted by the user", interrupted=True)
+        raise
+    except Exception as err:
+        _mark_failed_if_started(run, str(err) if isinstance(err, St4rError) else f"{type(err).__name__}: {err}")
+        raise
     verb = "reused" if artifact.reused else f"computed in {artifact.seconds:.1f} s"
     progress.log(f"[green]✓[/green] {name}: {verb}")
     return artifact

@@ -71,6 +71,12 @@ def check_tracks_config(cfg: TracksConfig) -> None:
 def check_backend_available(cfg: TracksConfig) -> None:
     """St4rError (what to install, which file to put where) if the backend cannot run here."""
     check_tracks_config(cfg)
+    if cfg.query_mode == "file":
+        from st4r_cli.tracking.queries import load_query_file
+
+        if not cfg.query_file:
+            raise St4rError("tracks query mode 'file' needs a query file (--queries FILE)")
+        load_query_file(cfg.query_file)                 # readable and well formed (bounds: later)
     if cfg.backend == "cotracker3":
         from st4r_cli.tracking.cotracker3 import require_cotracker3
 
