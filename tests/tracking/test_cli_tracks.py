@@ -86,3 +86,17 @@ def test_tracks_bad_input_on_run(tmp_path: Path, capsys: pytest.CaptureFixture, 
 def test_tracks_missing_input(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     assert st4r(["tracks", str(tmp_path / "nothing.mp4"), "-q"]) != 0
     assert "input not found" in capsys.readouterr().err
+
+
+def test_failed_tracks_leave_the_run_failed_and_no_output(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    clip, run_dir = tmp_path / "clip", tmp_path / "run"
+    _write_clip(clip, num_frames=3)
+    queries = tmp_path / "q.txt"
+    queries.write_text("0, 500, 10\n")                     # outside the 96x64 frames
+    assert st4r(["tracks", str(clip), "--out", str(run_dir), "--queries", str(queries), "-q"]) != 0
+    assert "outside" in capsys.readouterr().err
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    assert not (run_dir / "tracks.npz").exists()
