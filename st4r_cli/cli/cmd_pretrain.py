@@ -32,6 +32,8 @@ def command(
     warmup: Annotated[int, typer.Option(help="Linear warmup steps.")] = 100,
     clips: Annotated[int, typer.Option(help="Number of synthetic training clips.")] = 40,
     frames: Annotated[int, typer.Option(help="Frames per clip.")] = 24,
+    stride_start: Annotated[int, typer.Option("--stride-start", help="Largest frame gap at step 0 of the "
+                                              "stride curriculum (grows to frames-1 over half the steps).")] = 3,
     anchors: Annotated[int, typer.Option(help="Anchor frames per clip (exact re-anchored tracks).")] = 3,
     size: Annotated[str, typer.Option(help="Clip sizes WxH (multiples of 16), comma-separated; "
                                            "clips alternate between them.")] = "256x192,256x144",
@@ -69,7 +71,7 @@ def command(
     try:
         config = PretrainConfig(
             out_dir=str(out_dir), model=model, init=str(init) if init else None, presets=preset_list,
-            num_clips=clips, clip_seed0=clip_seed, num_frames=frames, num_anchors=anchors,
+            num_clips=clips, clip_seed0=clip_seed, num_frames=frames, num_anchors=anchors, stride_start=stride_start,
             sizes_hw=tuple(_parse_size(s) for s in size.split(",") if s.strip()), steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
             seed=seed, threads=threads, device=device.value if device != Device.auto else "auto",
             cache_dir=str(cache_dir) if cache_dir else None, max_minutes=max_minutes, ckpt_every=ckpt_every)

@@ -31,11 +31,27 @@ if TYPE_CHECKING:
 HELDOUT_SEED0 = 90000  # training clips use seeds 1000 + i; held-out clips never overlap them
 
 
-def heldout_clips(presets: tuple[str, ...], seeds: int, num_frames: int, size_hw: tuple[int, int]) -> list[Any]:
+def heldout_clips(presets: tuple[str, ...], seeds: int, num_frames: int, size_hw: tuple[int, int],
+                  cache_dir: Path | None = None) -> list[Any]:
+    """Render (or read from `cache_dir`, pickles of our own SyntheticClip objects) the held-out clips."""
+    import pickle
+
     from st4r_cli.synthetic import render_clip
 
-    return [render_clip(preset, seed=HELDOUT_SEED0 + 100 * p + s, num_frames=num_frames, size_hw=size_hw)
-            for p, preset in enumerate(presets) for s in range(seeds)]
+    clips = []
+    for p, preset in enumerate(presets):
+        for s in range(seeds):
+            seed = HELDOUT_SEED0 + 100 * p + s
+            path = cache_dir / f"{preset}-{seed}-{num_frames}-{size_hw[0]}x{size_hw[1]}.pkl" if cache_dir else None
+            if path is not None and path.is_file():
+                clips.append(pickle.loads(path.read_bytes()))
+                continue
+            clip = render_clip(preset, seed=seed, num_frames=num_frames, size_hw=size_hw)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(pickle.dumps(clip))
+            clips.append(clip)
+    return clips
 
 
 def evaluate_clip(model: St4rNet, clip: Any, grid: int = 8) -> dict[str, float]:
@@ -86,12 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--size", default="256x192", help="WxH")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache-dir", type=Path, default=None, help="keep rendered held-out clips here")
     parser.add_argument("--untrained", action="store_true", help="also score a freshly initialised model")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     width, height = (int(v) for v in args.size.split("x"))
     t0 = time.time()
-    clips = heldout_clips(tuple(args.presets.split(",")), args.seeds, args.frames, (height, width))
+    clips = heldout_clips(tuple(args.presets.split(",")), args.seeds, args.frames, (height, width),
+                          args.cache_dir)
     render_s = time.time() - t0
     results: dict[str, Any] = {"protocol": __doc__.split("Protocol")[1].strip(), "checkpoint": str(args.checkpoint),
                                "clips": [f"{c.preset}:{c.seed}" for c in clips], "size_hw": [height, width],
