@@ -30,7 +30,9 @@ robust (ST4RTrack+):
     sigma_n = sqrt(sigma_floor^2 + (f * alpha_c * s / (c_n * z_n))^2) pixels, with c_n the head-1
               confidence at q_n (DUSt3R's ConfLoss makes 1/c proportional to the 3D error relative
               to the scene scale s = median z of the tracked points; alpha_c = ConfLoss's alpha).
-    w_n     = exp(-sigma_n) or 1/(sigma_n^2 + eps_w), without gradient.
+    w_n     = exp(-sigma_n / median(sigma)) or 1/(sigma_n^2 + eps_w), without gradient. (The
+              median makes the exponential scale-free: exp(-sigma) of a sigma in pixels underflows for
+              sigmas of tens of pixels and would keep only the single most confident track.)
     L_traj  = sum m w (|x_hat - y|^2 / (2 sigma^2) + log sigma) / sum m w (Gaussian NLL; sigma is
               learnt through the confidence). With use_sigma off: sqrt(sum m |x_hat - y|^2 / sum m),
               i.e. the baseline RMSE restricted to the mask, without the scale alignment.
@@ -59,7 +61,7 @@ class TTALossConfig:
     use_mask: bool = True              # robust: z-buffer visibility mask
     use_tracker_visibility: bool = True  # robust: AND the mask with the tracker's visibility
     use_sigma: bool = True             # robust: per-point sigma NLL and weights
-    weight_mode: str = "exp"           # robust: exp -> w = exp(-sigma); inv -> w = 1/(sigma^2 + eps)
+    weight_mode: str = "exp"           # robust: exp -> w = exp(-sigma/median sigma); inv -> 1/(sigma^2 + eps)
     sigma_floor_px: float = 1.0
     conf_alpha: float = 0.2            # ConfLoss alpha used to turn confidence into sigma
     mask_eps_rel: float = 0.05         # z-buffer tolerance relative to the surface depth
@@ -243,7 +245,9 @@ def robust_mask_and_weights(geo: TrackGeometry, pred: dict[str, torch.Tensor], i
     sigma = point_sigma_px(geo.conf, geo.proj_z, intrinsics, config)
     with torch.no_grad():
         if config.weight_mode == "exp":
-            weights = torch.exp(-sigma)
+            sig = sigma.detach()
+            typical = sig[mask].median() if bool(mask.any()) else sig.median()
+            weights = torch.exp(-sig / typical.clamp(min=1e-6))
         elif config.weight_mode == "inv":
             weights = 1.0 / (sigma**2 + config.inv_weight_eps)
         else:

@@ -15,6 +15,8 @@ average for that window, or the robust visibility mask collapses (under 30% of i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +65,9 @@ class AdaptConfig:
     mask_eps_rel: float = 0.05
     diverge_factor: float = 4.0       # a loss above this x its running average triggers a rollback
     batch_size: int = 0               # inference pairs per batch; 0 -> 4 on CPU, 16 on CUDA
+    cpu_threads: int = 1              # torch threads on CPU for TTA and inference (0: torch's default).
+                                      # 1 is 3-5x faster than 2 on a busy 2-core machine (tiny ops
+                                      # + thread synchronisation); raise it on an idle many-core CPU
 
     def loss_config(self) -> TTALossConfig:
         from st4r_cli.losses.tta import TTALossConfig
@@ -103,8 +108,8 @@ def check_adapt_config(config: AdaptConfig) -> None:
         raise St4rError(f"adapt.params must be one of {', '.join(PARAM_GROUPS)}, got '{config.params}'")
     if config.weight_mode not in ("exp", "inv"):
         raise St4rError(f"adapt.weight_mode must be exp or inv, got '{config.weight_mode}'")
-    if config.iters < 0 or config.frames_per_step < 0 or config.lr < 0 or config.focal < 0:
-        raise St4rError("adapt.iters, frames_per_step, lr and focal must be >= 0")
+    if config.iters < 0 or config.frames_per_step < 0 or config.lr < 0 or config.focal < 0 or config.cpu_threads < 0:
+        raise St4rError("adapt.iters, frames_per_step, lr, focal and cpu_threads must be >= 0")
     if config.frames_per_step == 1:
         raise St4rError("adapt.frames_per_step must be >= 2 (the anchor pair plus at least one frame)")
     if config.pnp_stride < 1 or config.max_tracks < 1:
@@ -252,6 +257,31 @@ def tracks_for_window(tracks: dict[str, np.ndarray] | None, anchor: int, hw: tup
 def adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] | None,
                 depth: dict[str, np.ndarray] | None, config: AdaptConfig, chain: ChainConfig,
                 device: str, seed: int) -> dict[str, np.ndarray]:
+    """Test-time adaptation of `model` (in place) on one video: see `_adapt_model`."""
+    check_adapt_config(config)
+    with cpu_threads(config, device):
+        return _adapt_model(model, frames, tracks, depth, config, chain, device, seed)
+
+
+@contextmanager
+def cpu_threads(config: AdaptConfig, device: str) -> Iterator[None]:
+    """Run with `config.cpu_threads` torch threads on CPU (restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    change = not str(device).startswith("cuda") and config.cpu_threads > 0
+    if change:
+        torch.set_num_threads(config.cpu_threads)
+    try:
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(before)
+
+
+def _adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] | None,
+                 depth: dict[str, np.ndarray] | None, config: AdaptConfig, chain: ChainConfig,
+                 device: str, seed: int) -> dict[str, np.ndarray]:
     """Test-time adaptation of `model` (in place) on one video: the adapt stage's arrays.
 
     frames (T, H, W, 3) uint8; tracks: the tracks-stage arrays (tracks_xy (N,T,2), visible (N,T),
@@ -328,6 +358,12 @@ def predict_windows(model: Any, frames: np.ndarray, config: AdaptConfig, chain: 
     window w at index w*L + k, in that window's anchor camera), intrinsics (3, 3) f32 (from the
     frame-0 pointmap unless a focal is given), seconds_infer () f32.
     """
+    with cpu_threads(config, device):
+        return _predict_windows_all(model, frames, config, chain, device, depth)
+
+
+def _predict_windows_all(model: Any, frames: np.ndarray, config: AdaptConfig, chain: ChainConfig, device: str,
+                         depth: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     import time
 
     import numpy as np

@@ -137,6 +137,7 @@ def test_robust_nll_hand_value(mode):
     pred["track_conf"][0, 4, 6] = _conf_for_sigma(2.0)
     tracks = _tracks([[1.0, 1.0], [6.0, 4.0]], [[1.0, 1.0], [8.0, 4.0]])  # residuals 0 and 2 px
     _, parts = tta_loss(pred, K, w2c, tracks, None, None, _only("robust", weight_mode=mode))
+    # exp: sigmas 1 and 2 over their (lower) median 1; inv: 1/(sigma^2 + 1)
     w1, w2 = (math.exp(-1), math.exp(-2)) if mode == "exp" else (1 / 2, 1 / 5)
     nll1, nll2 = 0.0, 4 / (2 * 4) + math.log(2.0)
     assert parts["traj"] == pytest.approx((w1 * nll1 + w2 * nll2) / (w1 + w2), rel=1e-6)
