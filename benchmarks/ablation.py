@@ -1,0 +1,306 @@
+"""TTA ablation: no TTA / ST4RTrack baseline / ST4RTrack+ robust / robust without mask / robust without sigma.
+
+    python benchmarks/ablation.py [--model weights/st4r-tiny/model.safetensors] [--presets easy occlusion ...]
+        [--seeds 0 1] [--frames 32] [--davis 3] [--sevenscenes] [--colmap] [--iters 30] [--threads 1]
+
+Per clip, the 2D pseudo-tracks (built-in tracker, 32x32 grid on frame 0) are computed once and shared by
+every variant; each variant starts from the same checkpoint, adapts (`stages.adapt.adapt_model`),
+predicts every window and chains them (`stages.chain`), and the resulting scene is scored with
+`st4r_cli.eval.evaluate_clip`:
+- synthetic presets (`st4r synth`, exact ground truth): world-track APD/EPE, ATE, RPE, AbsRel, 2D metrics;
+- TAP-Vid DAVIS clips (../shared/benchmarks/tapvid-davis-32, first `--davis` clips): the scene's 3D tracks
+  are started at the human-annotated queries (tracked in 2D by the built-in tracker, lifted and carried
+  by the network) and their reprojections are scored against the annotation (AJ, delta_avg, OA);
+- 7-Scenes redkitchen clips (real RGB-D): ATE, RPE, AbsRel, world-track APD from the static-scene
+  derivation, with COLMAP (pycolmap: SIFT, exhaustive matching, incremental mapping) beside it (`--colmap`).
+No mono-depth backend has weights here, so the depth term of the TTA loss is off in every variant.
+Seconds per frame = (adapt + window inference + chaining) / frames; peak memory = the process's peak
+resident set growth while the variant runs. Writes benchmarks/results/ablation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "ablation.json"
+SHARED = ROOT.parent / "shared" / "benchmarks"
+
+VARIANTS = {
+    "no_tta": {"loss": "none"},
+    "baseline": {"loss": "baseline"},
+    "robust": {"loss": "robust"},
+    "robust_no_mask": {"loss": "robust", "use_mask": False, "use_tracker_visibility": False},
+    "robust_no_sigma": {"loss": "robust", "use_sigma": False},
+}
+HEADLINE = ["worldtrack/global/apd", "worldtrack/global/epe", "worldtrack/global/apd_rel",
+            "worldtrack/global_dyn/epe", "camera/ate", "camera/rpe_trans", "camera/rpe_rot",
+            "depth/median/abs_rel", "tapvid2d/average_jaccard", "tapvid2d/average_pts_within_thresh",
+            "tapvid2d/occlusion_accuracy"]
+
+
+class PeakRss:
+    """Peak resident-set growth (MiB) of this process while the context runs (sampled every 20 ms)."""
+
+    def __enter__(self) -> PeakRss:
+        self.start = self.peak = _rss_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss_mib())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mib())
+
+    @property
+    def growth_mib(self) -> float:
+        return self.peak - self.start
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def run_variant(model, frames, tracks_tta, tracks_out, variant: dict, args, seed: int) -> tuple[dict, dict]:
+    """(scene arrays, stats) of one variant on one clip."""
+    from st4r_cli.stages.adapt import AdaptConfig, adapt_model, predict_windows
+    from st4r_cli.stages.chain import ChainConfig, chain_windows
+
+    cfg = replace(AdaptConfig(iters=args.iters, cpu_threads=args.threads), **variant)
+    chain = ChainConfig(queries="tracks" if tracks_out is not None else "grid")
+    net = copy.deepcopy(model)
+    with PeakRss() as mem:
+        start = time.perf_counter()
+        adapted = adapt_model(net, frames, tracks_tta, None, cfg, chain, "cpu", seed)
+        t_adapt = time.perf_counter() - start
+        pred = predict_windows(net, frames, cfg, chain, "cpu")
+        scene = chain_windows(pred, frames, tracks_out, chain)
+        total = time.perf_counter() - start
+    hist = adapted["loss_history"]
+    stats = {"seconds_adapt": round(t_adapt, 2), "seconds_total": round(total, 2),
+             "seconds_per_frame": round(total / len(frames), 3), "peak_mem_mib": round(mem.growth_mib, 1),
+             "rollbacks": int(adapted["rollbacks"]),
+             "loss_first": float(np.nanmean(hist[:3])) if hist.size else None,
+             "loss_last": float(np.nanmean(hist[-3:])) if hist.size else None}
+    return scene, stats
+
+
+def grid_tracks(frames: np.ndarray, seed: int) -> dict:
+    from st4r_cli.stages.tracks import TracksConfig, compute_tracks
+
+    return compute_tracks(frames, TracksConfig(), "cpu", seed)
+
+
+def query_tracks(frames: np.ndarray, queries: np.ndarray, seed: int) -> dict:
+    """Built-in tracker from explicit (t, x, y) queries (decoded-frame pixels)."""
+    from st4r_cli.stages.tracks import TracksConfig, compute_tracks
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "queries.npy"
+        np.save(path, queries.astype(np.float32))
+        return compute_tracks(frames, TracksConfig(query_mode="file", query_file=str(path)), "cpu", seed)
+
+
+def resize_frames(frames: np.ndarray, long_side: int = 256, multiple: int = 16) -> np.ndarray:
+    import cv2
+
+    h, w = frames.shape[1:3]
+    scale = long_side / max(h, w)
+    new_h = max(multiple, int(round(h * scale / multiple)) * multiple)
+    new_w = max(multiple, int(round(w * scale / multiple)) * multiple)
+    return np.stack([cv2.resize(f, (new_w, new_h), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def score(scene: dict, clip) -> dict:
+    from st4r_cli.eval.evaluate import evaluate_clip
+
+    metrics = evaluate_clip(scene, clip).metrics
+    return {k: round(float(metrics[k]), 4) for k in HEADLINE if k in metrics and np.isfinite(metrics[k])}
+
+
+def evaluate_variants(name: str, model, frames, tracks_tta, tracks_out, clip, args, seed: int) -> dict:
+    rows = {}
+    for variant in args.variants:
+        scene, stats = run_variant(model, frames, tracks_tta, tracks_out, VARIANTS[variant], args, seed)
+        rows[variant] = {**score(scene, clip), **stats}
+        print(f"{name} {variant}: {json.dumps(rows[variant])}", flush=True)
+    return rows
+
+
+def synthetic_rows(model, args) -> dict:
+    from st4r_cli.formats.clip import clip_from_synthetic
+    from st4r_cli.synthetic import render_clip
+
+    out = {}
+    for preset in args.presets:
+        for seed in args.seeds:
+            synth = render_clip(preset, seed, args.frames, (192, 256))
+            clip = clip_from_synthetic(synth, seed=seed, dense=True)
+            frames = np.asarray(clip.frames)
+            tracks = grid_tracks(frames, seed)
+            out[f"{preset}/{seed}"] = evaluate_variants(f"{preset}/{seed}", model, frames, tracks, tracks, clip,
+                                                        args, seed)
+            _save_partial(args, out)
+    return out
+
+
+def davis_rows(model, args) -> dict:
+    from st4r_cli.formats import load_ground_truth
+
+    out = {}
+    clips = sorted(p for p in (SHARED / "tapvid-davis-32").iterdir() if p.is_dir())[:args.davis]
+    for path in clips:
+        clip = load_ground_truth(path, load_frames=True)
+        frames = resize_frames(np.asarray(clip.frames)[:args.frames])
+        clip = _first_frames(clip, len(frames))
+        h0, w0 = clip.size_hw
+        h, w = frames.shape[1:3]
+        qt, qxy = clip.gt["query_t"], clip.gt["query_xy"]
+        keep = qt < len(frames)
+        queries = np.concatenate([qt[keep, None], (qxy[keep] + 0.5) * [w / w0, h / h0] - 0.5], 1)
+        tracks_tta = grid_tracks(frames, 0)
+        tracks_out = query_tracks(frames, queries, 0)
+        out[path.name] = evaluate_variants(path.name, model, frames, tracks_tta, tracks_out, clip, args, 0)
+        _save_partial(args, {"davis": out})
+    return out
+
+
+def _first_frames(clip, count: int):
+    """The clip cut to its first `count` frames (per-frame ground-truth arrays sliced)."""
+    if clip.num_frames == count:
+        return clip
+    from st4r_cli.formats.clip import Clip
+
+    num = clip.num_frames
+    gt = {}
+    for key, value in clip.gt.items():
+        value = np.asarray(value)
+        if value.ndim >= 1 and value.shape[0] == num and key not in ("query_t", "query_xy", "dynamic"):
+            gt[key] = value[:count]
+        elif value.ndim >= 2 and value.shape[1] == num:
+            gt[key] = value[:, :count]
+        else:
+            gt[key] = value
+    return Clip(frames=np.asarray(clip.frames)[:count], gt=gt, meta=clip.meta, name=clip.name)
+
+
+def sevenscenes_rows(model, args) -> dict:
+    from st4r_cli.formats import load_ground_truth
+    from st4r_cli.metrics.camera import camera_metrics
+
+    out = {}
+    for path in sorted(SHARED.glob("7scenes-redkitchen-*")):
+        clip = load_ground_truth(path, load_frames=True)
+        frames = resize_frames(np.asarray(clip.frames))
+        tracks = grid_tracks(frames, 0)
+        rows = evaluate_variants(path.name, model, frames, tracks, tracks, clip, args, 0)
+        if args.colmap:
+            import sys
+
+            sys.path.insert(0, str(ROOT / "benchmarks"))  # benchmarks/_colmap.py (a script helper)
+            from _colmap import run_colmap
+
+            start = time.perf_counter()
+            result = run_colmap(np.asarray(clip.frames), intrinsics=None, seed=0)
+            seconds = time.perf_counter() - start
+            reg = np.isfinite(result.cam_c2w).all(axis=(1, 2))
+            row = {"registered": int(reg.sum()), "seconds_total": round(seconds, 2)}
+            if reg.sum() >= 3:
+                cam = camera_metrics(result.cam_c2w[reg], np.asarray(clip.gt["cam_c2w"])[reg])
+                row.update({f"camera/{k}": round(float(v), 4) for k, v in cam.items()})
+            rows["colmap"] = row
+            print(f"{path.name} colmap: {json.dumps(row)}", flush=True)
+        out[path.name] = rows
+        _save_partial(args, {"sevenscenes": out})
+    return out
+
+
+def _save_partial(args, part: dict) -> None:
+    args.partial.update(part)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    tmp = OUT.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**args.header, **args.partial}, indent=2) + "\n")
+    os.replace(tmp, OUT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "weights" / "st4r-tiny" / "model.safetensors"))
+    parser.add_argument("--presets", nargs="*", default=["easy", "occlusion", "fast-motion", "static-scene"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--davis", type=int, default=0, help="number of DAVIS clips (0: skip)")
+    parser.add_argument("--sevenscenes", action="store_true")
+    parser.add_argument("--colmap", action="store_true", help="run COLMAP beside st4r on 7-Scenes")
+    parser.add_argument("--iters", type=int, default=0, help="TTA steps (0: the CPU default)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    import torch
+
+    from st4r_cli import progress
+    from st4r_cli.model.io import load_model
+
+    progress.set_verbosity(quiet=True)
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model, "cpu")
+    args.header = {"model": args.model, "frames": args.frames, "iters": args.iters or "cpu default",
+                   "threads": args.threads, "variants": args.variants, "depth_backend": "none",
+                   "seeds": args.seeds}
+    args.partial = {}
+    if args.presets:
+        _save_partial(args, {"synthetic": synthetic_rows(model, args)})
+    if args.davis:
+        _save_partial(args, {"davis": davis_rows(model, args)})
+    if args.sevenscenes:
+        _save_partial(args, {"sevenscenes": sevenscenes_rows(model, args)})
+    _save_partial(args, {"summary": summarize(args.partial)})
+    print("->", OUT)
+
+
+def summarize(results: dict) -> dict:
+    """Mean of every headline metric per variant, per benchmark group."""
+    summary = {}
+    for group in ("synthetic", "davis", "sevenscenes"):
+        clips = results.get(group, {})
+        by_variant: dict[str, dict[str, list[float]]] = {}
+        for rows in clips.values():
+            for variant, row in rows.items():
+                for key, value in row.items():
+                    if isinstance(value, (int, float)) and value is not None:
+                        by_variant.setdefault(variant, {}).setdefault(key, []).append(float(value))
+        summary[group] = {v: {k: round(float(np.mean(x)), 4) for k, x in keys.items()}
+                          for v, keys in by_variant.items()}
+    # per synthetic preset
+    for preset in {name.split("/")[0] for name in results.get("synthetic", {})}:
+        rows = [r for n, r in results["synthetic"].items() if n.startswith(preset + "/")]
+        summary[f"synthetic/{preset}"] = {
+            v: {k: round(float(np.mean([r[v][k] for r in rows if k in r.get(v, {})])), 4)
+                for k in HEADLINE + ["seconds_per_frame", "peak_mem_mib"] if any(k in r.get(v, {}) for r in rows)}
+            for v in rows[0]}
+    return summary
+
+
+if __name__ == "__main__":
+    main()
