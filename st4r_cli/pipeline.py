@@ -10,7 +10,6 @@ when the stage is switched off or not available in this build.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from st4r_cli import progress
 from st4r_cli.errors import St4rError
 from st4r_cli.runs import Artifact, Run, digest_path
+from st4r_cli.runs.config import keyed_fields
 from st4r_cli.stages.decode import DECODE_VERSION, check_decode_config, decode
 
 STAGES = ("decode", "tracks", "depth", "adapt", "chain")
@@ -48,7 +48,7 @@ def _stage_function(module_name: str, function_name: str) -> tuple[Callable[...,
 
 
 def _config_with_seed(config: Any, seed: int) -> dict[str, Any]:
-    return {"config": dataclasses.asdict(config), "seed": seed}
+    return {"config": keyed_fields(config), "seed": seed}
 
 
 def run_decode(run: Run) -> Artifact:

@@ -105,10 +105,23 @@ def _field_default(cls: type, name: str) -> Any:
     return None
 
 
+def keyed_fields(config: Any) -> dict[str, Any]:
+    """A stage config as a dict for cache keys: every field except those in its `NOT_KEYED`.
+
+    A stage config may declare `NOT_KEYED: ClassVar[tuple[str, ...]] = ("cpu_threads",)` for knobs
+    that cannot change its results (threads, batch sizes): they are saved in config.yaml but a
+    change to them reuses the cache.
+    """
+    data = dataclasses.asdict(config)
+    for name in getattr(type(config), "NOT_KEYED", ()):
+        data.pop(name, None)
+    return data
+
+
 def config_digest_payload(config: Any) -> Any:
     """A JSON-able, canonical form of a config (dataclass, dict or scalar) for hashing."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        config = dataclasses.asdict(config)
+        config = keyed_fields(config)
     return json.loads(json.dumps(config, sort_keys=True, default=str))
 
 

@@ -208,3 +208,17 @@ def test_stale_temp_files_are_removed(tmp_path):
     atomic_save_npz(tmp_path / "x.npz", {"a": np.ones(3)})
     assert remove_stale_temps(tmp_path) == 1 and not dead.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npz"]
+
+
+def test_not_keyed_fields_do_not_change_the_key():
+    from typing import ClassVar
+
+    @dataclass
+    class ThreadedConfig:
+        NOT_KEYED: ClassVar[tuple[str, ...]] = ("threads",)
+        scale: float = 1.0
+        threads: int = 1
+
+    base = stage_key("s", 1, ThreadedConfig(), [])
+    assert base == stage_key("s", 1, ThreadedConfig(threads=8), [])
+    assert base != stage_key("s", 1, ThreadedConfig(scale=2.0), [])
