@@ -5,6 +5,9 @@
 trajectory of the largest reconstruction as st4r poses (`cam_c2w (T, 4, 4)`, OpenCV axes, COLMAP's own
 world frame and scale) with a mask of the frames COLMAP registered.
 
+Pixel convention: COLMAP puts the image origin at the top-left corner of the top-left pixel (pixel centres
+at +0.5), st4r at its centre (OpenCV); K crosses the boundary with cx, cy shifted by 0.5 each way.
+
 - `intrinsics (3, 3)` given: one PINHOLE camera with those parameters, held fixed (a user who knows K).
 - `intrinsics=None`: one SIMPLE_RADIAL camera shared by all frames (f, cx, cy, k); COLMAP initialises f
   at 1.2 x the long side and refines f and k (principal point fixed at the centre, its default).
@@ -39,8 +42,9 @@ class ColmapResult:
     cam_c2w: `(T, 4, 4)` float64 camera-to-world (OpenCV axes, COLMAP's world frame and arbitrary
         scale); NaN for frames COLMAP did not register.
     registered: `(T,)` bool.
-    intrinsics: `(3, 3)` float64 K of the shared camera after mapping (pinhole part; SIMPLE_RADIAL's
-        radial coefficient is in `camera_params`).
+    intrinsics: `(3, 3)` float64 K of the shared camera after mapping, st4r pixel convention (pinhole
+        part; SIMPLE_RADIAL's radial coefficient is in `camera_params`).
+    camera_params: COLMAP's own camera parameters (its pixel convention: principal point + 0.5).
     """
 
     cam_c2w: np.ndarray
@@ -151,8 +155,8 @@ def _options(pycolmap, intrinsics: np.ndarray | None, seed: int, num_threads: in
         if intrinsics.shape != (3, 3):
             raise St4rError(f"intrinsics must be (3, 3); got {intrinsics.shape}")
         reader.camera_model = "PINHOLE"
-        reader.camera_params = ",".join(repr(float(v)) for v in
-                                        (intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]))
+        colmap_params = (intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2] + 0.5, intrinsics[1, 2] + 0.5)
+        reader.camera_params = ",".join(repr(float(v)) for v in colmap_params)
         mapping.ba_refine_focal_length = False
         mapping.ba_refine_principal_point = False
         mapping.ba_refine_extra_params = False
@@ -244,6 +248,8 @@ def _result(pycolmap, models: dict, names: list[str], seconds: dict[str, float])
                             "", [], 0, 0, seconds, pycolmap.__version__)
     cam_c2w, registered = _trajectory(best, names)
     camera = next(iter(best.cameras.values()))
-    return ColmapResult(cam_c2w, registered, np.asarray(camera.calibration_matrix(), dtype=np.float64),
+    intrinsics = np.asarray(camera.calibration_matrix(), dtype=np.float64)
+    intrinsics[:2, 2] -= 0.5                                  # COLMAP pixel corners -> st4r pixel centres
+    return ColmapResult(cam_c2w, registered, intrinsics,
                         camera.model.name, [float(v) for v in camera.params], best.num_points3D(), len(models),
                         seconds, pycolmap.__version__)

@@ -66,7 +66,8 @@ def test_run_colmap_recovers_synthetic_trajectory(colmap, tmp_path):
     result = colmap.run_colmap(clip.frames, clip.intrinsics, workdir=tmp_path / "colmap", seed=0)
     assert result.registered.all() and result.cam_c2w.shape == (8, 4, 4)
     assert result.camera_model == "PINHOLE"
-    np.testing.assert_allclose(result.intrinsics, clip.intrinsics, atol=1e-4)   # known K stays fixed
+    np.testing.assert_allclose(result.intrinsics, clip.intrinsics, atol=1e-9)   # known K stays fixed
+    assert result.camera_params[2:] == [clip.intrinsics[0, 2] + 0.5, clip.intrinsics[1, 2] + 0.5]  # COLMAP pixels
     travel = np.linalg.norm(clip.cam_c2w[-1, :3, 3] - clip.cam_c2w[0, :3, 3])
     metrics = camera_metrics(result.cam_c2w, clip.cam_c2w)
     assert metrics["ate"] < 0.01 * travel                                   # measured ~0.1% of the travel
