@@ -74,6 +74,7 @@ def save_model(model: St4rNet, path: str | os.PathLike[str], half: bool = False,
             save_file(state, str(tmp), metadata=metadata)
         else:
             torch.save({"model_config": model.config.to_dict(), "model": state}, tmp)
+        os.chmod(tmp, 0o644)  # safetensors creates 0600 files; weights are meant to be shared
         os.replace(tmp, path)
     finally:
         if tmp.exists():
