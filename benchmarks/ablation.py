@@ -86,7 +86,8 @@ def run_variant(model, frames, tracks_tta, tracks_out, variant: dict, args, seed
     from st4r_cli.stages.adapt import AdaptConfig, adapt_model, predict_windows
     from st4r_cli.stages.chain import ChainConfig, chain_windows
 
-    cfg = replace(AdaptConfig(iters=args.iters, cpu_threads=args.threads), **variant)
+    base = AdaptConfig(iters=args.iters, cpu_threads=args.threads, lr=args.lr, params=args.params)
+    cfg = replace(base, **variant)
     chain = ChainConfig(queries="tracks" if tracks_out is not None else "grid")
     net = copy.deepcopy(model)
     with PeakRss() as mem:
@@ -244,6 +245,7 @@ def _save_partial(args, part: dict) -> None:
 
 
 def main() -> None:
+    global OUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "weights" / "st4r-tiny" / "model.safetensors"))
     parser.add_argument("--presets", nargs="*", default=["easy", "occlusion", "fast-motion", "static-scene"])
@@ -255,6 +257,9 @@ def main() -> None:
     parser.add_argument("--colmap", action="store_true", help="run COLMAP beside st4r on 7-Scenes")
     parser.add_argument("--iters", type=int, default=0, help="TTA steps (0: the CPU default)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=0.0, help="TTA learning rate (0: the CPU default)")
+    parser.add_argument("--params", default="decoders+heads", help="adapted parameter group")
+    parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
 
     import torch
@@ -265,7 +270,9 @@ def main() -> None:
     progress.set_verbosity(quiet=True)
     torch.set_num_threads(args.threads)
     model = load_model(args.model, "cpu")
+    OUT = Path(args.out)
     args.header = {"model": args.model, "frames": args.frames, "iters": args.iters or "cpu default",
+                   "lr": args.lr or "cpu default", "params": args.params,
                    "threads": args.threads, "variants": args.variants, "depth_backend": "none",
                    "seeds": args.seeds}
     args.partial = {}

@@ -45,7 +45,7 @@ class AdaptConfig:
 
     loss: str = "robust"              # robust (ST4RTrack+) | baseline (ST4RTrack) | none (no TTA)
     iters: int = 0                    # TTA steps; 0 -> 30 on CPU, 300 on CUDA
-    lr: float = 0.0                   # AdamW learning rate; 0 -> 1e-4 on CPU, 5e-5 on CUDA
+    lr: float = 0.0                   # AdamW learning rate; 0 -> 2e-5 on CPU, 5e-5 on CUDA
     frames_per_step: int = 0          # pairs per step incl. (a, a); 0 -> 4 on CPU, 10 on CUDA
     params: str = "decoders+heads"    # decoders+heads | heads | tracking | all
     weight_decay: float = 0.0
@@ -92,7 +92,7 @@ def resolve(config: AdaptConfig, device: str) -> ResolvedAdapt:
     cuda = str(device).startswith("cuda")
     return ResolvedAdapt(
         iters=config.iters or (300 if cuda else 30),
-        lr=config.lr or (5e-5 if cuda else 1e-4),
+        lr=config.lr or (5e-5 if cuda else 2e-5),
         frames_per_step=config.frames_per_step or (10 if cuda else 4),
         batch_size=config.batch_size or (16 if cuda else 4),
     )
