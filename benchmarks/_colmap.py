@@ -196,7 +196,7 @@ def run_colmap(images: Path | Sequence[Path] | np.ndarray, intrinsics: np.ndarra
         workdir: where the scratch files go (kept); None = a temporary directory, removed afterwards.
         seed: seed of every RANSAC / mapper random choice.
         num_threads: COLMAP worker threads (1 = deterministic).
-        quiet: silence COLMAP's own log (glog) below warnings.
+        quiet: silence COLMAP's own log (glog) below errors.
     Returns:
         `ColmapResult` with `cam_c2w (T, 4, 4)` of the reconstruction that registers the most frames.
     """
@@ -205,7 +205,7 @@ def run_colmap(images: Path | Sequence[Path] | np.ndarray, intrinsics: np.ndarra
         images = list_frames(Path(images))
     previous_log_level = pycolmap.logging.minloglevel
     if quiet:
-        pycolmap.logging.minloglevel = pycolmap.logging.WARNING
+        pycolmap.logging.minloglevel = pycolmap.logging.ERROR
     pycolmap.set_random_seed(seed)
     options = _options(pycolmap, intrinsics, seed, num_threads)
     scratch = None if workdir is not None else tempfile.TemporaryDirectory(prefix="st4r-colmap-")

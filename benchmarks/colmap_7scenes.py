@@ -65,18 +65,19 @@ def score_clip(clip: Path, mode: str, seed: int, num_threads: int) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
+    from rich import box
     from rich.table import Table
 
     from st4r_cli.progress import console
 
-    table = Table(title="COLMAP on 7-Scenes (metrics: st4r_cli.metrics.camera)")
-    for column in ("clip", "mode", "registered", "ATE (m)", "RPE trans (m)", "RPE rot (deg)", "focal", "seconds"):
-        table.add_column(column, justify="left" if column in ("clip", "mode") else "right")
+    table = Table(title="COLMAP on 7-Scenes (st4r_cli.metrics.camera)", box=box.SIMPLE)
+    for column in ("clip", "camera", "reg", "ATE m", "RPEt m", "RPEr deg", "f px", "s"):
+        table.add_column(column, justify="left" if column in ("clip", "camera") else "right", no_wrap=True)
     for row in rows:
         fmt = (lambda v, spec: "-" if v is None else format(v, spec))
-        table.add_row(row["clip"], row["mode"], f"{row['registered']}/{row['frames']}", fmt(row["ate_m"], ".4f"),
-                      fmt(row["rpe_trans_m"], ".4f"), fmt(row["rpe_rot_deg"], ".3f"), f"{row['focal_px']:.1f}",
-                      f"{row['seconds']:.1f}")
+        table.add_row(row["clip"].removeprefix("7scenes-"), row["mode"], f"{row['registered']}/{row['frames']}",
+                      fmt(row["ate_m"], ".4f"), fmt(row["rpe_trans_m"], ".4f"), fmt(row["rpe_rot_deg"], ".3f"),
+                      f"{row['focal_px']:.1f}", f"{row['seconds']:.1f}")
     console.print(table)
 
 
@@ -104,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for clip, mode in track(runs, "COLMAP runs"):
             rows.append(score_clip(clip, mode, args.seed, args.threads))
-            log(f"{clip.name} {mode}: {rows[-1]['registered']}/{rows[-1]['frames']} registered, "
-                f"ATE {rows[-1]['ate_m']}, {rows[-1]['seconds']:.1f} s")
+            row = rows[-1]
+            ate = "-" if row["ate_m"] is None else f"{row['ate_m']:.4f} m"
+            log(f"{clip.name} {mode}: {row['registered']}/{row['frames']} registered, ATE {ate}, {row['seconds']:.1f} s")
     except St4rError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
