@@ -54,7 +54,7 @@ class ColmapResult:
     camera_params: list[float]
     num_points3d: int
     num_models: int
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)   # wall: extract, match, map, total; cpu
     version: str = ""
 
 
@@ -219,6 +219,7 @@ def run_colmap(images: Path | Sequence[Path] | np.ndarray, intrinsics: np.ndarra
         if len(names) < 2:
             raise St4rError(f"COLMAP needs at least 2 frames; got {len(names)}")
         seconds = {}
+        cpu_start = time.process_time()
         start = time.perf_counter()
         pycolmap.extract_features(database, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
                                   reader_options=options["reader"], extraction_options=options["extraction"],
@@ -233,6 +234,7 @@ def run_colmap(images: Path | Sequence[Path] | np.ndarray, intrinsics: np.ndarra
         models = pycolmap.incremental_mapping(database, image_dir, sparse, options=options["mapping"])
         seconds["map"] = time.perf_counter() - start
         seconds["total"] = seconds["extract"] + seconds["match"] + seconds["map"]
+        seconds["cpu"] = time.process_time() - cpu_start          # CPU seconds of all threads
         return _result(pycolmap, models, names, seconds)
     finally:
         pycolmap.logging.minloglevel = previous_log_level

@@ -15,7 +15,8 @@ Scoring: `st4r_cli.metrics.camera.camera_metrics` (evo APE/RPE, delta = 1 frame,
 alignment of the camera centres; RMSEs; RPE rotation in degrees) of COLMAP's `cam_c2w` against the
 ground-truth poses read by `st4r_cli.formats.sevenscenes.read_sevenscenes`. Metrics use the frames
 COLMAP registered (all of them in every run so far); `registered` says how many of the T frames that is.
-`seconds` is COLMAP's wall time (feature extraction + matching + mapping) on this 2-core machine.
+`seconds` is COLMAP's wall time (feature extraction + matching + mapping) on this 2-core machine, which
+other jobs share (`load_average` at the start is recorded); `cpu_seconds` is the CPU time it used.
 
 Writes benchmarks/results/colmap_7scenes.json. COLMAP's scratch files go to a temporary directory.
 """
@@ -53,8 +54,8 @@ def score_clip(clip: Path, mode: str, seed: int, num_threads: int) -> dict:
            "camera_model": result.camera_model, "camera_params": result.camera_params,
            "focal_px": float(np.sqrt(result.intrinsics[0, 0] * result.intrinsics[1, 1])),
            "num_points3d": result.num_points3d, "num_models": result.num_models,
-           "seconds": round(result.seconds["total"], 2),
-           "seconds_parts": {k: round(v, 2) for k, v in result.seconds.items() if k != "total"}}
+           "seconds": round(result.seconds["total"], 2), "cpu_seconds": round(result.seconds["cpu"], 2),
+           "seconds_parts": {k: round(result.seconds[k], 2) for k in ("extract", "match", "map")}}
     if registered.sum() >= 2:
         metrics = camera_metrics(result.cam_c2w[registered], sequence.cam_c2w[registered])
         row.update(ate_m=metrics["ate"], rpe_trans_m=metrics["rpe_trans"], rpe_rot_deg=metrics["rpe_rot"],
@@ -70,14 +71,15 @@ def print_table(rows: list[dict]) -> None:
 
     from st4r_cli.progress import console
 
-    table = Table(title="COLMAP on 7-Scenes (st4r_cli.metrics.camera)", box=box.SIMPLE)
-    for column in ("clip", "camera", "reg", "ATE m", "RPEt m", "RPEr deg", "f px", "s"):
-        table.add_column(column, justify="left" if column in ("clip", "camera") else "right", no_wrap=True)
+    table = Table(title="COLMAP on 7-Scenes: ATE, RPE t in m; RPE r in deg; f in px",
+                  box=box.SIMPLE, pad_edge=False, collapse_padding=True)
+    for column in ("clip", "K", "reg", "ATE", "RPE t", "RPE r", "f", "wall s", "cpu s"):
+        table.add_column(column, justify="left" if column in ("clip", "K") else "right", no_wrap=True)
     for row in rows:
         fmt = (lambda v, spec: "-" if v is None else format(v, spec))
         table.add_row(row["clip"].removeprefix("7scenes-"), row["mode"], f"{row['registered']}/{row['frames']}",
                       fmt(row["ate_m"], ".4f"), fmt(row["rpe_trans_m"], ".4f"), fmt(row["rpe_rot_deg"], ".3f"),
-                      f"{row['focal_px']:.1f}", f"{row['seconds']:.1f}")
+                      f"{row['focal_px']:.1f}", f"{row['seconds']:.1f}", f"{row.get('cpu_seconds', float('nan')):.1f}")
     console.print(table)
 
 
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         for clip in args.clips:
             if not clip.is_dir():
                 raise St4rError(f"{clip}: not a directory")
+        load_average = round(os.getloadavg()[0], 2)
         runs = [(clip, mode) for clip in args.clips for mode in args.modes]
         rows = []
         for clip, mode in track(runs, "COLMAP runs"):
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                "pipeline": "SIFT (CPU, 8192 max) + exhaustive matching + incremental mapping, largest model",
                "metrics": "st4r_cli.metrics.camera.camera_metrics: Sim(3) Umeyama, ATE/RPE RMSE, RPE delta 1",
                "seed": args.seed, "threads": args.threads, "cpu_count": os.cpu_count(),
+               "load_average": load_average,
                "python": platform.python_version(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "command": "python benchmarks/colmap_7scenes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "results": rows}
