@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                "seed": args.seed, "threads": args.threads, "cpu_count": os.cpu_count(),
                "load_average": load_average,
                "python": platform.python_version(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "command": "python benchmarks/colmap_7scenes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "command": " ".join(["python benchmarks/colmap_7scenes.py", *(argv if argv is not None else sys.argv[1:])]),
                "results": rows}
     write_json(args.out, payload)
     print_table(rows)
