@@ -51,6 +51,27 @@ def _config_with_seed(config: Any, seed: int) -> dict[str, Any]:
     return {"config": keyed_fields(config), "seed": seed}
 
 
+def _file_digests(paths: list[Path]) -> list[str]:
+    return [digest_path(path) if path.is_file() else f"missing:{path}" for path in paths]
+
+
+def tracks_cache_key(cfg: Any, seed: int, decoded: Artifact) -> tuple[dict[str, Any], list[str]]:
+    """(config, inputs) keying the tracks stage: frames, query file and checkpoint contents, config, seed.
+
+    `st4r adapt` and `st4r tracks` share it, so either reuses the other's result.
+    """
+    from st4r_cli.stages.tracks import input_files
+
+    return _config_with_seed(cfg, seed), [decoded.digest, *_file_digests(input_files(cfg))]
+
+
+def depth_cache_key(cfg: Any, decoded: Artifact) -> tuple[dict[str, Any], list[str]]:
+    """(config, inputs) keying the depth stage: frames, checkpoint contents, config."""
+    from st4r_cli.stages.depth import input_files
+
+    return {"config": keyed_fields(cfg)}, [decoded.digest, *_file_digests(input_files(cfg))]
+
+
 def run_decode(run: Run) -> Artifact:
     """Decode the run's input (video file or image folder) at the processing resolution."""
     source = Path(run.config.input)
@@ -69,7 +90,8 @@ def run_tracks(run: Run, decoded: Artifact, device: str) -> Artifact | None:
         progress.log("[yellow]-[/yellow] tracks: not available in this build, skipped")
         return None
     cfg, seed = run.config.tracks, run.config.seed
-    return run.stage("tracks", version, _config_with_seed(cfg, seed), [decoded.digest],
+    key_config, inputs = tracks_cache_key(cfg, seed, decoded)
+    return run.stage("tracks", version, key_config, inputs,
                      lambda: compute_tracks(decoded["frames"], cfg, device, seed))
 
 
@@ -83,7 +105,8 @@ def run_depth(run: Run, decoded: Artifact, device: str) -> Artifact | None:
     if compute_depth is None:
         progress.log("[yellow]-[/yellow] depth: not available in this build, skipped")
         return None
-    return run.stage("depth", version, cfg, [decoded.digest],
+    key_config, inputs = depth_cache_key(cfg, decoded)
+    return run.stage("depth", version, key_config, inputs,
                      lambda: compute_depth(decoded["frames"], cfg, device))
 
 

@@ -50,7 +50,7 @@ def command(
 ) -> None:
     """Per-frame mono-depth (MoGe) of a video or run; writes RUN/depth.npz."""
     set_verbosity(quiet, verbose)
-    from st4r_cli import progress
+    from st4r_cli import pipeline, progress
     from st4r_cli.stages.depth import DEPTH_VERSION, check_backend_available, compute_depth
 
     def configure(cfg: RunConfig) -> None:
@@ -68,7 +68,8 @@ def command(
                                           force, device, seed, configure)
     with run:
         cfg = run.config.depth
-        artifact = stage_through_cache(run, "depth", DEPTH_VERSION, cfg, [decoded.digest],
+        key_config, inputs = pipeline.depth_cache_key(cfg, decoded)
+        artifact = stage_through_cache(run, "depth", DEPTH_VERSION, key_config, inputs,
                                        lambda: compute_depth(decoded["frames"], cfg, dev), force)
         path = run.publish(OUTPUT_NAME, artifact.load())
         finish_run(run, input_path)

@@ -82,7 +82,7 @@ def command(
 ) -> None:
     """2D point tracks (builtin or CoTracker3) of a video or run; writes RUN/tracks.npz."""
     set_verbosity(quiet, verbose)
-    from st4r_cli import progress
+    from st4r_cli import pipeline, progress
     from st4r_cli.stages.tracks import TRACKS_VERSION, check_backend_available, compute_tracks
 
     def configure(cfg: RunConfig) -> None:
@@ -102,8 +102,9 @@ def command(
                                           force, device, seed, configure)
     with run:
         cfg, run_seed = run.config.tracks, run.config.seed
+        key_config, inputs = pipeline.tracks_cache_key(cfg, run_seed, decoded)
         artifact = stage_through_cache(
-            run, "tracks", TRACKS_VERSION, {"config": _asdict(cfg), "seed": run_seed}, [decoded.digest],
+            run, "tracks", TRACKS_VERSION, key_config, inputs,
             lambda: compute_tracks(decoded["frames"], cfg, dev, run_seed), force)
         path = run.publish(OUTPUT_NAME, artifact.load())
         finish_run(run, input_path)
@@ -193,12 +194,6 @@ def stage_through_cache(run: Run, name: str, version: int | str, config: Any, in
     verb = "reused" if artifact.reused else f"computed in {artifact.seconds:.1f} s"
     progress.log(f"[green]✓[/green] {name}: {verb}")
     return artifact
-
-
-def _asdict(cfg: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
 
 
 def _set_if(target: Any, name: str, value: Any) -> None:

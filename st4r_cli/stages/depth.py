@@ -15,6 +15,7 @@ The config dataclass is a light import; torch/moge are imported inside the compu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from st4r_cli.errors import St4rError
@@ -31,6 +32,15 @@ class DepthConfig:
     num_tokens: int = 0               # ViT tokens per frame (0: from resolution_level)
     batch_size: int = 4               # frames per forward pass
     fp16: bool = True                 # half precision on CUDA
+
+
+def input_files(cfg: DepthConfig) -> list[Path]:
+    """Files besides the frames whose content the depth depends on (their digests join the cache key)."""
+    if cfg.backend != "moge":
+        return []
+    from st4r_cli.depth.moge import weights_path
+
+    return [weights_path(cfg.moge_weights)]
 
 
 def check_depth_config(cfg: DepthConfig) -> None:

@@ -16,6 +16,7 @@ The config dataclass is a light import; OpenCV/torch are imported inside the com
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from st4r_cli.errors import St4rError
@@ -44,6 +45,18 @@ class TracksConfig:
     cotracker_weights: str = ""       # default: weights/scaled_offline.pth or weights/scaled_online.pth
     cotracker_backward: bool = False  # offline: also track backwards from each query frame
     cotracker_model_hw: tuple[int, int] = (384, 512)  # internal resolution (CoTracker3's own)
+
+
+def input_files(cfg: TracksConfig) -> list[Path]:
+    """Files besides the frames whose content the tracks depend on (their digests join the cache key)."""
+    files = []
+    if cfg.query_mode == "file" and cfg.query_file:
+        files.append(Path(cfg.query_file))
+    if cfg.backend == "cotracker3":
+        from st4r_cli.tracking.cotracker3 import weights_path
+
+        files.append(weights_path(cfg.cotracker_mode, cfg.cotracker_weights))
+    return files
 
 
 def check_tracks_config(cfg: TracksConfig) -> None:

@@ -65,6 +65,12 @@ def test_tracks_query_file_flag(tmp_path: Path) -> None:
     assert np.array_equal(out["queries"], np.array([[0, 40, 30], [1, 50, 20]], np.float32))
     assert np.allclose(out["tracks_xy"][0, -1], [48, 34], atol=0.3)
 
+    # same path, new contents: the cache key hashes the file's content, so the tracks are recomputed
+    queries.write_text("0, 20, 10\n")
+    assert st4r(["tracks", str(tmp_path / "run"), "--queries", str(queries), "-q"]) == 0
+    edited = np.load(tmp_path / "run" / "tracks.npz")
+    assert np.array_equal(edited["queries"], np.array([[0, 20, 10]], np.float32))
+
 
 @pytest.mark.parametrize("args, message", [
     (["--tracker", "magic"], "magic"),
