@@ -5,12 +5,11 @@ Every stage goes through the run's cache (`Run.stage`): its key is the hash of i
 finished stages and a config change recomputes only what depends on it.
 
 Each `run_<stage>` takes the run and the artifacts computed so far and returns its Artifact, or None
-when the stage is switched off or not available in this build.
+when the stage is switched off (depth with backend `none`).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,14 +36,6 @@ def check_until(until: str | None) -> None:
     """St4rError unless `until` is None or a stage name."""
     if until is not None and until not in STAGES:
         raise St4rError(f"--until: unknown stage '{until}' (stages: {', '.join(STAGES)})")
-
-
-def _stage_function(module_name: str, function_name: str) -> tuple[Callable[..., Any] | None, Any]:
-    """(function, version) from `st4r_cli.stages.<module>` if its owner has written it yet."""
-    module = importlib.import_module(f"st4r_cli.stages.{module_name}")
-    function = getattr(module, function_name, None)
-    version = getattr(module, f"{module_name.upper()}_VERSION", 1)
-    return function, version
 
 
 def _config_with_seed(config: Any, seed: int) -> dict[str, Any]:
@@ -83,15 +74,13 @@ def run_decode(run: Run) -> Artifact:
                      lambda: decode(source, cfg))
 
 
-def run_tracks(run: Run, decoded: Artifact, device: str) -> Artifact | None:
+def run_tracks(run: Run, decoded: Artifact, device: str) -> Artifact:
     """2D pseudo-tracks of query points (`stages.tracks.compute_tracks`)."""
-    compute_tracks, version = _stage_function("tracks", "compute_tracks")
-    if compute_tracks is None:
-        progress.log("[yellow]-[/yellow] tracks: not available in this build, skipped")
-        return None
+    from st4r_cli.stages.tracks import TRACKS_VERSION, compute_tracks
+
     cfg, seed = run.config.tracks, run.config.seed
     key_config, inputs = tracks_cache_key(cfg, seed, decoded)
-    return run.stage("tracks", version, key_config, inputs,
+    return run.stage("tracks", TRACKS_VERSION, key_config, inputs,
                      lambda: compute_tracks(decoded["frames"], cfg, device, seed))
 
 
@@ -101,12 +90,10 @@ def run_depth(run: Run, decoded: Artifact, device: str) -> Artifact | None:
     if getattr(cfg, "backend", None) == "none":
         progress.debug("depth: backend none, skipped")
         return None
-    compute_depth, version = _stage_function("depth", "compute_depth")
-    if compute_depth is None:
-        progress.log("[yellow]-[/yellow] depth: not available in this build, skipped")
-        return None
+    from st4r_cli.stages.depth import DEPTH_VERSION, compute_depth
+
     key_config, inputs = depth_cache_key(cfg, decoded)
-    return run.stage("depth", version, key_config, inputs,
+    return run.stage("depth", DEPTH_VERSION, key_config, inputs,
                      lambda: compute_depth(decoded["frames"], cfg, device))
 
 
