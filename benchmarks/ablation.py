@@ -216,10 +216,7 @@ def sevenscenes_rows(model, args) -> dict:
         tracks = grid_tracks(frames, 0)
         rows = evaluate_variants(path.name, model, frames, tracks, tracks, clip, args, 0)
         if args.colmap:
-            import sys
-
-            sys.path.insert(0, str(ROOT / "benchmarks"))  # benchmarks/_colmap.py (a script helper)
-            from _colmap import run_colmap
+            from _colmap import run_colmap  # benchmarks/_colmap.py, beside this script
 
             start = time.perf_counter()
             result = run_colmap(np.asarray(clip.frames), intrinsics=None, seed=0)
