@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from st4r_cli.cli.common import (Device, DeviceOpt, ForceOpt, QuietOpt, VerboseOpt,
+from st4r_cli.cli.common import (DepthBackend, Device, DeviceOpt, ForceOpt, QuietOpt, Tracker, VerboseOpt,
                                  set_verbosity)
 from st4r_cli.errors import St4rError
 
 if TYPE_CHECKING:
     from st4r_cli.runs import RunConfig
-
-
-class Tracker(str, Enum):
-    builtin = "builtin"
-    cotracker3 = "cotracker3"
-
-
-class DepthBackend(str, Enum):
-    none = "none"
-    moge = "moge"
 
 
 def command(

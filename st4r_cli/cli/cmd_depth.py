@@ -6,7 +6,6 @@ decoded frames and config); the depth stage's cache entry is the one `st4r adapt
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -14,18 +13,14 @@ import typer
 
 from st4r_cli.cli.cmd_tracks import (ConfigOpt, InputArg, LongSideOpt, MaxFramesOpt, RunOutOpt, SetOpt,
                                      _set_if, finish_run, open_or_start_run, stage_through_cache)
-from st4r_cli.cli.common import Device, DeviceOpt, ForceOpt, QuietOpt, VerboseOpt, set_verbosity
+from st4r_cli.cli.common import (DepthBackend, Device, DeviceOpt, ForceOpt, QuietOpt, VerboseOpt,
+                                 set_verbosity)
 from st4r_cli.errors import St4rError
 
 if TYPE_CHECKING:
     from st4r_cli.runs import RunConfig
 
 OUTPUT_NAME = "depth.npz"
-
-
-class DepthBackend(str, Enum):
-    moge = "moge"
-    none = "none"
 
 
 def command(

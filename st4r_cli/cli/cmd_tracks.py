@@ -14,18 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from st4r_cli.cli.common import Device, DeviceOpt, ForceOpt, QuietOpt, VerboseOpt, set_verbosity
+from st4r_cli.cli.common import (Device, DeviceOpt, ForceOpt, QuietOpt, Tracker, VerboseOpt,
+                                 set_verbosity)
 from st4r_cli.errors import St4rError
 
 if TYPE_CHECKING:
     from st4r_cli.runs import Artifact, Run, RunConfig
 
 OUTPUT_NAME = "tracks.npz"
-
-
-class Tracker(str, Enum):
-    builtin = "builtin"
-    cotracker3 = "cotracker3"
 
 
 class QueryMode(str, Enum):

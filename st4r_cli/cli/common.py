@@ -29,6 +29,20 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Tracker(str, Enum):
+    """2D tracker backends (`st4r_cli.stages.tracks.BACKENDS`)."""
+
+    builtin = "builtin"
+    cotracker3 = "cotracker3"
+
+
+class DepthBackend(str, Enum):
+    """Mono-depth backends (`st4r_cli.stages.depth.BACKENDS`)."""
+
+    none = "none"
+    moge = "moge"
+
+
 DeviceOpt = Annotated[Device, typer.Option(
     "--device", case_sensitive=False, help="auto | cpu | cuda (auto: CUDA when available).")]
 SeedOpt = Annotated[int, typer.Option(
