@@ -16,7 +16,7 @@ from typing import Any
 
 from st4r_cli import progress
 from st4r_cli.errors import St4rError
-from st4r_cli.runs import Artifact, Run, digest_path
+from st4r_cli.runs import Artifact, Run, digest_file_or_missing, digest_path
 from st4r_cli.runs.config import keyed_fields
 from st4r_cli.stages.decode import DECODE_VERSION, check_decode_config, decode
 
@@ -42,10 +42,6 @@ def _config_with_seed(config: Any, seed: int) -> dict[str, Any]:
     return {"config": keyed_fields(config), "seed": seed}
 
 
-def _file_digests(paths: list[Path]) -> list[str]:
-    return [digest_path(path) if path.is_file() else f"missing:{path}" for path in paths]
-
-
 def tracks_cache_key(cfg: Any, seed: int, decoded: Artifact) -> tuple[dict[str, Any], list[str]]:
     """(config, inputs) keying the tracks stage: frames, query file and checkpoint contents, config, seed.
 
@@ -53,14 +49,14 @@ def tracks_cache_key(cfg: Any, seed: int, decoded: Artifact) -> tuple[dict[str, 
     """
     from st4r_cli.stages.tracks import input_files
 
-    return _config_with_seed(cfg, seed), [decoded.digest, *_file_digests(input_files(cfg))]
+    return _config_with_seed(cfg, seed), [decoded.digest, *map(digest_file_or_missing, input_files(cfg))]
 
 
 def depth_cache_key(cfg: Any, decoded: Artifact) -> tuple[dict[str, Any], list[str]]:
     """(config, inputs) keying the depth stage: frames, checkpoint contents, config."""
     from st4r_cli.stages.depth import input_files
 
-    return {"config": keyed_fields(cfg)}, [decoded.digest, *_file_digests(input_files(cfg))]
+    return {"config": keyed_fields(cfg)}, [decoded.digest, *map(digest_file_or_missing, input_files(cfg))]
 
 
 def run_decode(run: Run) -> Artifact:

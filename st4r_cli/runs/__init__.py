@@ -5,10 +5,11 @@
     frames = run.stage("decode", DECODE_VERSION, cfg, [digest_path(video)], lambda: decode(...))
 """
 
-from st4r_cli.runs.cache import Artifact, StageCache, digest_arrays, digest_path, stage_key
+from st4r_cli.runs.cache import (Artifact, StageCache, digest_arrays, digest_file_or_missing, digest_path,
+                                 stage_key)
 from st4r_cli.runs.config import (DEFAULT_MODEL, STAGE_CONFIGS, RunConfig, apply_overrides,
                                   load_config, save_config)
 from st4r_cli.runs.run import Run
 
-__all__ = ["Artifact", "StageCache", "digest_arrays", "digest_path", "stage_key", "DEFAULT_MODEL",
-           "STAGE_CONFIGS", "RunConfig", "apply_overrides", "load_config", "save_config", "Run"]
+__all__ = ["Artifact", "StageCache", "digest_arrays", "digest_file_or_missing", "digest_path", "stage_key",
+           "DEFAULT_MODEL", "STAGE_CONFIGS", "RunConfig", "apply_overrides", "load_config", "save_config", "Run"]

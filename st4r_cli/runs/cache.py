@@ -99,6 +99,13 @@ def digest_path(path: Path) -> str:
     return h.hexdigest()
 
 
+def digest_file_or_missing(path: Path) -> str:
+    """`digest_path` of a file a stage depends on, or a `missing:<path>` marker when it does not exist
+    (the stage itself then reports the missing file)."""
+    path = Path(path)
+    return digest_path(path) if path.is_file() else f"missing:{path}"
+
+
 def _hash_file_into(h: Any, path: Path) -> None:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

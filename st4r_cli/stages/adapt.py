@@ -595,13 +595,10 @@ def load_run_model(run: Any, device: str) -> Any:
 
 def model_digest(run: Any) -> str:
     """Content digest of the run's checkpoint (a placeholder naming the path when it is missing)."""
-    from pathlib import Path
-
-    from st4r_cli.runs import digest_path
+    from st4r_cli.runs import digest_file_or_missing
     from st4r_cli.runs.config import resolve_model_path
 
-    path = Path(resolve_model_path(run.config.model))
-    return digest_path(path) if path.is_file() else f"missing:{path}"
+    return digest_file_or_missing(resolve_model_path(run.config.model))
 
 
 def stage_key_config(run: Any, device: str) -> dict[str, Any]:
