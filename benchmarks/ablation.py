@@ -84,11 +84,12 @@ def _rss_mib() -> float:
 def run_variant(model, frames, tracks_tta, tracks_out, variant: dict, args, seed: int) -> tuple[dict, dict]:
     """(scene arrays, stats) of one variant on one clip."""
     from st4r_cli.stages.adapt import AdaptConfig, adapt_model, predict_windows
-    from st4r_cli.stages.chain import ChainConfig, chain_windows
+    from st4r_cli.stages.chain import chain_windows
 
-    base = AdaptConfig(iters=args.iters, cpu_threads=args.threads, lr=args.lr, params=args.params)
+    shared = {"iters": args.iters, "lr": args.lr, "params": args.params, "prior_weight": args.prior_weight}
+    base = AdaptConfig(cpu_threads=args.threads, **{k: v for k, v in shared.items() if v is not None})
     cfg = replace(base, **variant)
-    chain = ChainConfig(queries="tracks" if tracks_out is not None else "grid")
+    chain = tta_chain_config(queries="tracks" if tracks_out is not None else "grid")
     net = copy.deepcopy(model)
     with PeakRss() as mem:
         start = time.perf_counter()
@@ -104,6 +105,18 @@ def run_variant(model, frames, tracks_tta, tracks_out, variant: dict, args, seed
              "loss_first": float(np.nanmean(hist[:3])) if hist.size else None,
              "loss_last": float(np.nanmean(hist[-3:])) if hist.size else None}
     return scene, stats
+
+
+def tta_chain_config(**kw):
+    """ChainConfig for the TTA comparison: the chain stage's own refinements (camera bundle adjustment,
+    3D tracks fused with the 2D tracks) off, so the rows differ by the adapted network only."""
+    import dataclasses
+
+    from st4r_cli.stages.chain import ChainConfig
+
+    fields = {f.name for f in dataclasses.fields(ChainConfig)}
+    off = {"refine": "none", "fuse_tracks": False}
+    return ChainConfig(**kw, **{k: v for k, v in off.items() if k in fields})
 
 
 def grid_tracks(frames: np.ndarray, seed: int) -> dict:
@@ -252,10 +265,12 @@ def main() -> None:
     parser.add_argument("--davis", type=int, default=0, help="number of DAVIS clips (0: skip)")
     parser.add_argument("--sevenscenes", action="store_true")
     parser.add_argument("--colmap", action="store_true", help="run COLMAP beside st4r on 7-Scenes")
-    parser.add_argument("--iters", type=int, default=0, help="TTA steps (0: the CPU default)")
+    parser.add_argument("--iters", type=int, default=None, help="TTA steps (default: AdaptConfig's CPU default)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=0.0, help="TTA learning rate (0: the CPU default)")
-    parser.add_argument("--params", default="decoders+heads", help="adapted parameter group")
+    parser.add_argument("--lr", type=float, default=None, help="TTA learning rate (default: the CPU default)")
+    parser.add_argument("--params", default=None, help="adapted parameter group (default: AdaptConfig's)")
+    parser.add_argument("--prior-weight", type=float, default=None,
+                        help="self-distillation prior weight, shared by every TTA variant (default: AdaptConfig's)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
 
@@ -268,8 +283,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_model(args.model, "cpu")
     OUT = Path(args.out)
-    args.header = {"model": args.model, "frames": args.frames, "iters": args.iters or "cpu default",
-                   "lr": args.lr or "cpu default", "params": args.params,
+    args.header = {"model": args.model, "frames": args.frames, "adapt": adapt_header(args),
+                   "chain": "refine none, fuse_tracks off (TTA comparison)",
                    "threads": args.threads, "variants": args.variants, "depth_backend": "none",
                    "seeds": args.seeds}
     args.partial = {}
@@ -281,6 +296,19 @@ def main() -> None:
         _save_partial(args, {"sevenscenes": sevenscenes_rows(model, args)})
     _save_partial(args, {"summary": summarize(args.partial)})
     print("->", OUT)
+
+
+def adapt_header(args) -> dict:
+    """The shared TTA settings of the run, CPU defaults resolved."""
+    import dataclasses
+
+    from st4r_cli.stages.adapt import AdaptConfig, resolve
+
+    shared = {"iters": args.iters, "lr": args.lr, "params": args.params, "prior_weight": args.prior_weight}
+    cfg = AdaptConfig(**{k: v for k, v in shared.items() if v is not None})
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("loss", "cpu_threads")}
+    out.update(dataclasses.asdict(resolve(cfg, "cpu")))
+    return out
 
 
 def summarize(results: dict) -> dict:

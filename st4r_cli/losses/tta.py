@@ -66,6 +66,9 @@ class TTALossConfig:
     conf_alpha: float = 0.2            # ConfLoss alpha used to turn confidence into sigma
     mask_eps_rel: float = 0.05         # z-buffer tolerance relative to the surface depth
     inv_weight_eps: float = 1.0        # eps of the 1/(sigma^2 + eps) weights, pixels^2
+    prior_weight: float = 0.0          # both kinds: self-distillation prior (see `prior_loss`)
+    prior_kind: str = "points"         # points: pull both heads to the frozen outputs | depth: frozen
+                                       # head-2 z-depth as the eq.-9 mono-depth target
 
 
 @dataclass
@@ -83,11 +86,15 @@ class TrackBatch:
 
 def tta_loss(pred: dict[str, torch.Tensor], intrinsics: torch.Tensor, w2c: torch.Tensor,
              tracks: TrackBatch | None, depth: torch.Tensor | None, depth_valid: torch.Tensor | None,
-             config: TTALossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+             config: TTALossConfig, frozen: dict[str, torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total TTA loss and its parts (as floats) for a batch of P pairs with one anchor.
 
     pred: `forward_pairs` output, track_pts / recon_pts (P, H, W, 3), track_conf / recon_conf (P, H, W);
     intrinsics (3, 3); w2c (P, 4, 4) anchor -> camera j; depth, depth_valid (P, H, W) or None.
+    frozen: the pre-TTA network's outputs for the same pairs, for the self-distillation prior
+    (`prior_loss`; used when config.prior_weight > 0): prior_kind points -> track_pts / recon_pts
+    (P, h, w, 3) sampled every `stride`-th pixel (key `stride` () int); depth -> depth (P, H, W).
     """
     import torch
 
@@ -115,6 +122,10 @@ def tta_loss(pred: dict[str, torch.Tensor], intrinsics: torch.Tensor, w2c: torch
         dep = depth_loss(pred["recon_pts"], w2c, depth, depth_valid)
         total = total + config.depth_weight * dep
         parts["depth"] = float(dep.detach())
+    if frozen is not None and config.prior_weight > 0:
+        prior = prior_loss(pred, w2c, frozen, config.prior_kind)
+        total = total + config.prior_weight * prior
+        parts["prior"] = float(prior.detach())
     parts["total"] = float(total.detach())
     if not torch.isfinite(total):
         parts["total"] = float("nan")
@@ -215,6 +226,30 @@ def depth_loss(recon_pts: torch.Tensor, w2c: torch.Tensor, depth: torch.Tensor,
         alpha = (pd * gd).sum() / ((pd * pd).sum() + 1e-8)
         total = total + ((alpha * pd - gd) ** 2).mean()
     return total
+
+
+def prior_loss(pred: dict[str, torch.Tensor], w2c: torch.Tensor, frozen: dict[str, torch.Tensor],
+               kind: str) -> torch.Tensor:
+    """Self-distillation prior: keeps the adapted network near the pre-TTA one (no ground truth).
+
+    points: mean over the P pairs and both heads of the mean 3D distance between the adapted and the
+        frozen pointmaps at every `frozen["stride"]`-th pixel, divided by the frozen pointmap's mean
+        distance to the anchor camera (a relative, scale-pinning pull).
+    depth: the eq.-9 depth loss (`depth_loss`, per-frame scale alpha*) against the frozen head-2
+        z-depth `frozen["depth"]` (P, H, W), i.e. the pre-TTA network as its own mono-depth.
+    """
+    if kind == "depth":
+        return depth_loss(pred["recon_pts"], w2c, frozen["depth"], None)
+    if kind != "points":
+        raise ValueError(f"unknown prior kind {kind!r} (points | depth)")
+    stride = int(frozen["stride"])
+    total = pred["track_pts"].sum() * 0.0
+    for key in ("track_pts", "recon_pts"):
+        cur = pred[key][:, ::stride, ::stride]
+        ref = frozen[key].to(cur)
+        scale = ref.norm(dim=-1).mean(dim=(1, 2)).clamp(min=1e-6)  # (P,)
+        total = total + ((cur - ref).norm(dim=-1).mean(dim=(1, 2)) / scale).mean()
+    return total / 2.0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -63,6 +63,9 @@ class AdaptConfig:
     weight_mode: str = "exp"          # robust: exp | inv
     sigma_floor_px: float = 1.0
     mask_eps_rel: float = 0.05
+    prior_weight: float = 0.0         # self-distillation prior towards the pre-TTA network (both losses)
+    prior_kind: str = "points"        # points (both heads' pointmaps) | depth (head-2 z-depth, eq. 9)
+    prior_stride: int = 4             # points prior: every k-th pixel in x and y
     diverge_factor: float = 4.0       # a loss above this x its running average triggers a rollback
     batch_size: int = 0               # inference pairs per batch; 0 -> 4 on CPU, 16 on CUDA
     cpu_threads: int = 1              # torch threads on CPU for TTA and inference (0: torch's default).
@@ -76,7 +79,8 @@ class AdaptConfig:
                              align_weight=self.align_weight, use_mask=self.use_mask,
                              use_tracker_visibility=self.use_tracker_visibility, use_sigma=self.use_sigma,
                              weight_mode=self.weight_mode, sigma_floor_px=self.sigma_floor_px,
-                             mask_eps_rel=self.mask_eps_rel)
+                             mask_eps_rel=self.mask_eps_rel, prior_weight=self.prior_weight,
+                             prior_kind=self.prior_kind)
 
 
 @dataclass
@@ -112,8 +116,12 @@ def check_adapt_config(config: AdaptConfig) -> None:
         raise St4rError("adapt.iters, frames_per_step, lr, focal and cpu_threads must be >= 0")
     if config.frames_per_step == 1:
         raise St4rError("adapt.frames_per_step must be >= 2 (the anchor pair plus at least one frame)")
-    if config.pnp_stride < 1 or config.max_tracks < 1:
-        raise St4rError("adapt.pnp_stride and adapt.max_tracks must be >= 1")
+    if config.pnp_stride < 1 or config.max_tracks < 1 or config.prior_stride < 1:
+        raise St4rError("adapt.pnp_stride, adapt.max_tracks and adapt.prior_stride must be >= 1")
+    if config.prior_kind not in ("points", "depth"):
+        raise St4rError(f"adapt.prior_kind must be points or depth, got '{config.prior_kind}'")
+    if config.prior_weight < 0:
+        raise St4rError("adapt.prior_weight must be >= 0")
 
 
 def window_starts(num_frames: int, window: int, overlap: int) -> list[int]:
@@ -448,6 +456,36 @@ def _predict_windows(runner: PairRunner, starts: list[int], num_frames: int, win
     return out
 
 
+def frozen_window_outputs(runner: PairRunner, anchor: int, frames_w: list[int], config: AdaptConfig,
+                          focal: float | None, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """The pre-TTA network's outputs for the pairs (anchor, j), j in `frames_w`, for the prior.
+
+    prior_kind points: track_pts / recon_pts (L, H/k, W/k, 3) at every k = prior_stride-th pixel and
+    `stride` (); depth: head 2's z-depth in camera j (L, H, W), cameras by PnP as in the TTA step.
+    """
+    import torch
+
+    keys = ("track_pts", "recon_pts", "recon_conf")
+    parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
+    with torch.no_grad():
+        for start in range(0, len(frames_w), batch_size):
+            chunk = frames_w[start:start + batch_size]
+            pred = runner([anchor] * len(chunk), chunk)
+            for key in keys:
+                parts[key].append(pred[key])
+        full = {key: torch.cat(value) for key, value in parts.items()}
+        if config.prior_kind == "depth":
+            from st4r_cli.losses.tta import surface_depth
+
+            k_mat = anchor_intrinsics(full["track_pts"][frames_w.index(anchor)], focal)
+            w2c = solve_poses(full["recon_pts"], full["recon_conf"], k_mat, config.pnp_stride, seed)
+            return {"depth": surface_depth(full["recon_pts"], w2c)}
+    stride = config.prior_stride
+    return {"track_pts": full["track_pts"][:, ::stride, ::stride].clone(),
+            "recon_pts": full["recon_pts"][:, ::stride, ::stride].clone(),
+            "stride": torch.tensor(stride)}
+
+
 def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int], starts: list[int],
               tracks: dict[str, np.ndarray], depth: dict[str, np.ndarray] | None, config: AdaptConfig,
               resolved: ResolvedAdapt, window: int, focal: float | None, seed: int
@@ -480,6 +518,12 @@ def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int]
         depth_t = torch.as_tensor(np.nan_to_num(depth["depth"], nan=0.0), dtype=torch.float32)
         valid_t = torch.as_tensor(depth["valid"].astype(bool))
 
+    frozen: dict[int, dict[str, torch.Tensor]] = {}
+    if config.prior_weight > 0:
+        for w_idx in trainable:
+            frozen[w_idx] = frozen_window_outputs(runner, starts[w_idx], window_frames(starts[w_idx], num_frames, window),
+                                                  config, focal, resolved.batch_size, seed)
+
     good_params = [p.detach().clone() for p in params]
     good_opt = copy.deepcopy(optimizer.state_dict())
     ema: dict[int, float] = {}
@@ -504,14 +548,19 @@ def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int]
                            visible[sub][:, targets].transpose(0, 1).to(device))
         return w_idx, targets, batch
 
-    def evaluate(step: int, targets: list[int], batch: TrackBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def evaluate(step: int, w_idx: int, targets: list[int], batch: TrackBatch
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
         anchor = targets[0]
         pred = runner([anchor] * len(targets), targets)
         k_mat = anchor_intrinsics(pred["track_pts"][0], focal)
         w2c = solve_poses(pred["recon_pts"], pred["recon_conf"], k_mat, config.pnp_stride, seed + step)
         dep = None if depth_t is None else depth_t[targets].to(device)
         val = None if valid_t is None else valid_t[targets].to(device)
-        return tta_loss(pred, k_mat, w2c, batch, dep, val, loss_cfg)
+        prior = None
+        if w_idx in frozen:
+            rows = [j - anchor for j in targets]  # window frames are anchor, anchor + 1, ...
+            prior = {key: (value if key == "stride" else value[rows]) for key, value in frozen[w_idx].items()}
+        return tta_loss(pred, k_mat, w2c, batch, dep, val, loss_cfg, prior)
 
     def is_bad(w_idx: int, parts: dict[str, float]) -> bool:
         value, frac = parts["total"], parts.get("mask_frac", 1.0)
@@ -535,7 +584,7 @@ def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int]
     for step in progress.track(range(resolved.iters), f"adapt ({config.loss})"):
         w_idx, targets, batch = make_batch(step)
         optimizer.zero_grad(set_to_none=True)
-        loss, parts = evaluate(step, targets, batch)
+        loss, parts = evaluate(step, w_idx, targets, batch)
         bad = is_bad(w_idx, parts)
         if not bad:
             loss.backward()
@@ -567,7 +616,7 @@ def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int]
     if history:
         w_idx, targets, batch = make_batch(step + 1)
         with torch.no_grad():
-            _, parts = evaluate(step + 1, targets, batch)
+            _, parts = evaluate(step + 1, w_idx, targets, batch)
         if is_bad(w_idx, parts) or not all(torch.isfinite(p).all() for p in params):
             roll_back()
             progress.debug("adapt: the final update was rejected, rolled back")

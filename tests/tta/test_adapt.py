@@ -101,3 +101,32 @@ def test_divergence_rolls_back_and_lowers_the_step(run_tta):
     assert out["lr_history"][-1] < out["lr_history"][0]
     assert np.isfinite(out["track_pts"]).all()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_prior_keeps_the_adapted_network_near_the_frozen_one(run_tta):
+    """The self-distillation prior (both loss kinds) pulls the adapted predictions towards the
+    pre-TTA ones: the larger its weight, the closer they stay; with weight 0 nothing changes."""
+    _, _, frozen = run_tta("none")
+    for loss in ("baseline", "robust"):
+        drift = {}
+        for weight in (0.0, 50.0):
+            _, _, out = run_tta(loss, prior_weight=weight)
+            drift[weight] = np.abs(out["track_pts"] - frozen["track_pts"]).mean() + np.abs(
+                out["recon_pts"] - frozen["recon_pts"]).mean()
+        assert drift[0.0] > 0
+        assert drift[50.0] < 0.5 * drift[0.0], (loss, drift)
+
+
+def test_frozen_outputs_are_the_pre_tta_predictions(make_clip, make_prefit_model):
+    from st4r_cli.model.inference import frames_to_tensor, predict_pairs
+    from st4r_cli.stages.adapt import PairRunner, frozen_window_outputs
+
+    frames, _ = make_clip()
+    model = make_prefit_model()
+    runner = PairRunner(model, frames_to_tensor(frames), cache_encoder=True)
+    cfg = AdaptConfig(prior_weight=1.0, prior_stride=2)
+    frozen = frozen_window_outputs(runner, 0, list(range(6)), cfg, focal=40.0, batch_size=4, seed=0)
+    ref = predict_pairs(model, frames, [(0, j) for j in range(6)], batch_size=6, device="cpu")
+    assert frozen["track_pts"].shape == (6, 16, 24, 3) and int(frozen["stride"]) == 2
+    np.testing.assert_allclose(frozen["track_pts"].numpy(), ref["track_pts"][:, ::2, ::2], atol=1e-5)
+    np.testing.assert_allclose(frozen["recon_pts"].numpy(), ref["recon_pts"][:, ::2, ::2], atol=1e-5)

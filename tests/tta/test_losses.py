@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from st4r_cli.geometry.camera import make_intrinsics, unproject_depth
-from st4r_cli.losses.tta import (TrackBatch, TTALossConfig, depth_loss, tta_loss)
+from st4r_cli.losses.tta import TrackBatch, TTALossConfig, depth_loss, prior_loss, tta_loss
 
 HW = (8, 10)
 FOCAL = 10.0
@@ -187,3 +187,48 @@ def test_unknown_kind_raises():
     pred, w2c = _plane(2.0)
     with pytest.raises(ValueError):
         tta_loss(pred, K, w2c, None, None, None, TTALossConfig(kind="magic"))
+
+
+def _frozen_points(pred, stride):
+    return {"track_pts": pred["track_pts"][:, ::stride, ::stride].clone(),
+            "recon_pts": pred["recon_pts"][:, ::stride, ::stride].clone(), "stride": torch.tensor(stride)}
+
+
+def test_points_prior_hand_value():
+    frozen_pred, w2c = _plane(2.0)
+    frozen = _frozen_points(frozen_pred, 2)
+    pred = {k: v.clone() for k, v in frozen_pred.items()}
+    assert prior_loss(pred, w2c, frozen, "points").item() == pytest.approx(0.0, abs=1e-12)
+    # head 1 moved 0.3 along z everywhere, head 2 untouched: (0.3 / mean |X_frozen| + 0) / 2 heads
+    pred["track_pts"] = pred["track_pts"] + torch.tensor([0.0, 0.0, 0.3], dtype=torch.float64)
+    mean_norm = frozen_pred["track_pts"][0, ::2, ::2].norm(dim=-1).mean().item()
+    assert prior_loss(pred, w2c, frozen, "points").item() == pytest.approx(0.3 / mean_norm / 2, rel=1e-9)
+    # in the total, with its weight, for either loss kind
+    for kind in ("baseline", "robust"):
+        cfg = TTALossConfig(kind=kind, traj_weight=0.0, align_weight=0.0, prior_weight=4.0)
+        total, parts = tta_loss(pred, K, w2c, None, None, None, cfg, frozen)
+        assert parts["prior"] == pytest.approx(0.3 / mean_norm / 2, rel=1e-9)
+        assert total.item() == pytest.approx(4.0 * parts["prior"], rel=1e-9)
+
+
+def test_points_prior_gradient_pulls_towards_the_frozen_prediction():
+    frozen_pred, w2c = _plane(2.0)
+    frozen = _frozen_points(frozen_pred, 1)
+    shifted = (frozen_pred["track_pts"] + torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64)).requires_grad_(True)
+    pred = dict(frozen_pred, track_pts=shifted)
+    prior_loss(pred, w2c, frozen, "points").backward()
+    assert (shifted.grad[..., 2] > 0).all()            # descending moves every point back along -z
+    assert shifted.grad[..., :2].abs().max() < 1e-12   # and not sideways
+
+
+def test_depth_prior_is_the_eq9_loss_against_the_frozen_depth():
+    pred, w2c = _plane(1.0)
+    pred["recon_pts"][0, 0] *= 2.0  # predicted depths: first row 2, the rest 1
+    frozen_depth = torch.ones(1, *HW, dtype=torch.float64) * 3.0  # a plane, up to the alpha* scale
+    value = prior_loss(pred, w2c, {"depth": frozen_depth}, "depth").item()
+    assert value == pytest.approx(depth_loss(pred["recon_pts"], w2c, frozen_depth, None).item(), rel=1e-12)
+    # alpha* = 3 (2*10 + 70) / (4*10 + 70) = 270/110; a proportional prediction would score 0
+    alpha = 270 / 110
+    expected = (10 * (2 * alpha - 3) ** 2 + 70 * (alpha - 3) ** 2) / 80
+    assert value == pytest.approx(expected, rel=1e-9)
+    assert prior_loss(_plane(1.0)[0], w2c, {"depth": frozen_depth}, "depth").item() == pytest.approx(0.0, abs=1e-12)
