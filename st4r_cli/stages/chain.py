@@ -22,6 +22,9 @@ head 1 (the anchor's pixels at time j) and head 2 (frame j's pixels), both in th
 5. 2D tracks are the 3D tracks projected into each camera; visibility is the z-buffer test against
    frame t's own pointmap (optionally combined with the tracker's); sigma (pixels) comes from the
    head-1 confidence as in the robust TTA loss.
+6. Refinement (`chain.refine=ba`, st4r_cli/stages/refine.py): the cameras and the focal are bundle
+   adjusted on the 2D tracks of static points, and pointmaps and 3D tracks are re-lifted into the
+   refined cameras (3D tracks follow the 2D tracks where the tracker sees them).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-CHAIN_VERSION = 1
+CHAIN_VERSION = 2
 
 
 @dataclass
@@ -51,6 +54,17 @@ class ChainConfig:
     sigma_floor_px: float = 1.0
     conf_alpha: float = 0.2
     sigma_fill_px: float = 16.0       # sigma of interpolated track positions
+    # refinement (st4r_cli/stages/refine.py): bundle adjustment of the cameras on the 2D tracks
+    refine: str = "ba"                # ba | none
+    fuse_tracks: bool = True          # 3D tracks follow the 2D tracks where the tracker sees them
+    ba_every_k: int = 8               # bundle tracks: a grid re-seeded every k frames ...
+    ba_grid_size: int = 24            # ... of this many points per side
+    ba_chunk: int = 8                 # frames join the bundle adjustment in chunks of this size
+    ba_dynamic_rel: float = 0.05      # a track moving more than this x the scene depth is dynamic
+    ba_accept_px: float = 4.0         # the refined cameras are kept when the median reprojection is below
+    ba_refine_focal: bool = False     # also refine the focal (needs rotation and parallax to be observable)
+    ba_point_max_px: float = 2.0      # static tracks become bundle points below this median residual ...
+    ba_min_parallax_deg: float = 6.0  # ... and above this parallax (else: the network's depth)
 
 
 def check_chain_config(config: ChainConfig) -> None:
@@ -65,6 +79,10 @@ def check_chain_config(config: ChainConfig) -> None:
         raise St4rError(f"chain.queries must be tracks, grid or dense, got '{config.queries}'")
     if config.visibility not in ("mask", "tracker", "both"):
         raise St4rError(f"chain.visibility must be mask, tracker or both, got '{config.visibility}'")
+    if config.refine not in ("ba", "none"):
+        raise St4rError(f"chain.refine must be ba or none, got '{config.refine}'")
+    if min(config.ba_every_k, config.ba_grid_size, config.ba_chunk) < 2:
+        raise St4rError("chain.ba_every_k, ba_grid_size and ba_chunk must be >= 2")
     if min(config.grid_size, config.dense_stride, config.pnp_stride, config.sim3_stride) < 1:
         raise St4rError("chain.grid_size, dense_stride, pnp_stride and sim3_stride must be >= 1")
 
@@ -151,7 +169,7 @@ def chain_windows(pred: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[
     tracks2d = np.stack([k_mat[0, 0] * cam_pts[..., 0] / np.where(z > 0, z, np.nan) + k_mat[0, 2],
                          k_mat[1, 1] * cam_pts[..., 1] / np.where(z > 0, z, np.nan) + k_mat[1, 2]], -1)
     visible = _visibility(tracks2d, z, surface_z, tracks if config.queries == "tracks" else None, config, (h, w))
-    return {
+    scene = {
         "tracks3d": tracks3d.astype(np.float32), "tracks2d": tracks2d.astype(np.float32),
         "visible": visible, "query_xy": query_xy.astype(np.float32), "query_t": query_t.astype(np.int32),
         "sigma": sigma.astype(np.float32), "pointmaps": pointmaps, "conf": conf,
@@ -161,6 +179,11 @@ def chain_windows(pred: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[
         "window_sim3_scale": np.asarray([g.scale for g in gauges], np.float64),
         "track_source": source.astype(np.uint8),
     }
+    if config.refine == "ba":
+        from st4r_cli.stages.refine import refine_scene
+
+        scene = refine_scene(scene, frames, tracks, config)
+    return scene
 
 
 # ----------------------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def test_chaining_recovers_the_global_trajectory_from_tracks():
     tracks = {"tracks_xy": gt2d.astype(np.float32), "visible": inside,
               "queries": np.concatenate([np.zeros((len(query_xy), 1)), query_xy], 1).astype(np.float32),
               "confidence": np.ones(len(query_xy), np.float32)}
-    scene = chain_windows(pred, _frames(num_frames), tracks, ChainConfig(window=window, overlap=overlap))
+    scene = chain_windows(pred, _frames(num_frames), tracks, ChainConfig(window=window, overlap=overlap, refine="none"))
     _check(scene, num_frames, query_xy)
     assert (scene["track_source"] == 1).all()  # every position came from head 1
     assert scene["colors"][7, 0, 0, 0] == 7
@@ -129,7 +129,7 @@ def test_chaining_recovers_the_global_trajectory_from_tracks():
 def test_chaining_carries_grid_queries_by_projection():
     num_frames, window, overlap = 40, 16, 4
     pred = _predictions(num_frames, window, overlap, seed=1)
-    cfg = ChainConfig(window=window, overlap=overlap, queries="grid", grid_size=8)
+    cfg = ChainConfig(window=window, overlap=overlap, queries="grid", grid_size=8, refine="none")
     scene = chain_windows(pred, _frames(num_frames), None, cfg)
     query_xy = scene["query_xy"].astype(np.float64)
     # grid queries sit at the centres of an 8x8 grid of cells
@@ -154,7 +154,8 @@ def test_150_frame_video_chains():
     pred = _predictions(num_frames, 24, 4, seed=2, speed=0.25)
     assert len(pred["window_start"]) == 8
     scene = chain_windows(pred, _frames(num_frames), None,
-                          ChainConfig(window=24, overlap=4, queries="grid", grid_size=4, pnp_stride=6))
+                          ChainConfig(window=24, overlap=4, queries="grid", grid_size=4, pnp_stride=6,
+                                      refine="none"))
     assert scene["tracks3d"].shape == (16, 150, 3) and np.isfinite(scene["tracks3d"]).all()
     gt_c2w = np.stack([_c2w(t, 0.25) for t in range(num_frames)])
     assert np.abs(scene["cam_c2w"][:, :3, :3] - gt_c2w[:, :3, :3]).max() < 1e-4
@@ -164,7 +165,7 @@ def test_150_frame_video_chains():
 
 def test_bad_chain_config():
     for bad in (ChainConfig(overlap=0), ChainConfig(window=4, overlap=4), ChainConfig(queries="all"),
-                ChainConfig(visibility="maybe")):
+                ChainConfig(visibility="maybe"), ChainConfig(refine="colmap"), ChainConfig(ba_chunk=1)):
         with pytest.raises(St4rError):
             check_chain_config(bad)
     pred = _predictions(10, 16, 4)

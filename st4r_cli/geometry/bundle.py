@@ -1,0 +1,463 @@
+"""Bundle adjustment of cameras, a shared focal and per-track inverse depths on 2D tracks.
+
+The problem (all float64, torch):
+    track n starts at pixel q_n of its query frame s_n with inverse depth rho_n; its 3D point is
+        X_n = R_s^T (K^-1 [q_n, 1] / rho_n - t_s)                   (the world of the cameras)
+    every other frame t where the tracker sees it gives the residual
+        r_nt = pi(K (R_t X_n + t_t)) - y_nt                         (pixels)
+    with w2c_t = [R_t | t_t], K = [[f, 0, cx], [0, f, cy], [0, 0, 1]] (principal point fixed).
+
+We minimise sum_nt rho_cauchy(|r_nt| / s) with Levenberg-Marquardt and iteratively re-weighted
+least squares. Every track has one unknown (its inverse depth), so the normal equations are solved
+by the Schur complement on the cameras: a dense (6(T-1)+1)^2 system whatever the number of tracks.
+Frame `fixed_frame` (0) stays fixed; the remaining scale freedom is removed afterwards by rescaling
+so the median track depth equals the initial one (the caller's scene scale is kept).
+
+Per-observation Jacobians are analytic (`_Problem._linearise`) in the 14 local unknowns: the two
+camera increments (left-multiplied: R <- exp(omega) R, t <- exp(omega) t + v), the inverse depth, f.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+@dataclass
+class BundleOptions:
+    """Solver settings."""
+
+    robust_scales_px: tuple[float, ...] = (8.0, 2.0, 1.0)  # Cauchy scale per stage (coarse to fine)
+    iters_per_stage: int = 15
+    refine_focal: bool = True
+    focal_from_stage: int = 2        # the focal is refined from this robust stage on (cameras settle first)
+    damping: float = 1e-3            # initial LM lambda (relative to the diagonal)
+    min_depth_ratio: float = 1e-3    # inverse depths are kept in (0, 1 / (ratio * median depth)]
+    reject_track_px: float = 3.0     # after the solve, tracks with any residual above this are dropped
+                                     # and the last stage runs again without them (0: keep all)
+
+
+@dataclass
+class BundleResult:
+    """Refined cameras and points, and how well they fit."""
+
+    cam_w2c: np.ndarray        # (T, 4, 4)
+    focal: float
+    inv_depth: np.ndarray      # (N,) in the query frame's camera
+    residual_px: np.ndarray    # (M,) |r| of every observation at the solution
+    initial_residual_px: np.ndarray  # (M,) before refinement
+    obs_track: np.ndarray      # (M,) track index of each observation
+    obs_frame: np.ndarray      # (M,) frame index of each observation
+
+
+def bundle_adjust(cam_w2c: np.ndarray, focal: float, principal_point: tuple[float, float],
+                  query_t: np.ndarray, query_xy: np.ndarray, inv_depth: np.ndarray,
+                  tracks_xy: np.ndarray, visible: np.ndarray, options: BundleOptions | None = None,
+                  chunk: int = 8, progress_desc: str | None = None) -> BundleResult:
+    """Refine cameras, focal and inverse depths on 2D tracks (see `_bundle_adjust`).
+
+    Runs with one torch thread: the work is many small tensor operations, which extra threads
+    only slow down (about 4x on a busy 2-core machine).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _bundle_adjust(cam_w2c, focal, principal_point, query_t, query_xy, inv_depth, tracks_xy, visible,
+                              options, chunk, progress_desc)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bundle_adjust(cam_w2c: np.ndarray, focal: float, principal_point: tuple[float, float],
+                   query_t: np.ndarray, query_xy: np.ndarray, inv_depth: np.ndarray,
+                   tracks_xy: np.ndarray, visible: np.ndarray, options: BundleOptions | None,
+                   chunk: int, progress_desc: str | None) -> BundleResult:
+    """Refine cameras, focal and inverse depths on 2D tracks, incrementally (see module doc).
+
+    cam_w2c (T, 4, 4) initial world-to-camera poses (frame 0 stays fixed); query_t (N,) int and
+    query_xy (N, 2) the start of each track; inv_depth (N,) > 0 initial inverse depths in the query
+    camera; tracks_xy (N, T, 2) and visible (N, T) bool the 2D tracks (observations at the query frame
+    itself are not residuals).
+
+    Frames join in chunks of `chunk`: each new frame is placed by RANSAC PnP on the points the frames
+    before it already fix (its initial pose is only the fallback), the inverse depths of the tracks
+    starting in the new frames are the initial ones brought to the current scale, then every frame so
+    far is adjusted. A wrong initial rotation therefore cannot trap the whole solution.
+    """
+    import numpy as np
+
+    from st4r_cli import progress
+
+    opts = options or BundleOptions()
+    query_t = np.asarray(query_t, dtype=np.int64)
+    tracks_xy = np.asarray(tracks_xy, dtype=np.float64)
+    seen = np.asarray(visible, bool) & np.isfinite(tracks_xy).all(-1)
+    seen[np.arange(len(query_t)), query_t] = False
+    num_frames = len(cam_w2c)
+    state = _State(np.array(cam_w2c, dtype=np.float64), float(focal), np.array(inv_depth, dtype=np.float64),
+                   np.array(cam_w2c, dtype=np.float64))
+    depth_ref = float(np.median(1.0 / state.inv_depth)) if len(query_t) else 1.0
+    initial_problem = _make_problem(state, principal_point, query_t, query_xy, tracks_xy, seen, num_frames)
+    initial = initial_problem.residual_norms().numpy()
+    ends = [*range(min(chunk, num_frames), num_frames, chunk), num_frames]
+    for frame in range(1, ends[0]):
+        _two_view_init(state, principal_point, query_t, tracks_xy, seen, frame)
+    light = BundleOptions(robust_scales_px=opts.robust_scales_px[-2:], iters_per_stage=max(3, opts.iters_per_stage // 3),
+                          refine_focal=False, damping=opts.damping, min_depth_ratio=opts.min_depth_ratio)
+    for k, end in enumerate(progress.track(ends, progress_desc) if progress_desc else ends):
+        if k > 0:
+            _rescale_new_tracks(state, query_t, inv_depth, ends[k - 1], end)
+            for frame in range(ends[k - 1], end):
+                _place_frame(state, principal_point, query_t, query_xy, tracks_xy, seen, frame, ends[k - 1])
+        full = k == 0 or end == num_frames
+        _solve_prefix(state, principal_point, query_t, query_xy, tracks_xy, seen, end, opts if full else light)
+    if opts.reject_track_px > 0:
+        _reject_tracks(state, principal_point, query_t, query_xy, tracks_xy, seen, opts)
+    problem = _make_problem(state, principal_point, query_t, query_xy, tracks_xy, seen, num_frames)
+    problem.normalise_scale(depth_ref)
+    return BundleResult(problem.w2c.numpy(), float(problem.focal), problem.rho.numpy(),
+                        problem.residual_norms().numpy(), initial, problem.obs_n.numpy(), problem.obs_t.numpy())
+
+
+@dataclass
+class _State:
+    """The solution being built: cameras (T, 4, 4), focal, inverse depths (N,)."""
+
+    w2c: np.ndarray
+    focal: float
+    inv_depth: np.ndarray
+    initial_w2c: np.ndarray
+
+
+def _make_problem(state: _State, principal_point: tuple[float, float], query_t: np.ndarray, query_xy: np.ndarray,
+                  tracks_xy: np.ndarray, seen: np.ndarray, end: int) -> _Problem:
+    """The problem on frames [0, end): tracks starting there, observed there; later frames fixed."""
+    import numpy as np
+    import torch
+
+    obs_n, obs_t = np.nonzero(seen[:, :end] & (query_t < end)[:, None])
+    fixed = {0, *range(end, len(state.w2c))}
+    return _Problem(torch.as_tensor(state.w2c), state.focal, principal_point, torch.as_tensor(query_t),
+                    torch.as_tensor(np.asarray(query_xy, dtype=np.float64)), torch.as_tensor(state.inv_depth),
+                    torch.as_tensor(obs_n), torch.as_tensor(obs_t),
+                    torch.as_tensor(tracks_xy[obs_n, obs_t]), fixed)
+
+
+def _reject_tracks(state: _State, principal_point: tuple[float, float], query_t: np.ndarray,
+                   query_xy: np.ndarray, tracks_xy: np.ndarray, seen: np.ndarray, opts: BundleOptions) -> None:
+    """Drop (from `seen`, in place) the tracks that some observation does not fit, then re-solve."""
+    import numpy as np
+
+    num_frames = len(state.w2c)
+    problem = _make_problem(state, principal_point, query_t, query_xy, tracks_xy, seen, num_frames)
+    worst = np.zeros(len(query_t))
+    np.maximum.at(worst, problem.obs_n.numpy(), np.nan_to_num(problem.residual_norms().numpy(), nan=np.inf))
+    bad = worst > opts.reject_track_px
+    if not bad.any() or bad.mean() > 0.5:
+        return
+    seen[bad] = False
+    last = BundleOptions(robust_scales_px=opts.robust_scales_px[-1:], iters_per_stage=opts.iters_per_stage,
+                         refine_focal=opts.refine_focal, focal_from_stage=0, damping=opts.damping,
+                         min_depth_ratio=opts.min_depth_ratio)
+    _solve_prefix(state, principal_point, query_t, query_xy, tracks_xy, seen, num_frames, last)
+
+
+def _solve_prefix(state: _State, principal_point: tuple[float, float], query_t: np.ndarray, query_xy: np.ndarray,
+                  tracks_xy: np.ndarray, seen: np.ndarray, end: int, opts: BundleOptions) -> None:
+    """Adjust frames [0, end) (frame 0 fixed) and the tracks that start there; write back into state."""
+    problem = _make_problem(state, principal_point, query_t, query_xy, tracks_xy, seen, end)
+    for stage, scale in enumerate(opts.robust_scales_px):
+        problem.solve(scale, opts, with_focal=opts.refine_focal and stage >= opts.focal_from_stage)
+    active = query_t < end
+    state.w2c[:end] = problem.w2c.numpy()[:end]
+    state.focal = float(problem.focal)
+    state.inv_depth[active] = problem.rho.numpy()[active]
+
+
+def _rescale_new_tracks(state: _State, query_t: np.ndarray, initial_inv_depth: np.ndarray, end: int,
+                        new_end: int) -> None:
+    """Initial inverse depths of tracks starting in [end, new_end), at the scale the solution has now."""
+    import numpy as np
+
+    solved = query_t < end
+    ratio = float(np.median(state.inv_depth[solved] / initial_inv_depth[solved])) if solved.any() else 1.0
+    new = (query_t >= end) & (query_t < new_end)
+    state.inv_depth[new] = np.asarray(initial_inv_depth)[new] * ratio
+
+
+def _place_frame(state: _State, principal_point: tuple[float, float], query_t: np.ndarray, query_xy: np.ndarray,
+                 tracks_xy: np.ndarray, seen: np.ndarray, frame: int, solved_end: int) -> None:
+    """Pose of `frame` by RANSAC PnP on the points of tracks starting in [0, solved_end) that it sees.
+
+    Falls back to the previous frame's pose moved by the initial relative motion when PnP fails.
+    """
+    import cv2
+    import numpy as np
+
+    initial_motion = state.initial_w2c[frame] @ np.linalg.inv(state.initial_w2c[frame - 1])
+    fallback = initial_motion @ state.w2c[frame - 1]
+    use = np.flatnonzero(seen[:, frame] & (query_t < solved_end))
+    if use.size >= 12:
+        world = _track_points(state, principal_point, query_t[use], np.asarray(query_xy)[use], state.inv_depth[use])
+        k_mat = np.array([[state.focal, 0, principal_point[0]], [0, state.focal, principal_point[1]], [0, 0, 1.0]])
+        guess = state.w2c[frame - 1]
+        rvec, _ = cv2.Rodrigues(guess[:3, :3])
+        cv2.setRNGSeed(frame)
+        ok, rvec, tvec, inliers = cv2.solvePnPRansac(
+            world, tracks_xy[use, frame], k_mat, None, rvec=rvec.copy(), tvec=guess[:3, 3:4].copy(),
+            useExtrinsicGuess=True, iterationsCount=200, reprojectionError=3.0, confidence=0.999,
+            flags=cv2.SOLVEPNP_ITERATIVE)
+        if ok and inliers is not None and len(inliers) >= 8:
+            pose = np.eye(4)
+            pose[:3, :3] = cv2.Rodrigues(rvec)[0]
+            pose[:3, 3] = tvec[:, 0]
+            state.w2c[frame] = pose
+            return
+    state.w2c[frame] = fallback
+
+
+def _two_view_init(state: _State, principal_point: tuple[float, float], query_t: np.ndarray,
+                   tracks_xy: np.ndarray, seen: np.ndarray, frame: int) -> None:
+    """Rotation of `frame` relative to frame 0 from the essential matrix of their shared tracks.
+
+    The translation keeps the initial length with the essential matrix's direction. Nothing changes
+    when too few tracks are shared or RANSAC finds too few inliers.
+    """
+    import cv2
+    import numpy as np
+
+    both = np.flatnonzero((query_t == 0) & seen[:, frame])
+    if both.size < 16:
+        return
+    pts0 = tracks_xy[both, 0]
+    pts1 = tracks_xy[both, frame]
+    if np.median(np.linalg.norm(pts1 - pts0, axis=1)) < 1.0:
+        return  # no parallax: keep the initial pose
+    k_mat = np.array([[state.focal, 0, principal_point[0]], [0, state.focal, principal_point[1]], [0, 0, 1.0]])
+    cv2.setRNGSeed(frame)
+    ess, inl = cv2.findEssentialMat(pts0, pts1, k_mat, method=cv2.RANSAC, prob=0.999, threshold=1.0)
+    if ess is None or ess.shape != (3, 3) or inl is None or int(inl.sum()) < 12:
+        return
+    count, rot, trans, _ = cv2.recoverPose(ess, pts0, pts1, k_mat, mask=inl.copy())
+    if count < 12:
+        return
+    length = float(np.linalg.norm(state.w2c[frame, :3, 3]))  # frame 0 is the identity
+    pose = np.eye(4)
+    pose[:3, :3] = rot
+    pose[:3, 3] = trans[:, 0] * length
+    state.w2c[frame] = pose
+
+
+def _track_points(state: _State, principal_point: tuple[float, float], query_t: np.ndarray, query_xy: np.ndarray,
+                  inv_depth: np.ndarray) -> np.ndarray:
+    """(K, 3) world points of tracks from their query pixel, query camera and inverse depth."""
+    import numpy as np
+
+    ray = np.concatenate([(query_xy - np.asarray(principal_point)) / state.focal, np.ones((len(query_t), 1))], 1)
+    cam = ray / inv_depth[:, None]
+    rot, trans = state.w2c[query_t, :3, :3], state.w2c[query_t, :3, 3]
+    return np.einsum("kji,kj->ki", rot, cam - trans)
+
+
+class _Problem:
+    """State and LM iterations of one bundle adjustment."""
+
+    def __init__(self, w2c: torch.Tensor, focal: float, principal_point: tuple[float, float],
+                 query_t: torch.Tensor, query_xy: torch.Tensor, rho: torch.Tensor, obs_n: torch.Tensor,
+                 obs_t: torch.Tensor, obs_xy: torch.Tensor, fixed_frames: set[int]) -> None:
+        import torch
+
+        self.w2c = w2c.clone()
+        self.focal = torch.tensor(focal, dtype=torch.float64)
+        self.cx, self.cy = float(principal_point[0]), float(principal_point[1])
+        self.query_t, self.query_xy = query_t, query_xy
+        self.rho = rho.clone().clamp(min=1e-12)
+        self.obs_n, self.obs_t, self.obs_xy = obs_n, obs_t, obs_xy
+        num_frames = w2c.shape[0]
+        # camera unknown index: frame t -> block of 6 (fixed frames: none); focal is the last unknown
+        order = [t for t in range(num_frames) if t not in fixed_frames]
+        self.cam_col = torch.full((num_frames,), -1, dtype=torch.long)
+        self.cam_col[order] = torch.arange(len(order)) * 6
+        self.num_cam = 6 * len(order) + 1
+
+    # --- residuals and Jacobians --------------------------------------------------------
+    def _geometry(self) -> dict[str, torch.Tensor]:
+        """Per-observation intermediate quantities (see `_linearise` for the Jacobians)."""
+        import torch
+
+        s_frames = self.query_t[self.obs_n]
+        q_xy = self.query_xy[self.obs_n]
+        ray = torch.cat([(q_xy - q_xy.new_tensor([self.cx, self.cy])) / self.focal,
+                         q_xy.new_ones(q_xy.shape[0], 1)], dim=-1)            # (M, 3) K^-1 [q, 1]
+        rho = self.rho[self.obs_n]                                            # (M,)
+        rot_s, tr_s = self.w2c[s_frames, :3, :3], self.w2c[s_frames, :3, 3]
+        rot_t, tr_t = self.w2c[self.obs_t, :3, :3], self.w2c[self.obs_t, :3, 3]
+        cam_s = ray / rho[:, None]                                            # (M, 3) in camera s
+        world = torch.einsum("mji,mj->mi", rot_s, cam_s - tr_s)               # R_s^T (P_s - t_s)
+        cam_t = torch.einsum("mij,mj->mi", rot_t, world) + tr_t               # (M, 3) in camera t
+        z = cam_t[:, 2]
+        proj = self.focal * cam_t[:, :2] / z[:, None] + cam_t.new_tensor([self.cx, self.cy])
+        return {"ray": ray, "rho": rho, "rot_s": rot_s, "rot_t": rot_t, "cam_s": cam_s, "cam_t": cam_t,
+                "z": z, "res": proj - self.obs_xy}
+
+    def residuals(self) -> torch.Tensor:
+        """(M, 2) residuals at the current state (NaN/inf behind the camera are left to the caller)."""
+        return self._geometry()["res"]
+
+    def residual_norms(self) -> torch.Tensor:
+        return self.residuals().norm(dim=-1)
+
+    def _linearise(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residuals (M, 2) and Jacobians (M, 2, 14): [xi_t (6), xi_s (6), rho, f].
+
+        With P_t = (x, y, z) the point in camera t and J_pi = f [[1/z, 0, -x/z^2], [0, 1/z, -y/z^2]]:
+          camera t (w2c <- exp(xi) w2c): dP_t = -[P_t]x d_omega + d_v
+          camera s: dX = R_s^T [P_s]x d_omega - R_s^T d_v, and dP_t = R_t dX
+          inverse depth: dP_t/d rho = -R_t R_s^T ray / rho^2
+          focal: d proj/df = (x/z, y/z) + J_pi R_t R_s^T (d ray/df) / rho, d ray/df = (-ray_x, -ray_y, 0)/f
+        """
+        import torch
+
+        from st4r_cli.geometry.lie import skew
+
+        g = self._geometry()
+        cam_t, z = g["cam_t"], g["z"]
+        m = cam_t.shape[0]
+        j_pi = torch.zeros(m, 2, 3, dtype=torch.float64)
+        j_pi[:, 0, 0] = self.focal / z
+        j_pi[:, 1, 1] = self.focal / z
+        j_pi[:, 0, 2] = -self.focal * cam_t[:, 0] / z**2
+        j_pi[:, 1, 2] = -self.focal * cam_t[:, 1] / z**2
+        eye = torch.eye(3, dtype=torch.float64).expand(m, 3, 3)
+        d_t = torch.cat([-skew(cam_t), eye], dim=-1)                           # (M, 3, 6)
+        rel = g["rot_t"] @ g["rot_s"].transpose(-1, -2)                        # R_t R_s^T
+        d_s = torch.cat([rel @ skew(g["cam_s"]), -rel], dim=-1)                # (M, 3, 6)
+        d_rho = -(rel @ g["ray"][:, :, None])[..., 0] / g["rho"][:, None] ** 2  # (M, 3)
+        d_ray_f = torch.cat([-g["ray"][:, :2] / self.focal, torch.zeros(m, 1, dtype=torch.float64)], dim=-1)
+        d_f = (j_pi @ (rel @ d_ray_f[:, :, None]))[..., 0] / g["rho"][:, None] + cam_t[:, :2] / z[:, None]
+        jac = torch.cat([j_pi @ d_t, j_pi @ d_s, (j_pi @ d_rho[:, :, None]), d_f[:, :, None]], dim=-1)
+        return g["res"], jac
+
+    # --- one LM solve at a fixed robust scale --------------------------------------------
+    def solve(self, scale_px: float, opts: BundleOptions, with_focal: bool) -> None:
+        import torch
+
+        lam = opts.damping
+        cost = self._cost(scale_px)
+        for _ in range(opts.iters_per_stage):
+            res, jac = self._linearise()
+            weights = 1.0 / (1.0 + (res.norm(dim=-1) / scale_px) ** 2)  # Cauchy IRLS
+            if not with_focal:
+                jac[:, :, 13] = 0.0
+            for _attempt in range(6):
+                step = self._step(res, jac, weights, lam)
+                if step is None:
+                    lam *= 10.0
+                    continue
+                saved = (self.w2c.clone(), self.focal.clone(), self.rho.clone())
+                self._apply(*step, opts)
+                new_cost = self._cost(scale_px)
+                if torch.isfinite(new_cost) and new_cost < cost:
+                    converged = (cost - new_cost) < 1e-6 * cost
+                    cost = new_cost
+                    lam = max(lam / 3.0, 1e-9)
+                    break
+                self.w2c, self.focal, self.rho = saved
+                lam *= 10.0
+            else:
+                return
+            if converged:
+                return
+
+    def _cost(self, scale_px: float) -> torch.Tensor:
+        import torch
+
+        geo = self._geometry()
+        norms = torch.where(geo["z"] > 0, geo["res"].norm(dim=-1), torch.inf)
+        norms = torch.nan_to_num(norms, nan=1e12, posinf=1e12)
+        return (scale_px**2 / 2.0 * torch.log1p((norms / scale_px) ** 2)).sum()
+
+    def _step(self, res: torch.Tensor, jac: torch.Tensor, weights: torch.Tensor, lam: float
+              ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """LM step (camera unknowns (C,), inverse-depth steps (N,)) by the Schur complement."""
+        import torch
+
+        ok = torch.isfinite(res).all(-1) & torch.isfinite(jac).all(-1).all(-1)
+        res, jac, w = res[ok], jac[ok], weights[ok]
+        n_idx = self.obs_n[ok]
+        s_frames = self.query_t[n_idx]
+        t_frames = self.obs_t[ok]
+        num_pts = self.rho.shape[0]
+        # columns of the 13 camera-side local unknowns in the global camera vector (-1: fixed)
+        col_t = self.cam_col[t_frames][:, None] + torch.arange(6)
+        col_s = self.cam_col[s_frames][:, None] + torch.arange(6)
+        col_t[self.cam_col[t_frames] < 0] = -1
+        col_s[self.cam_col[s_frames] < 0] = -1
+        cols = torch.cat([col_t, col_s, torch.full((len(res), 1), self.num_cam - 1)], dim=1)  # (M, 13)
+        jc = jac[:, :, [*range(12), 13]]            # (M, 2, 13)
+        jp = jac[:, :, 12]                          # (M, 2)
+        jc = jc * (cols >= 0)[:, None, :]
+        cols = cols.clamp(min=0)
+        wr = w[:, None] * res                       # (M, 2)
+        # H_cc
+        blocks = torch.einsum("mki,mkj->mij", jc * w[:, None, None], jc)  # (M, 13, 13)
+        size = self.num_cam
+        flat = (cols[:, :, None] * size + cols[:, None, :]).reshape(-1)
+        h_cc = torch.zeros(size * size, dtype=torch.float64).index_add_(0, flat, blocks.reshape(-1)).view(size, size)
+        b_c = torch.zeros(size, dtype=torch.float64).index_add_(0, cols.reshape(-1),
+                                                                 torch.einsum("mki,mk->mi", jc, wr).reshape(-1))
+        # H_pp (diagonal) and b_p
+        h_pp = torch.zeros(num_pts, dtype=torch.float64).index_add_(0, n_idx, (w[:, None] * jp**2).sum(-1))
+        b_p = torch.zeros(num_pts, dtype=torch.float64).index_add_(0, n_idx, (jp * wr).sum(-1))
+        # H_cp as a dense (C, N) matrix (C is small)
+        h_cp = torch.zeros(size * num_pts, dtype=torch.float64)
+        vals = torch.einsum("mki,mk->mi", jc * w[:, None, None], jp)  # (M, 13)
+        h_cp.index_add_(0, (cols * num_pts + n_idx[:, None]).reshape(-1), vals.reshape(-1))
+        h_cp = h_cp.view(size, num_pts)
+        # damping
+        h_cc_d = h_cc + lam * torch.diag(torch.diagonal(h_cc).clamp(min=1e-9))
+        h_pp_d = h_pp * (1.0 + lam) + 1e-12
+        inv_pp = 1.0 / h_pp_d
+        schur = h_cc_d - (h_cp * inv_pp) @ h_cp.T
+        rhs = b_c - h_cp @ (inv_pp * b_p)
+        try:
+            d_cam = -torch.linalg.solve(schur, rhs)
+        except RuntimeError:
+            return None
+        if not torch.isfinite(d_cam).all():
+            return None
+        d_rho = -(b_p + h_cp.T @ d_cam) * inv_pp
+        return d_cam, d_rho
+
+    def _apply(self, d_cam: torch.Tensor, d_rho: torch.Tensor, opts: BundleOptions) -> None:
+        import torch
+
+        from st4r_cli.geometry.lie import so3_exp
+
+        moving = self.cam_col >= 0
+        xi = d_cam[:-1].view(-1, 6)                                            # (T-1, 6) in cam_col order
+        rot = so3_exp(xi[:, :3])
+        w2c = self.w2c.clone()
+        w2c[moving, :3, :3] = rot @ self.w2c[moving, :3, :3]
+        w2c[moving, :3, 3] = (rot @ self.w2c[moving, :3, 3, None])[..., 0] + xi[:, 3:]
+        self.w2c = w2c
+        self.focal = (self.focal + d_cam[-1]).clamp(min=1.0)
+        rho = self.rho + d_rho
+        typical = torch.median(self.rho)
+        self.rho = rho.clamp(min=typical * 1e-3, max=typical / opts.min_depth_ratio)
+
+    def normalise_scale(self, depth_ref: float) -> None:
+        """Rescale translations and depths so the median track depth is `depth_ref` again."""
+        import torch
+
+        if self.rho.numel() == 0:
+            return
+        factor = depth_ref / float(torch.quantile(1.0 / self.rho, 0.5))  # the median as NumPy takes it
+        self.w2c[:, :3, 3] *= factor
+        self.rho = self.rho / factor

@@ -1,0 +1,304 @@
+"""Camera refinement and track fusion: the last step of the chain stage (`chain.refine=ba`).
+
+The network gives every frame a depth map and a camera, and every query pixel a 3D trajectory; the
+2D tracker gives precise image positions. This step makes the two agree:
+
+1. Bundle tracks. The tracks stage's tracks plus a grid re-seeded every `ba_every_k` frames
+   (built-in tracker), so every part of the video is covered by tracks that start in it.
+2. Static tracks. A bundle track is used only when the network says its point does not move: its
+   world position from frame t's pointmap at the tracked pixel stays close to its position at the
+   query frame (median over the frames where it is seen): within `ba_dynamic_rel` x the scene depth,
+   or 3x the median of that motion over all tracks when the pointmaps are less consistent than that.
+3. Bundle adjustment (`st4r_cli.geometry.bundle`): cameras, the focal and the tracks' inverse depths
+   (initialised from the chained pointmaps), Cauchy-robust, frames added in chunks with RANSAC PnP.
+   The result is kept only when it fits the tracks better than the network's cameras did.
+4. Re-lifting. Each frame's pointmap keeps its depth along each pixel's ray and moves with the new
+   camera. A 3D track (head 1) keeps its depth in the refined camera t and moves onto the ray of its
+   2D track wherever the tracker sees it (`fuse_tracks`); elsewhere its projection is shifted by the
+   tracker-minus-projection offset of the nearest frame where the tracker saw it. A track the network
+   sees static (same test as 2, on head 1) stays at its query-frame position, which is the bundle's
+   triangulated point when that is well fixed (3+ views, median residual under `ba_point_max_px`,
+   parallax over `ba_min_parallax_deg`; below that the network's depth is the better estimate).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from st4r_cli.stages.chain import ChainConfig
+
+
+def refine_scene(scene: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[str, np.ndarray] | None,
+                 config: ChainConfig) -> dict[str, np.ndarray]:
+    """The chained scene with bundle-adjusted cameras and re-lifted pointmaps and tracks.
+
+    scene: `chain_windows` arrays (cam_c2w (T,4,4), intrinsics (3,3), pointmaps (T,H,W,3),
+    tracks3d (N,T,3), query_t (N,), query_xy (N,2), ...); frames (T,H,W,3) uint8; tracks: the tracks
+    stage's arrays or None (the scene's 3D tracks are theirs when chain.queries=tracks).
+    Adds `ba_residual_px` () (median, after), `ba_initial_residual_px` (), `ba_accepted` () and, when
+    accepted, `track_static` (N,) bool.
+    """
+    import numpy as np
+
+    from st4r_cli import progress
+    from st4r_cli.geometry.bundle import BundleOptions, bundle_adjust
+
+    num_frames, h, w = frames.shape[:3]
+    if num_frames < 3:
+        return scene
+    bundle = bundle_tracks(frames, tracks, config)
+    k_mat = np.asarray(scene["intrinsics"], np.float64)
+    cam_w2c = np.linalg.inv(np.asarray(scene["cam_c2w"], np.float64))
+    depth_q, static = _network_depth_and_static(scene, cam_w2c, bundle, config)
+    usable = np.isfinite(depth_q) & (depth_q > 0)
+    seen = bundle["visible"] & (static & usable)[:, None]
+    principal = (float(k_mat[0, 2]), float(k_mat[1, 2]))
+    inv_depth = np.where(usable, 1.0 / np.where(usable, depth_q, 1.0), 1.0)
+    result = bundle_adjust(cam_w2c, float(k_mat[0, 0]), principal, bundle["query_t"], bundle["query_xy"],
+                           inv_depth, bundle["tracks_xy"], seen, BundleOptions(refine_focal=config.ba_refine_focal),
+                           chunk=config.ba_chunk, progress_desc="refine: bundle adjustment")
+    before = float(np.median(result.initial_residual_px)) if result.residual_px.size else float("nan")
+    after = float(np.median(result.residual_px)) if result.residual_px.size else float("nan")
+    accepted = bool(np.isfinite(after) and after < before and after < config.ba_accept_px)
+    out = dict(scene)
+    out.update(ba_initial_residual_px=np.float32(before), ba_residual_px=np.float32(after),
+               ba_accepted=np.bool_(accepted))
+    if not accepted:
+        progress.log(f"[yellow]-[/yellow] refine: bundle adjustment rejected (median {before:.2f} -> {after:.2f} px); "
+                     "keeping the network's cameras")
+        return out
+    progress.debug(f"refine: median reprojection {before:.2f} -> {after:.2f} px, focal {k_mat[0, 0]:.1f} -> "
+                   f"{result.focal:.1f}")
+    new_k = k_mat.copy()
+    new_k[0, 0] = new_k[1, 1] = result.focal
+    new_w2c = result.cam_w2c
+    out["intrinsics"] = new_k.astype(np.float32)
+    out["cam_c2w"] = np.linalg.inv(new_w2c).astype(np.float32)
+    out["pointmaps"] = _relift_pointmaps(scene["pointmaps"], cam_w2c, new_w2c, new_k)
+    bundle_points = _bundle_points(result, bundle, principal, new_w2c)
+    fixed = _well_triangulated(result, bundle_points, new_w2c, bundle["query_t"], config.ba_point_max_px,
+                               config.ba_min_parallax_deg) & static & usable
+    own = tracks if config.queries == "tracks" and tracks is not None else None
+    count = len(scene["tracks3d"])
+    shared = own is not None and bool(bundle["from_stage"][:count].all()) and len(bundle["from_stage"]) >= count
+    surface_z = _depth_maps(out["pointmaps"], new_w2c)
+    out.update(_relift_tracks(scene, own, new_w2c, new_k, config, bundle_points[:count] if shared else None,
+                              fixed[:count] if shared else None, surface_z, (h, w)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# bundle tracks and the network's static test
+# ----------------------------------------------------------------------------------------------
+
+def bundle_tracks(frames: np.ndarray, tracks: dict[str, np.ndarray] | None, config: ChainConfig
+                  ) -> dict[str, np.ndarray]:
+    """Tracks for the bundle: the tracks stage's (first, when given) + a re-seeded built-in grid.
+
+    Returns query_t (B,) int64, query_xy (B, 2), tracks_xy (B, T, 2) f64, visible (B, T) bool,
+    from_stage (B,) bool (True for the tracks stage's own tracks, in their order).
+    """
+    import numpy as np
+
+    from st4r_cli.tracking.builtin import track_points
+    from st4r_cli.tracking.queries import grid_queries
+
+    num_frames, h, w = frames.shape[:3]
+    seeds = list(range(config.ba_every_k if tracks is not None else 0, num_frames - 1, config.ba_every_k))
+    parts = []
+    if tracks is not None:
+        parts.append((np.asarray(tracks["queries"], np.float64), np.asarray(tracks["tracks_xy"], np.float64),
+                      np.asarray(tracks["visible"], bool), True))
+    if seeds:
+        queries = grid_queries(config.ba_grid_size, (h, w), seeds).astype(np.float64)
+        extra = track_points(frames, queries.astype(np.float32), progress_desc="refine: bundle tracks")
+        parts.append((queries, np.asarray(extra["tracks_xy"], np.float64), np.asarray(extra["visible"], bool), False))
+    queries = np.concatenate([p[0] for p in parts])
+    return {"query_t": np.rint(queries[:, 0]).astype(np.int64), "query_xy": queries[:, 1:3],
+            "tracks_xy": np.concatenate([p[1] for p in parts]), "visible": np.concatenate([p[2] for p in parts]),
+            "from_stage": np.concatenate([np.full(len(p[0]), p[3]) for p in parts])}
+
+
+def _network_depth_and_static(scene: dict[str, np.ndarray], cam_w2c: np.ndarray, bundle: dict[str, np.ndarray],
+                              config: ChainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(depth (B,) of each bundle track in its query camera, static (B,) bool) from the pointmaps."""
+    import numpy as np
+
+    from st4r_cli.stages.chain import _bilinear, _inside
+
+    pointmaps = np.asarray(scene["pointmaps"], np.float64)
+    num_frames, h, w = pointmaps.shape[:3]
+    count = len(bundle["query_t"])
+    start = np.full((count, 3), np.nan)
+    for t in np.unique(bundle["query_t"]):
+        sel = np.flatnonzero(bundle["query_t"] == t)
+        start[sel] = _bilinear(pointmaps[t], bundle["query_xy"][sel])
+    rot_z = cam_w2c[bundle["query_t"], 2, :3]
+    depth = (start * rot_z).sum(-1) + cam_w2c[bundle["query_t"], 2, 3]
+    scene_depth = float(np.nanmedian(depth)) if np.isfinite(depth).any() else 1.0
+    motion = np.full((count, num_frames), np.nan)
+    for t in range(num_frames):
+        sel = np.flatnonzero(bundle["visible"][:, t] & _inside(bundle["tracks_xy"][:, t], (h, w)))
+        if sel.size:
+            motion[sel, t] = np.linalg.norm(_bilinear(pointmaps[t], bundle["tracks_xy"][sel, t]) - start[sel], axis=1)
+    with np.errstate(all="ignore"):
+        typical = np.nanmedian(motion, axis=1)
+    # the threshold adapts to the network's own frame-to-frame inconsistency (large on real video)
+    noise = float(np.nanmedian(typical)) if np.isfinite(typical).any() else 0.0
+    threshold = max(config.ba_dynamic_rel * scene_depth, 3.0 * noise)
+    static = ~(typical > threshold)  # NaN (never seen again) counts as static
+    return depth, static
+
+
+# ----------------------------------------------------------------------------------------------
+# re-lifting
+# ----------------------------------------------------------------------------------------------
+
+def _relift_pointmaps(pointmaps: np.ndarray, old_w2c: np.ndarray, new_w2c: np.ndarray, new_k: np.ndarray
+                      ) -> np.ndarray:
+    """(T, H, W, 3) f32: each pixel at its old depth along its ray, in the new camera."""
+    import numpy as np
+
+    num_frames, h, w = pointmaps.shape[:3]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    ray = np.stack([(xs - new_k[0, 2]) / new_k[0, 0], (ys - new_k[1, 2]) / new_k[1, 1], np.ones_like(xs)], -1)
+    out = np.empty_like(pointmaps, dtype=np.float32)
+    new_c2w = np.linalg.inv(new_w2c)
+    for t in range(num_frames):
+        depth = pointmaps[t].astype(np.float64) @ old_w2c[t, 2, :3] + old_w2c[t, 2, 3]
+        cam = ray * depth[..., None]
+        out[t] = cam @ new_c2w[t, :3, :3].T + new_c2w[t, :3, 3]
+    return out
+
+
+def _depth_maps(pointmaps: np.ndarray, w2c: np.ndarray) -> np.ndarray:
+    """(T, H, W) z of each frame's own pointmap in its camera."""
+    import numpy as np
+
+    return (np.einsum("tj,thwj->thw", w2c[:, 2, :3], np.asarray(pointmaps, np.float64)) + w2c[:, 2, 3][:, None, None])
+
+
+def _bundle_points(result: Any, bundle: dict[str, np.ndarray], principal: tuple[float, float],
+                   new_w2c: np.ndarray) -> np.ndarray:
+    """(B, 3) world points of the bundle tracks at the solution."""
+    import numpy as np
+
+    ray = np.concatenate([(bundle["query_xy"] - np.asarray(principal)) / result.focal,
+                          np.ones((len(bundle["query_t"]), 1))], 1)
+    cam = ray / result.inv_depth[:, None]
+    rot, trans = new_w2c[bundle["query_t"], :3, :3], new_w2c[bundle["query_t"], :3, 3]
+    return np.einsum("kji,kj->ki", rot, cam - trans)
+
+
+def _well_triangulated(result: Any, bundle_points: np.ndarray, new_w2c: np.ndarray, query_t: np.ndarray,
+                       max_px: float, min_parallax_deg: float) -> np.ndarray:
+    """(B,) bool: bundle tracks whose point the bundle fixes well.
+
+    Seen in at least 3 other frames, median residual under `max_px`, and a parallax (largest angle
+    between the rays from the query camera and from an observing camera) of at least `min_parallax_deg`.
+    """
+    import numpy as np
+
+    count = len(bundle_points)
+    obs = np.bincount(result.obs_track, minlength=count)
+    order = np.argsort(result.obs_track, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(obs)[:-1]]).astype(np.int64)
+    sorted_res = result.residual_px[order]
+    median = np.full(count, np.inf)
+    for n in np.flatnonzero(obs >= 3):
+        median[n] = np.median(sorted_res[starts[n]:starts[n] + obs[n]])
+    centres = np.linalg.inv(new_w2c)[:, :3, 3]
+    ray_q = bundle_points[result.obs_track] - centres[query_t[result.obs_track]]
+    ray_t = bundle_points[result.obs_track] - centres[result.obs_frame]
+    cos = (ray_q * ray_t).sum(-1) / (np.linalg.norm(ray_q, axis=-1) * np.linalg.norm(ray_t, axis=-1) + 1e-12)
+    parallax = np.zeros(count)
+    np.maximum.at(parallax, result.obs_track, np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+    return (obs >= 3) & (median < max_px) & (parallax >= min_parallax_deg)
+
+
+def _static_tracks(tracks3d: np.ndarray, query_t: np.ndarray, rel: float) -> np.ndarray:
+    """(N,) bool: scene tracks whose network trajectory (head 1) stays put (threshold as in module doc)."""
+    import numpy as np
+
+    start = tracks3d[np.arange(len(tracks3d)), query_t]                    # (N, 3)
+    motion = np.linalg.norm(tracks3d - start[:, None], axis=-1)             # (N, T)
+    motion[np.arange(tracks3d.shape[1])[None] < query_t[:, None]] = np.nan
+    with np.errstate(all="ignore"):
+        typical = np.nanmedian(motion, axis=1)
+    scene_depth = float(np.median(np.abs(start[:, 2]))) if len(start) else 1.0
+    noise = float(np.nanmedian(typical)) if np.isfinite(typical).any() else 0.0
+    return ~(typical > max(rel * scene_depth, 3.0 * noise))
+
+
+def _relift_tracks(scene: dict[str, np.ndarray], tracks: dict[str, np.ndarray] | None, new_w2c: np.ndarray,
+                   new_k: np.ndarray, config: ChainConfig, bundle_points: np.ndarray | None,
+                   use_bundle: np.ndarray | None, surface_z: np.ndarray, hw: tuple[int, int]
+                   ) -> dict[str, np.ndarray]:
+    """tracks3d / tracks2d / visible of the scene's tracks under the refined cameras (module doc, 4).
+
+    bundle_points (N, 3) and use_bundle (N,) refer to the scene's own tracks (the first N bundle
+    tracks) or are None; surface_z (T, H, W) is each frame's depth map in its refined camera.
+    """
+    import numpy as np
+
+    from st4r_cli.stages.chain import _inside, _visibility
+
+    tracks3d = np.asarray(scene["tracks3d"], np.float64)                   # (N, T, 3)
+    query_t = np.rint(np.asarray(scene["query_t"])).astype(np.int64)
+    count, num_frames = tracks3d.shape[:2]
+    tracker_xy = tracker_seen = None
+    if tracks is not None and config.fuse_tracks and len(tracks["tracks_xy"]) == count:
+        tracker_xy = np.asarray(tracks["tracks_xy"], np.float64)
+        tracker_seen = np.asarray(tracks["visible"], bool) & _inside(tracker_xy, hw)
+        tracker_seen &= np.arange(num_frames)[None] >= query_t[:, None]
+        tracker_seen[np.arange(count), query_t] = True
+        tracker_xy = tracker_xy.copy()
+        tracker_xy[np.arange(count), query_t] = np.asarray(scene["query_xy"], np.float64)
+    if tracker_xy is not None:
+        tracks3d = _fuse(tracks3d, tracker_xy, tracker_seen, new_w2c, new_k)
+    static = _static_tracks(np.asarray(scene["tracks3d"], np.float64), query_t, config.ba_dynamic_rel)
+    start = tracks3d[np.arange(count), query_t]
+    if bundle_points is not None and use_bundle is not None:
+        start = np.where((use_bundle & static)[:, None], bundle_points, start)
+    tracks3d = np.where(static[:, None, None], start[:, None, :], tracks3d)
+    cam = np.einsum("tij,ntj->nti", new_w2c[:, :3, :3], tracks3d) + new_w2c[None, :, :3, 3]
+    z = cam[..., 2]
+    with np.errstate(all="ignore"):
+        tracks2d = np.stack([new_k[0, 0] * cam[..., 0] / np.where(z > 0, z, np.nan) + new_k[0, 2],
+                             new_k[1, 1] * cam[..., 1] / np.where(z > 0, z, np.nan) + new_k[1, 2]], -1)
+    visible = _visibility(tracks2d, z, surface_z, tracks, config, hw)
+    return {"tracks3d": tracks3d.astype(np.float32), "tracks2d": tracks2d.astype(np.float32), "visible": visible,
+            "track_static": static}
+
+
+def _fuse(tracks3d: np.ndarray, tracker_xy: np.ndarray, tracker_seen: np.ndarray, w2c: np.ndarray,
+          k_mat: np.ndarray) -> np.ndarray:
+    """(N, T, 3): each point moved, at its depth in camera t, onto the ray of its 2D track.
+
+    Where the tracker does not see the point, the pixel is the point's own projection shifted by the
+    tracker-minus-projection offset at the nearest frame (in time) where it was seen.
+    """
+    import numpy as np
+
+    cam = np.einsum("tij,ntj->nti", w2c[:, :3, :3], tracks3d) + w2c[None, :, :3, 3]
+    depth = cam[..., 2]
+    with np.errstate(all="ignore"):
+        own_xy = np.stack([k_mat[0, 0] * cam[..., 0] / depth + k_mat[0, 2],
+                           k_mat[1, 1] * cam[..., 1] / depth + k_mat[1, 2]], -1)  # (N, T, 2)
+    usable = tracker_seen & np.isfinite(own_xy).all(-1) & (depth > 0)
+    pixel = own_xy.copy()
+    times = np.arange(tracks3d.shape[1])
+    for n in np.flatnonzero(usable.any(1)):
+        seen = np.flatnonzero(usable[n])
+        offset = tracker_xy[n, seen] - own_xy[n, seen]                         # (S, 2)
+        nearest = np.abs(times[:, None] - seen[None, :]).argmin(axis=1)         # (T,) index into seen
+        pixel[n] = own_xy[n] + offset[nearest]
+        pixel[n, seen] = tracker_xy[n, seen]
+    ray = np.concatenate([(pixel - k_mat[[0, 1], [2, 2]]) / k_mat[0, 0], np.ones(depth.shape + (1,))], -1)
+    c2w = np.linalg.inv(w2c)
+    moved = np.einsum("tij,ntj->nti", c2w[:, :3, :3], ray * depth[..., None]) + c2w[None, :, :3, 3]
+    ok = np.isfinite(moved).all(-1) & (depth > 0)
+    return np.where(ok[..., None], moved, tracks3d)

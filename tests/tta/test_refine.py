@@ -1,0 +1,85 @@
+"""Camera refinement (bundle adjustment) and track fusion of a chained scene, against exact ground truth."""
+
+import numpy as np
+import pytest
+
+from st4r_cli.formats.clip import clip_from_synthetic
+from st4r_cli.metrics.camera import camera_metrics
+from st4r_cli.stages.chain import ChainConfig
+from st4r_cli.stages.refine import _fuse, refine_scene
+from st4r_cli.synthetic import render_clip
+
+
+def _rot(omega):
+    theta = np.linalg.norm(omega)
+    k = np.array([[0, -omega[2], omega[1]], [omega[2], 0, -omega[0]], [-omega[1], omega[0], 0]]) / theta
+    return np.eye(3) + np.sin(theta) * k + (1 - np.cos(theta)) * k @ k
+
+
+def test_fuse_moves_points_onto_the_tracked_rays_at_their_depth():
+    k_mat = np.array([[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]])
+    w2c = np.tile(np.eye(4), (3, 1, 1))
+    tracks3d = np.tile([0.0, 0.0, 5.0], (1, 3, 1))                 # the network: on the optical axis
+    tracker_xy = np.array([[[60.0, 40.0], [0.0, 0.0], [50.0, 60.0]]])  # frame 1: unseen (value unused)
+    seen = np.array([[True, False, True]])
+    out = _fuse(tracks3d, tracker_xy, seen, w2c, k_mat)
+    np.testing.assert_allclose(out[0, 0], [0.5, 0.0, 5.0])             # 10 px right at depth 5
+    np.testing.assert_allclose(out[0, 2], [0.0, 1.0, 5.0])             # 20 px down at depth 5
+    np.testing.assert_allclose(out[0, 1], [0.5, 0.0, 5.0])             # unseen: the nearest offset (frame 0)
+
+
+@pytest.fixture(scope="module")
+def static_clip():
+    return clip_from_synthetic(render_clip("static-scene", 0, 16, (96, 128)), seed=0, dense=False)
+
+
+def _scene_from_ground_truth(clip, rot_noise_deg: float, seed: int = 0) -> dict:
+    """A chained scene as the network would give it: exact geometry, cameras off by a few degrees."""
+    gt = clip.gt
+    w0 = np.linalg.inv(gt["cam_c2w"][0])
+    cam_c2w = w0 @ gt["cam_c2w"]                       # world = camera of frame 0
+    rng = np.random.default_rng(seed)
+    noisy = cam_c2w.copy()
+    for t in range(1, len(noisy)):
+        noisy[t, :3, :3] = _rot(rng.normal(size=3) * np.radians(rot_noise_deg) + 1e-9) @ noisy[t, :3, :3]
+        noisy[t, :3, 3] += rng.normal(size=3) * 0.05
+    # each frame's pointmap: the true depth lifted with the (noisy) camera, as PnP on head 2 would pair them
+    h, w = clip.size_hw
+    k_mat = gt["intrinsics"].astype(np.float64)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    ray = np.stack([(xs - k_mat[0, 2]) / k_mat[0, 0], (ys - k_mat[1, 2]) / k_mat[1, 1], np.ones_like(xs)], -1)
+    cams = ray[None] * gt["depth"][..., None]
+    pointmaps = np.einsum("tij,thwj->thwi", noisy[:, :3, :3], cams) + noisy[:, None, None, :3, 3]
+    tracks3d = np.einsum("ij,ntj->nti", w0[:3, :3], gt["tracks3d"]) + w0[:3, 3]
+    return {"cam_c2w": noisy.astype(np.float32), "intrinsics": k_mat.astype(np.float32),
+            "pointmaps": pointmaps.astype(np.float32), "tracks3d": tracks3d.astype(np.float32),
+            "query_t": gt["query_t"].astype(np.int32), "query_xy": gt["query_xy"].astype(np.float32)}, cam_c2w
+
+
+def test_refine_recovers_the_cameras_of_a_static_scene(static_clip):
+    scene, gt_c2w = _scene_from_ground_truth(static_clip, rot_noise_deg=1.5)
+    gt = static_clip.gt
+    tracks = {"tracks_xy": gt["tracks2d"].astype(np.float32), "visible": gt["visible"].astype(bool),
+              "queries": np.concatenate([gt["query_t"][:, None], gt["query_xy"]], 1).astype(np.float32)}
+    frames = np.asarray(static_clip.frames)
+    before = camera_metrics(scene["cam_c2w"], gt_c2w)
+    out = refine_scene(scene, frames, tracks, ChainConfig(queries="tracks"))
+    after = camera_metrics(out["cam_c2w"], gt_c2w)
+    assert bool(out["ba_accepted"])
+    assert after["ate"] < 0.1 * before["ate"] and after["rpe_rot"] < 0.1 * before["rpe_rot"]
+    np.testing.assert_allclose(out["cam_c2w"][0], np.eye(4), atol=1e-5)   # world = camera of frame 0
+    # the refined 3D tracks reproject onto the (exact) 2D tracks where they are visible
+    vis = gt["visible"].astype(bool) & np.isfinite(out["tracks2d"]).all(-1)
+    err = np.linalg.norm(out["tracks2d"] - gt["tracks2d"], axis=-1)[vis]
+    assert np.median(err) < 0.5
+    assert out["track_static"].all()                                      # nothing moves in this scene
+
+
+def test_refine_keeps_the_scene_when_the_cameras_already_fit(static_clip):
+    scene, gt_c2w = _scene_from_ground_truth(static_clip, rot_noise_deg=0.0)
+    scene["cam_c2w"] = gt_c2w.astype(np.float32)
+    gt = static_clip.gt
+    tracks = {"tracks_xy": gt["tracks2d"].astype(np.float32), "visible": gt["visible"].astype(bool),
+              "queries": np.concatenate([gt["query_t"][:, None], gt["query_xy"]], 1).astype(np.float32)}
+    out = refine_scene(scene, np.asarray(static_clip.frames), tracks, ChainConfig(queries="tracks"))
+    assert camera_metrics(out["cam_c2w"], gt_c2w)["ate"] < 1e-3
