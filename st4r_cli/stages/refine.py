@@ -18,7 +18,8 @@ The network gives every frame a depth map and a camera, and every query pixel a 
    tracker-minus-projection offset of the nearest frame where the tracker saw it. A track the network
    sees static (same test as 2, on head 1) stays at its query-frame position, which is the bundle's
    triangulated point when that is well fixed (3+ views, median residual under `ba_point_max_px`,
-   parallax over `ba_min_parallax_deg`; below that the network's depth is the better estimate).
+   parallax over `ba_min_parallax_deg`; below that the network's depth is the better estimate), as
+   long as that fixed point reprojects onto its 2D track (median within `ba_point_max_px`).
 """
 
 from __future__ import annotations
@@ -263,6 +264,8 @@ def _relift_tracks(scene: dict[str, np.ndarray], tracks: dict[str, np.ndarray] |
     start = tracks3d[np.arange(count), query_t]
     if bundle_points is not None and use_bundle is not None:
         start = np.where((use_bundle & static)[:, None], bundle_points, start)
+    if tracker_xy is not None:  # the 2D track must agree: a point that stays put reprojects onto it
+        static &= _fits_static(start, tracker_xy, tracker_seen, new_w2c, new_k, config.ba_point_max_px)
     tracks3d = np.where(static[:, None, None], start[:, None, :], tracks3d)
     cam = np.einsum("tij,ntj->nti", new_w2c[:, :3, :3], tracks3d) + new_w2c[None, :, :3, 3]
     z = cam[..., 2]
@@ -272,6 +275,19 @@ def _relift_tracks(scene: dict[str, np.ndarray], tracks: dict[str, np.ndarray] |
     visible = _visibility(tracks2d, z, surface_z, tracks, config, hw)
     return {"tracks3d": tracks3d.astype(np.float32), "tracks2d": tracks2d.astype(np.float32), "visible": visible,
             "track_static": static}
+
+
+def _fits_static(points: np.ndarray, tracker_xy: np.ndarray, tracker_seen: np.ndarray, w2c: np.ndarray,
+                 k_mat: np.ndarray, max_px: float) -> np.ndarray:
+    """(N,) bool: fixed world points (N, 3) reproject within `max_px` (median) of their 2D tracks."""
+    import numpy as np
+
+    cam = np.einsum("tij,nj->nti", w2c[:, :3, :3], points) + w2c[None, :, :3, 3]
+    with np.errstate(all="ignore"):
+        xy = k_mat[0, 0] * cam[..., :2] / cam[..., 2:3] + k_mat[[0, 1], [2, 2]]
+        err = np.where(tracker_seen & (cam[..., 2] > 0), np.linalg.norm(xy - tracker_xy, axis=-1), np.nan)
+        typical = np.nanmedian(err, axis=1)
+    return ~(typical > max_px) & (np.isfinite(err).sum(1) > 0)
 
 
 def _fuse(tracks3d: np.ndarray, tracker_xy: np.ndarray, tracker_seen: np.ndarray, w2c: np.ndarray,
