@@ -8,10 +8,16 @@ The problem (all float64, torch):
     with w2c_t = [R_t | t_t], K = [[f, 0, cx], [0, f, cy], [0, 0, 1]] (principal point fixed).
 
 We minimise sum_nt rho_cauchy(|r_nt| / s) with Levenberg-Marquardt and iteratively re-weighted
-least squares. Every track has one unknown (its inverse depth), so the normal equations are solved
-by the Schur complement on the cameras: a dense (6(T-1)+1)^2 system whatever the number of tracks.
-Frame `fixed_frame` (0) stays fixed; the remaining scale freedom is removed afterwards by rescaling
-so the median track depth equals the initial one (the caller's scene scale is kept).
+least squares, s going from coarse to fine (`BundleOptions.robust_scales_px`). Every track has one
+unknown (its inverse depth), so the normal equations are solved by the Schur complement on the
+cameras: a dense (6F+1)^2 system for F moving frames whatever the number of tracks.
+
+Solving is incremental (`bundle_adjust`): the first chunk of frames starts from two-view geometry,
+later frames are placed by RANSAC PnP on the points already fixed and adjusted with the last
+`local_frames` frames; the final solve moves every frame (up to `global_max_frames`). Tracks that
+some observation does not fit are then dropped and the last stage runs again. Frame 0 stays fixed;
+the remaining scale freedom is removed by rescaling so the median track depth equals the initial one
+(the caller's scene scale is kept).
 
 Per-observation Jacobians are analytic (`_Problem._linearise`) in the 14 local unknowns: the two
 camera increments (left-multiplied: R <- exp(omega) R, t <- exp(omega) t + v), the inverse depth, f.
@@ -39,6 +45,9 @@ class BundleOptions:
     min_depth_ratio: float = 1e-3    # inverse depths are kept in (0, 1 / (ratio * median depth)]
     reject_track_px: float = 3.0     # after the solve, tracks with any residual above this are dropped
                                      # and the last stage runs again without them (0: keep all)
+    local_frames: int = 16           # frames that move when a chunk joins (earlier ones stay fixed)
+    global_max_frames: int = 64      # the final solve moves every frame up to this many, else the last
+                                     # `local_frames` (its cost grows with the square of the frames)
 
 
 @dataclass
@@ -103,26 +112,33 @@ def _bundle_adjust(cam_w2c: np.ndarray, focal: float, principal_point: tuple[flo
     state = _State(np.array(cam_w2c, dtype=np.float64), float(focal), np.array(inv_depth, dtype=np.float64),
                    np.array(cam_w2c, dtype=np.float64))
     depth_ref = float(np.median(1.0 / state.inv_depth)) if len(query_t) else 1.0
-    initial_problem = _make_problem(state, principal_point, query_t, query_xy, tracks_xy, seen, num_frames)
-    initial = initial_problem.residual_norms().numpy()
+    initial = _make_problem(state, principal_point, query_t, query_xy, tracks_xy, seen, 0, num_frames)[0]
+    initial_px = initial.residual_norms().numpy()
     ends = [*range(min(chunk, num_frames), num_frames, chunk), num_frames]
     for frame in range(1, ends[0]):
         _two_view_init(state, principal_point, query_t, tracks_xy, seen, frame)
     light = BundleOptions(robust_scales_px=opts.robust_scales_px[-2:], iters_per_stage=max(3, opts.iters_per_stage // 3),
                           refine_focal=False, damping=opts.damping, min_depth_ratio=opts.min_depth_ratio)
+    final_start = 0 if num_frames <= opts.global_max_frames else max(0, num_frames - opts.local_frames)
     for k, end in enumerate(progress.track(ends, progress_desc) if progress_desc else ends):
         if k > 0:
             _rescale_new_tracks(state, query_t, inv_depth, ends[k - 1], end)
             for frame in range(ends[k - 1], end):
                 _place_frame(state, principal_point, query_t, query_xy, tracks_xy, seen, frame, ends[k - 1])
-        full = k == 0 or end == num_frames
-        _solve_prefix(state, principal_point, query_t, query_xy, tracks_xy, seen, end, opts if full else light)
+        if end == num_frames:
+            _solve(state, principal_point, query_t, query_xy, tracks_xy, seen, final_start, end, opts)
+        else:
+            start = 0 if k == 0 else max(0, end - opts.local_frames)
+            _solve(state, principal_point, query_t, query_xy, tracks_xy, seen, start, end, opts if k == 0 else light)
     if opts.reject_track_px > 0:
-        _reject_tracks(state, principal_point, query_t, query_xy, tracks_xy, seen, opts)
-    problem = _make_problem(state, principal_point, query_t, query_xy, tracks_xy, seen, num_frames)
-    problem.normalise_scale(depth_ref)
-    return BundleResult(problem.w2c.numpy(), float(problem.focal), problem.rho.numpy(),
-                        problem.residual_norms().numpy(), initial, problem.obs_n.numpy(), problem.obs_t.numpy())
+        _reject_tracks(state, principal_point, query_t, query_xy, tracks_xy, seen, final_start, opts)
+    # the scale is free: give the tracks their initial median depth back
+    factor = depth_ref / float(np.median(1.0 / state.inv_depth)) if len(query_t) else 1.0
+    state.w2c[:, :3, 3] *= factor
+    state.inv_depth /= factor
+    problem, ids = _make_problem(state, principal_point, query_t, query_xy, tracks_xy, seen, 0, num_frames)
+    return BundleResult(state.w2c.copy(), state.focal, state.inv_depth.copy(), problem.residual_norms().numpy(),
+                        initial_px, ids[problem.obs_n.numpy()], problem.obs_t.numpy())
 
 
 @dataclass
@@ -136,28 +152,37 @@ class _State:
 
 
 def _make_problem(state: _State, principal_point: tuple[float, float], query_t: np.ndarray, query_xy: np.ndarray,
-                  tracks_xy: np.ndarray, seen: np.ndarray, end: int) -> _Problem:
-    """The problem on frames [0, end): tracks starting there, observed there; later frames fixed."""
+                  tracks_xy: np.ndarray, seen: np.ndarray, start: int, end: int) -> tuple[_Problem, np.ndarray]:
+    """The problem on frames [start, end) (frame 0 and every other frame fixed) and its track ids.
+
+    Its tracks start before `end` and are seen in [start, end); their observations in
+    [start - (end - start), end) count (older ones would only add cost: those cameras are fixed).
+    """
     import numpy as np
     import torch
 
-    obs_n, obs_t = np.nonzero(seen[:, :end] & (query_t < end)[:, None])
-    fixed = {0, *range(end, len(state.w2c))}
-    return _Problem(torch.as_tensor(state.w2c), state.focal, principal_point, torch.as_tensor(query_t),
-                    torch.as_tensor(np.asarray(query_xy, dtype=np.float64)), torch.as_tensor(state.inv_depth),
-                    torch.as_tensor(obs_n), torch.as_tensor(obs_t),
-                    torch.as_tensor(tracks_xy[obs_n, obs_t]), fixed)
+    ids = np.flatnonzero(seen[:, start:end].any(1) & (query_t < end))
+    first = max(0, start - (end - start))
+    obs_n, obs_t = np.nonzero(seen[ids, first:end])
+    obs_t = obs_t + first
+    fixed = {0, *range(start), *range(end, len(state.w2c))}
+    problem = _Problem(torch.as_tensor(state.w2c), state.focal, principal_point, torch.as_tensor(query_t[ids]),
+                       torch.as_tensor(np.asarray(query_xy, dtype=np.float64)[ids]),
+                       torch.as_tensor(state.inv_depth[ids]), torch.as_tensor(obs_n), torch.as_tensor(obs_t),
+                       torch.as_tensor(tracks_xy[ids[obs_n], obs_t]), fixed)
+    return problem, ids
 
 
 def _reject_tracks(state: _State, principal_point: tuple[float, float], query_t: np.ndarray,
-                   query_xy: np.ndarray, tracks_xy: np.ndarray, seen: np.ndarray, opts: BundleOptions) -> None:
+                   query_xy: np.ndarray, tracks_xy: np.ndarray, seen: np.ndarray, start: int,
+                   opts: BundleOptions) -> None:
     """Drop (from `seen`, in place) the tracks that some observation does not fit, then re-solve."""
     import numpy as np
 
     num_frames = len(state.w2c)
-    problem = _make_problem(state, principal_point, query_t, query_xy, tracks_xy, seen, num_frames)
+    problem, ids = _make_problem(state, principal_point, query_t, query_xy, tracks_xy, seen, 0, num_frames)
     worst = np.zeros(len(query_t))
-    np.maximum.at(worst, problem.obs_n.numpy(), np.nan_to_num(problem.residual_norms().numpy(), nan=np.inf))
+    np.maximum.at(worst, ids[problem.obs_n.numpy()], np.nan_to_num(problem.residual_norms().numpy(), nan=np.inf))
     bad = worst > opts.reject_track_px
     if not bad.any() or bad.mean() > 0.5:
         return
@@ -165,19 +190,20 @@ def _reject_tracks(state: _State, principal_point: tuple[float, float], query_t:
     last = BundleOptions(robust_scales_px=opts.robust_scales_px[-1:], iters_per_stage=opts.iters_per_stage,
                          refine_focal=opts.refine_focal, focal_from_stage=0, damping=opts.damping,
                          min_depth_ratio=opts.min_depth_ratio)
-    _solve_prefix(state, principal_point, query_t, query_xy, tracks_xy, seen, num_frames, last)
+    _solve(state, principal_point, query_t, query_xy, tracks_xy, seen, start, num_frames, last)
 
 
-def _solve_prefix(state: _State, principal_point: tuple[float, float], query_t: np.ndarray, query_xy: np.ndarray,
-                  tracks_xy: np.ndarray, seen: np.ndarray, end: int, opts: BundleOptions) -> None:
-    """Adjust frames [0, end) (frame 0 fixed) and the tracks that start there; write back into state."""
-    problem = _make_problem(state, principal_point, query_t, query_xy, tracks_xy, seen, end)
+def _solve(state: _State, principal_point: tuple[float, float], query_t: np.ndarray, query_xy: np.ndarray,
+           tracks_xy: np.ndarray, seen: np.ndarray, start: int, end: int, opts: BundleOptions) -> None:
+    """Adjust frames [start, end) (frame 0 fixed) and their tracks; write the result back into state."""
+    problem, ids = _make_problem(state, principal_point, query_t, query_xy, tracks_xy, seen, start, end)
+    if len(ids) == 0:
+        return
     for stage, scale in enumerate(opts.robust_scales_px):
         problem.solve(scale, opts, with_focal=opts.refine_focal and stage >= opts.focal_from_stage)
-    active = query_t < end
-    state.w2c[:end] = problem.w2c.numpy()[:end]
+    state.w2c[start:end] = problem.w2c.numpy()[start:end]
     state.focal = float(problem.focal)
-    state.inv_depth[active] = problem.rho.numpy()[active]
+    state.inv_depth[ids] = problem.rho.numpy()
 
 
 def _rescale_new_tracks(state: _State, query_t: np.ndarray, initial_inv_depth: np.ndarray, end: int,
@@ -355,8 +381,9 @@ class _Problem:
             weights = 1.0 / (1.0 + (res.norm(dim=-1) / scale_px) ** 2)  # Cauchy IRLS
             if not with_focal:
                 jac[:, :, 13] = 0.0
+            system = self._normal_equations(res, jac, weights)
             for _attempt in range(6):
-                step = self._step(res, jac, weights, lam)
+                step = self._step(system, lam)
                 if step is None:
                     lam *= 10.0
                     continue
@@ -383,9 +410,9 @@ class _Problem:
         norms = torch.nan_to_num(norms, nan=1e12, posinf=1e12)
         return (scale_px**2 / 2.0 * torch.log1p((norms / scale_px) ** 2)).sum()
 
-    def _step(self, res: torch.Tensor, jac: torch.Tensor, weights: torch.Tensor, lam: float
-              ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """LM step (camera unknowns (C,), inverse-depth steps (N,)) by the Schur complement."""
+    def _normal_equations(self, res: torch.Tensor, jac: torch.Tensor, weights: torch.Tensor
+                          ) -> tuple[torch.Tensor, ...]:
+        """Weighted normal equations: H_cc (C, C), b_c (C,), H_pp (N,) diagonal, b_p (N,), H_cp (C, N)."""
         import torch
 
         ok = torch.isfinite(res).all(-1) & torch.isfinite(jac).all(-1).all(-1)
@@ -394,36 +421,38 @@ class _Problem:
         s_frames = self.query_t[n_idx]
         t_frames = self.obs_t[ok]
         num_pts = self.rho.shape[0]
-        # columns of the 13 camera-side local unknowns in the global camera vector (-1: fixed)
+        # columns of the 13 camera-side local unknowns in the global camera vector (fixed: zeroed)
         col_t = self.cam_col[t_frames][:, None] + torch.arange(6)
         col_s = self.cam_col[s_frames][:, None] + torch.arange(6)
         col_t[self.cam_col[t_frames] < 0] = -1
         col_s[self.cam_col[s_frames] < 0] = -1
         cols = torch.cat([col_t, col_s, torch.full((len(res), 1), self.num_cam - 1)], dim=1)  # (M, 13)
-        jc = jac[:, :, [*range(12), 13]]            # (M, 2, 13)
-        jp = jac[:, :, 12]                          # (M, 2)
-        jc = jc * (cols >= 0)[:, None, :]
+        jc = jac[:, :, [*range(12), 13]] * (cols >= 0)[:, None, :]            # (M, 2, 13)
+        jp = jac[:, :, 12]                                                     # (M, 2)
         cols = cols.clamp(min=0)
-        wr = w[:, None] * res                       # (M, 2)
-        # H_cc
-        blocks = torch.einsum("mki,mkj->mij", jc * w[:, None, None], jc)  # (M, 13, 13)
+        wr = w[:, None] * res                                                  # (M, 2)
+        wjc = jc * w[:, None, None]
         size = self.num_cam
+        blocks = torch.einsum("mki,mkj->mij", wjc, jc)                         # (M, 13, 13)
         flat = (cols[:, :, None] * size + cols[:, None, :]).reshape(-1)
         h_cc = torch.zeros(size * size, dtype=torch.float64).index_add_(0, flat, blocks.reshape(-1)).view(size, size)
         b_c = torch.zeros(size, dtype=torch.float64).index_add_(0, cols.reshape(-1),
                                                                  torch.einsum("mki,mk->mi", jc, wr).reshape(-1))
-        # H_pp (diagonal) and b_p
         h_pp = torch.zeros(num_pts, dtype=torch.float64).index_add_(0, n_idx, (w[:, None] * jp**2).sum(-1))
         b_p = torch.zeros(num_pts, dtype=torch.float64).index_add_(0, n_idx, (jp * wr).sum(-1))
-        # H_cp as a dense (C, N) matrix (C is small)
+        vals = torch.einsum("mki,mk->mi", wjc, jp)                             # (M, 13)
         h_cp = torch.zeros(size * num_pts, dtype=torch.float64)
-        vals = torch.einsum("mki,mk->mi", jc * w[:, None, None], jp)  # (M, 13)
         h_cp.index_add_(0, (cols * num_pts + n_idx[:, None]).reshape(-1), vals.reshape(-1))
-        h_cp = h_cp.view(size, num_pts)
-        # damping
+        return h_cc, b_c, h_pp, b_p, h_cp.view(size, num_pts)
+
+    @staticmethod
+    def _step(system: tuple[torch.Tensor, ...], lam: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """LM step (camera unknowns (C,), inverse-depth steps (N,)) by the Schur complement."""
+        import torch
+
+        h_cc, b_c, h_pp, b_p, h_cp = system
         h_cc_d = h_cc + lam * torch.diag(torch.diagonal(h_cc).clamp(min=1e-9))
-        h_pp_d = h_pp * (1.0 + lam) + 1e-12
-        inv_pp = 1.0 / h_pp_d
+        inv_pp = 1.0 / (h_pp * (1.0 + lam) + 1e-12)
         schur = h_cc_d - (h_cp * inv_pp) @ h_cp.T
         rhs = b_c - h_cp @ (inv_pp * b_p)
         try:
@@ -451,13 +480,3 @@ class _Problem:
         rho = self.rho + d_rho
         typical = torch.median(self.rho)
         self.rho = rho.clamp(min=typical * 1e-3, max=typical / opts.min_depth_ratio)
-
-    def normalise_scale(self, depth_ref: float) -> None:
-        """Rescale translations and depths so the median track depth is `depth_ref` again."""
-        import torch
-
-        if self.rho.numel() == 0:
-            return
-        factor = depth_ref / float(torch.quantile(1.0 / self.rho, 0.5))  # the median as NumPy takes it
-        self.w2c[:, :3, 3] *= factor
-        self.rho = self.rho / factor

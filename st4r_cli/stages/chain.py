@@ -58,7 +58,7 @@ class ChainConfig:
     refine: str = "ba"                # ba | none
     fuse_tracks: bool = True          # 3D tracks follow the 2D tracks where the tracker sees them
     ba_every_k: int = 8               # bundle tracks: a grid re-seeded every k frames ...
-    ba_grid_size: int = 24            # ... of this many points per side
+    ba_grid_size: int = 16            # ... of this many points per side
     ba_chunk: int = 8                 # frames join the bundle adjustment in chunks of this size
     ba_dynamic_rel: float = 0.05      # a track moving more than this x the scene depth is dynamic
     ba_accept_px: float = 4.0         # the refined cameras are kept when the median reprojection is below
