@@ -1,0 +1,174 @@
+"""The chain stage's refinement (bundle-adjusted cameras + 3D tracks fused with the 2D tracks) on and off.
+
+    python benchmarks/refine.py [--presets easy occlusion fast-motion static-scene] [--seeds 0 1 2]
+        [--davis 10] [--sevenscenes] [--tta none robust] [--frames 24] [--out benchmarks/results/refine.json]
+
+Per clip the network (shipped st4r-tiny) predicts every window once per TTA setting (`--tta`: `none`
+= no adaptation, `robust` = the default `st4r adapt` TTA), and the same predictions are chained twice:
+`chain.refine=none` (the network's own cameras and head-1 tracks, as the TTA ablation scores them) and
+`chain.refine=ba` (the default of `st4r adapt`). Scored with `st4r_cli.eval.evaluate_clip` like
+benchmarks/ablation.py: synthetic presets (exact ground truth), TAP-Vid DAVIS (2D metrics of the scene's
+reprojected tracks, started at the human queries), 7-Scenes redkitchen (ATE/RPE, depth, world tracks from
+the static-scene derivation; COLMAP's numbers are in benchmarks/results/colmap_7scenes.json).
+`seconds_refine` is the refinement's own time (bundle tracks + bundle adjustment + re-lifting), 1 thread.
+Writes benchmarks/results/refine.json (partial results after every clip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ablation import HEADLINE, SHARED, _first_frames, grid_tracks, query_tracks, resize_frames, score
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "refine.json"
+
+
+def clip_rows(model, frames, tracks_tta, tracks_out, clip, args, seed: int) -> dict:
+    """{tta}/{refine} -> headline metrics for one clip."""
+    from st4r_cli.stages.adapt import AdaptConfig, adapt_model, predict_windows
+    from st4r_cli.stages.chain import ChainConfig, chain_windows
+
+    rows = {}
+    chain_base = ChainConfig(queries="tracks")
+    for tta in args.tta:
+        net = copy.deepcopy(model)
+        cfg = AdaptConfig(loss=tta, cpu_threads=1)
+        start = time.perf_counter()
+        if tta != "none":
+            adapt_model(net, frames, tracks_tta, None, cfg, chain_base, "cpu", seed)
+        pred = predict_windows(net, frames, cfg, chain_base, "cpu")
+        seconds_net = time.perf_counter() - start
+        for refine in ("none", "ba"):
+            start = time.perf_counter()
+            scene = chain_windows(pred, frames, tracks_out, replace(chain_base, refine=refine))
+            row = {**score(scene, clip), "seconds_network": round(seconds_net, 2),
+                   "seconds_chain": round(time.perf_counter() - start, 2)}
+            if refine == "ba":
+                row.update(ba_accepted=bool(scene["ba_accepted"]),
+                           ba_residual_px=[round(float(scene["ba_initial_residual_px"]), 3),
+                                           round(float(scene["ba_residual_px"]), 3)],
+                           focal=round(float(scene["intrinsics"][0, 0]), 2))
+            rows[f"{tta}/{refine}"] = row
+            print(f"{clip.name} {tta}/{refine}: {json.dumps(row)}", flush=True)
+    return rows
+
+
+def synthetic(model, args) -> dict:
+    from st4r_cli.formats.clip import clip_from_synthetic
+    from st4r_cli.synthetic import render_clip
+
+    out = {}
+    for preset in args.presets:
+        for seed in args.seeds:
+            clip = clip_from_synthetic(render_clip(preset, seed, args.frames, (192, 256)), seed=seed, dense=True)
+            clip.name = f"{preset}/{seed}"
+            frames = np.asarray(clip.frames)
+            tracks = grid_tracks(frames, seed)
+            out[clip.name] = clip_rows(model, frames, tracks, tracks, clip, args, seed)
+            save(args, {"synthetic": out})
+    return out
+
+
+def davis(model, args) -> dict:
+    from st4r_cli.formats import load_ground_truth
+
+    out = {}
+    for path in sorted(p for p in (SHARED / "tapvid-davis-32").iterdir() if p.is_dir())[:args.davis]:
+        clip = load_ground_truth(path, load_frames=True)
+        frames = resize_frames(np.asarray(clip.frames)[:32])
+        clip = _first_frames(clip, len(frames))
+        h0, w0 = clip.size_hw
+        h, w = frames.shape[1:3]
+        keep = clip.gt["query_t"] < len(frames)
+        queries = np.concatenate([clip.gt["query_t"][keep, None],
+                                  (clip.gt["query_xy"][keep] + 0.5) * [w / w0, h / h0] - 0.5], 1)
+        out[path.name] = clip_rows(model, frames, grid_tracks(frames, 0), query_tracks(frames, queries, 0), clip,
+                                   args, 0)
+        save(args, {"davis": out})
+    return out
+
+
+def sevenscenes(model, args) -> dict:
+    from st4r_cli.formats import load_ground_truth
+
+    out = {}
+    for path in sorted(SHARED.glob("7scenes-redkitchen-*")):
+        clip = load_ground_truth(path, load_frames=True)
+        frames = resize_frames(np.asarray(clip.frames))
+        tracks = grid_tracks(frames, 0)
+        out[path.name] = clip_rows(model, frames, tracks, tracks, clip, args, 0)
+        save(args, {"sevenscenes": out})
+    return out
+
+
+def summarize(results: dict) -> dict:
+    """Mean of each headline metric per group ({synthetic/<preset>, davis, sevenscenes}) and setting."""
+    groups: dict[str, list[dict]] = {}
+    for name, rows in results.get("synthetic", {}).items():
+        groups.setdefault(f"synthetic/{name.split('/')[0]}", []).append(rows)
+    for group in ("davis", "sevenscenes"):
+        for rows in results.get(group, {}).values():
+            groups.setdefault(group, []).append(rows)
+    summary = {}
+    for group, clips in groups.items():
+        summary[group] = {}
+        for setting in clips[0]:
+            keys = [k for k in HEADLINE + ["seconds_chain"] if any(k in c.get(setting, {}) for c in clips)]
+            summary[group][setting] = {k: round(float(np.mean([c[setting][k] for c in clips if k in c[setting]])), 4)
+                                       for k in keys}
+    return summary
+
+
+def save(args, part: dict) -> None:
+    args.partial.update(part)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**args.header, **args.partial}, indent=2) + "\n")
+    os.replace(tmp, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "weights" / "st4r-tiny" / "model.safetensors"))
+    parser.add_argument("--presets", nargs="*", default=["easy", "occlusion", "fast-motion", "static-scene"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--davis", type=int, default=10, help="number of DAVIS clips (0: skip)")
+    parser.add_argument("--sevenscenes", action="store_true")
+    parser.add_argument("--tta", nargs="+", default=["none", "robust"], choices=["none", "baseline", "robust"])
+    parser.add_argument("--out", default=str(OUT))
+    args = parser.parse_args()
+
+    import torch
+
+    from st4r_cli import progress
+    from st4r_cli.model.io import load_model
+
+    progress.set_verbosity(quiet=True)
+    torch.set_num_threads(1)
+    model = load_model(args.model, "cpu")
+    args.header = {"model": args.model, "frames": args.frames, "tta": args.tta, "seeds": args.seeds,
+                   "threads": 1, "depth_backend": "none"}
+    args.partial = {}
+    if args.presets:
+        synthetic(model, args)
+    if args.davis:
+        davis(model, args)
+    if args.sevenscenes:
+        sevenscenes(model, args)
+    save(args, {"summary": summarize(args.partial)})
+    print("->", args.out)
+
+
+if __name__ == "__main__":
+    main()
