@@ -71,8 +71,8 @@ def refine_scene(scene: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[
         progress.log(f"[yellow]-[/yellow] refine: bundle adjustment rejected (median {before:.2f} -> {after:.2f} px); "
                      "keeping the network's cameras")
         return out
-    progress.debug(f"refine: median reprojection {before:.2f} -> {after:.2f} px, focal {k_mat[0, 0]:.1f} -> "
-                   f"{result.focal:.1f}")
+    progress.log(f"[green]✓[/green] refine: cameras bundle-adjusted on {len(bundle['query_t'])} tracks, median "
+                 f"reprojection {before:.2f} -> {after:.2f} px (focal {result.focal:.1f} px)")
     new_k = k_mat.copy()
     new_k[0, 0] = new_k[1, 1] = result.focal
     new_w2c = result.cam_w2c
