@@ -16,10 +16,11 @@ The network gives every frame a depth map and a camera, and every query pixel a 
    camera. A 3D track (head 1) keeps its depth in the refined camera t and moves onto the ray of its
    2D track wherever the tracker sees it (`fuse_tracks`); elsewhere its projection is shifted by the
    tracker-minus-projection offset of the nearest frame where the tracker saw it. A track the network
-   sees static (same test as 2, on head 1) stays at its query-frame position, which is the bundle's
-   triangulated point when that is well fixed (3+ views, median residual under `ba_point_max_px`,
-   parallax over `ba_min_parallax_deg`; below that the network's depth is the better estimate), as
-   long as that fixed point reprojects onto its 2D track (median within `ba_point_max_px`).
+   sees static (same test as 2, on head 1) stays at its query-frame position, as long as that fixed
+   point reprojects onto its 2D track (median within `ba_point_max_px`). That position keeps the
+   network's depth when it fits; when it does not, the bundle's triangulated point replaces it if that
+   is well fixed (3+ views, median residual under `ba_point_max_px`, parallax over
+   `ba_min_parallax_deg`). Otherwise the track is treated as moving.
 """
 
 from __future__ import annotations
@@ -76,12 +77,12 @@ def refine_scene(scene: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[
     new_k = k_mat.copy()
     new_k[0, 0] = new_k[1, 1] = result.focal
     new_w2c = result.cam_w2c
-    out["intrinsics"] = new_k.astype(np.float32)
-    out["cam_c2w"] = np.linalg.inv(new_w2c).astype(np.float32)
-    out["pointmaps"] = _relift_pointmaps(scene["pointmaps"], cam_w2c, new_w2c, new_k)
     bundle_points = _bundle_points(result, bundle, principal, new_w2c)
     fixed = _well_triangulated(result, bundle_points, new_w2c, bundle["query_t"], config.ba_point_max_px,
                                config.ba_min_parallax_deg) & static & usable
+    out["intrinsics"] = new_k.astype(np.float32)
+    out["cam_c2w"] = np.linalg.inv(new_w2c).astype(np.float32)
+    out["pointmaps"] = _relift_pointmaps(scene["pointmaps"], cam_w2c, new_w2c, new_k)
     own = tracks if config.queries == "tracks" and tracks is not None else None
     count = len(scene["tracks3d"])
     shared = own is not None and bool(bundle["from_stage"][:count].all()) and len(bundle["from_stage"]) >= count
@@ -262,10 +263,15 @@ def _relift_tracks(scene: dict[str, np.ndarray], tracks: dict[str, np.ndarray] |
         tracks3d = _fuse(tracks3d, tracker_xy, tracker_seen, new_w2c, new_k)
     static = _static_tracks(np.asarray(scene["tracks3d"], np.float64), query_t, config.ba_dynamic_rel)
     start = tracks3d[np.arange(count), query_t]
-    if bundle_points is not None and use_bundle is not None:
-        start = np.where((use_bundle & static)[:, None], bundle_points, start)
     if tracker_xy is not None:  # the 2D track must agree: a point that stays put reprojects onto it
-        static &= _fits_static(start, tracker_xy, tracker_seen, new_w2c, new_k, config.ba_point_max_px)
+        fits = _fits_static(start, tracker_xy, tracker_seen, new_w2c, new_k, config.ba_point_max_px)
+        if bundle_points is not None and use_bundle is not None:
+            # the network's depth where it fits the 2D track, else the bundle's triangulated point
+            swap = static & use_bundle & ~fits
+            start = np.where(swap[:, None], bundle_points, start)
+            fits |= swap & _fits_static(bundle_points, tracker_xy, tracker_seen, new_w2c, new_k,
+                                        config.ba_point_max_px)
+        static &= fits
     tracks3d = np.where(static[:, None, None], start[:, None, :], tracks3d)
     cam = np.einsum("tij,ntj->nti", new_w2c[:, :3, :3], tracks3d) + new_w2c[None, :, :3, 3]
     z = cam[..., 2]
