@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from st4r_cli.losses.tta import TTALossConfig
     from st4r_cli.stages.chain import ChainConfig
 
-ADAPT_VERSION = 1
+ADAPT_VERSION = 2
 
 # Parameter groups by name prefix (St4rNet / DUSt3R naming).
 PARAM_GROUPS: dict[str, tuple[str, ...]] = {
@@ -44,7 +44,7 @@ class AdaptConfig:
     """Test-time adaptation settings (0 means: the device's default, see `resolve`)."""
 
     loss: str = "robust"              # robust (ST4RTrack+) | baseline (ST4RTrack) | none (no TTA)
-    iters: int = 0                    # TTA steps; 0 -> 30 on CPU, 300 on CUDA
+    iters: int = 0                    # TTA steps; 0 -> 20 on CPU, 300 on CUDA
     lr: float = 0.0                   # AdamW learning rate; 0 -> 2e-5 on CPU, 5e-5 on CUDA
     frames_per_step: int = 0          # pairs per step incl. (a, a); 0 -> 4 on CPU, 10 on CUDA
     params: str = "decoders+heads"    # decoders+heads | heads | tracking | all
@@ -63,7 +63,8 @@ class AdaptConfig:
     weight_mode: str = "exp"          # robust: exp | inv
     sigma_floor_px: float = 1.0
     mask_eps_rel: float = 0.05
-    prior_weight: float = 0.0         # self-distillation prior towards the pre-TTA network (both losses)
+    prior_weight: float = 20.0        # self-distillation prior towards the pre-TTA network (both losses;
+                                      # 0 disables): without a depth term nothing else pins the geometry
     prior_kind: str = "points"        # points (both heads' pointmaps) | depth (head-2 z-depth, eq. 9)
     prior_stride: int = 4             # points prior: every k-th pixel in x and y
     diverge_factor: float = 4.0       # a loss above this x its running average triggers a rollback
@@ -95,7 +96,7 @@ def resolve(config: AdaptConfig, device: str) -> ResolvedAdapt:
     """Fill the device-dependent defaults (the 0 values) of `config`."""
     cuda = str(device).startswith("cuda")
     return ResolvedAdapt(
-        iters=config.iters or (300 if cuda else 30),
+        iters=config.iters or (300 if cuda else 20),
         lr=config.lr or (5e-5 if cuda else 2e-5),
         frames_per_step=config.frames_per_step or (10 if cuda else 4),
         batch_size=config.batch_size or (16 if cuda else 4),
