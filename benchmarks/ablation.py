@@ -161,16 +161,42 @@ def evaluate_variants(name: str, model, frames, tracks_tta, tracks_out, clip, ar
     return rows
 
 
-def synthetic_rows(model, args) -> dict:
+def synthetic_clip(preset: str, seed: int, num_frames: int):
+    """(Clip with dense ground truth, frames (T, 192, 256, 3) uint8) of one `st4r synth` preset."""
     from st4r_cli.formats.clip import clip_from_synthetic
     from st4r_cli.synthetic import render_clip
 
+    clip = clip_from_synthetic(render_clip(preset, seed, num_frames, (192, 256)), seed=seed, dense=True)
+    clip.name = f"{preset}/{seed}"
+    return clip, np.asarray(clip.frames)
+
+
+def davis_clips(count: int) -> list[Path]:
+    """The first `count` TAP-Vid DAVIS clip folders of ../shared (sorted by name)."""
+    return sorted(p for p in (SHARED / "tapvid-davis-32").iterdir() if p.is_dir())[:count]
+
+
+def davis_clip(path: Path, num_frames: int):
+    """(Clip cut to its first frames, frames resized for the network, human queries (Q, 3) (t, x, y) in
+    the resized frames' pixels)."""
+    from st4r_cli.formats import load_ground_truth
+
+    clip = load_ground_truth(path, load_frames=True)
+    frames = resize_frames(np.asarray(clip.frames)[:num_frames])
+    clip = _first_frames(clip, len(frames))
+    h0, w0 = clip.size_hw
+    h, w = frames.shape[1:3]
+    qt, qxy = clip.gt["query_t"], clip.gt["query_xy"]
+    keep = qt < len(frames)
+    queries = np.concatenate([qt[keep, None], (qxy[keep] + 0.5) * [w / w0, h / h0] - 0.5], 1)
+    return clip, frames, queries
+
+
+def synthetic_rows(model, args) -> dict:
     out = {}
     for preset in args.presets:
         for seed in args.seeds:
-            synth = render_clip(preset, seed, args.frames, (192, 256))
-            clip = clip_from_synthetic(synth, seed=seed, dense=True)
-            frames = np.asarray(clip.frames)
+            clip, frames = synthetic_clip(preset, seed, args.frames)
             tracks = grid_tracks(frames, seed)
             out[f"{preset}/{seed}"] = evaluate_variants(f"{preset}/{seed}", model, frames, tracks, tracks, clip,
                                                         args, seed)
@@ -179,19 +205,9 @@ def synthetic_rows(model, args) -> dict:
 
 
 def davis_rows(model, args) -> dict:
-    from st4r_cli.formats import load_ground_truth
-
     out = {}
-    clips = sorted(p for p in (SHARED / "tapvid-davis-32").iterdir() if p.is_dir())[:args.davis]
-    for path in clips:
-        clip = load_ground_truth(path, load_frames=True)
-        frames = resize_frames(np.asarray(clip.frames)[:args.frames])
-        clip = _first_frames(clip, len(frames))
-        h0, w0 = clip.size_hw
-        h, w = frames.shape[1:3]
-        qt, qxy = clip.gt["query_t"], clip.gt["query_xy"]
-        keep = qt < len(frames)
-        queries = np.concatenate([qt[keep, None], (qxy[keep] + 0.5) * [w / w0, h / h0] - 0.5], 1)
+    for path in davis_clips(args.davis):
+        clip, frames, queries = davis_clip(path, args.frames)
         tracks_tta = grid_tracks(frames, 0)
         tracks_out = query_tracks(frames, queries, 0)
         out[path.name] = evaluate_variants(path.name, model, frames, tracks_tta, tracks_out, clip, args, 0)

@@ -25,8 +25,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
-from ablation import HEADLINE, SHARED, _first_frames, grid_tracks, query_tracks, resize_frames, score
+from ablation import (
+    HEADLINE,
+    SHARED,
+    davis_clip,
+    davis_clips,
+    grid_tracks,
+    query_tracks,
+    resize_frames,
+    score,
+    synthetic_clip,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "refine.json"
@@ -63,15 +72,10 @@ def clip_rows(model, frames, tracks_tta, tracks_out, clip, args, seed: int) -> d
 
 
 def synthetic(model, args) -> dict:
-    from st4r_cli.formats.clip import clip_from_synthetic
-    from st4r_cli.synthetic import render_clip
-
     out = {}
     for preset in args.presets:
         for seed in args.seeds:
-            clip = clip_from_synthetic(render_clip(preset, seed, args.frames, (192, 256)), seed=seed, dense=True)
-            clip.name = f"{preset}/{seed}"
-            frames = np.asarray(clip.frames)
+            clip, frames = synthetic_clip(preset, seed, args.frames)
             tracks = grid_tracks(frames, seed)
             out[clip.name] = clip_rows(model, frames, tracks, tracks, clip, args, seed)
             save(args, {"synthetic": out})
@@ -79,18 +83,9 @@ def synthetic(model, args) -> dict:
 
 
 def davis(model, args) -> dict:
-    from st4r_cli.formats import load_ground_truth
-
     out = {}
-    for path in sorted(p for p in (SHARED / "tapvid-davis-32").iterdir() if p.is_dir())[:args.davis]:
-        clip = load_ground_truth(path, load_frames=True)
-        frames = resize_frames(np.asarray(clip.frames)[:32])
-        clip = _first_frames(clip, len(frames))
-        h0, w0 = clip.size_hw
-        h, w = frames.shape[1:3]
-        keep = clip.gt["query_t"] < len(frames)
-        queries = np.concatenate([clip.gt["query_t"][keep, None],
-                                  (clip.gt["query_xy"][keep] + 0.5) * [w / w0, h / h0] - 0.5], 1)
+    for path in davis_clips(args.davis):
+        clip, frames, queries = davis_clip(path, 32)
         out[path.name] = clip_rows(model, frames, grid_tracks(frames, 0), query_tracks(frames, queries, 0), clip,
                                    args, 0)
         save(args, {"davis": out})

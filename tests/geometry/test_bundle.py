@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.transform import Rotation
 
 from st4r_cli.geometry.bundle import BundleOptions, _Problem, bundle_adjust
 
@@ -11,12 +12,6 @@ FOCAL = 140.0
 PP = ((HW[1] - 1) / 2, (HW[0] - 1) / 2)
 
 
-def _rot(omega):
-    theta = np.linalg.norm(omega)
-    if theta < 1e-12:
-        return np.eye(3)
-    k = np.array([[0, -omega[2], omega[1]], [omega[2], 0, -omega[0]], [-omega[1], omega[0], 0]]) / theta
-    return np.eye(3) + np.sin(theta) * k + (1 - np.cos(theta)) * k @ k
 
 
 def _scene(num_frames=12, num_points=400, seed=0):
@@ -25,7 +20,7 @@ def _scene(num_frames=12, num_points=400, seed=0):
     w2c = np.tile(np.eye(4), (num_frames, 1, 1))
     for t in range(num_frames):
         c2w = np.eye(4)
-        c2w[:3, :3] = _rot(np.array([0.01, 0.035, -0.005]) * t)
+        c2w[:3, :3] = Rotation.from_rotvec(np.array([0.01, 0.035, -0.005]) * t).as_matrix()
         c2w[:3, 3] = np.array([0.12, 0.02, 0.03]) * t
         w2c[t] = np.linalg.inv(c2w)
     query_t = rng.choice([0, num_frames // 3, 2 * num_frames // 3], size=num_points)
@@ -48,7 +43,7 @@ def _perturb(w2c, inv_depth, seed=1, rot_deg=2.0, trans=0.05, depth_noise=0.3):
     out = w2c.copy()
     for t in range(1, len(w2c)):
         noise = np.eye(4)
-        noise[:3, :3] = _rot(rng.normal(size=3) * np.radians(rot_deg))
+        noise[:3, :3] = Rotation.from_rotvec(rng.normal(size=3) * np.radians(rot_deg)).as_matrix()
         noise[:3, 3] = rng.normal(size=3) * trans
         out[t] = noise @ w2c[t]
     return out, inv_depth * rng.uniform(1 - depth_noise, 1 + depth_noise, size=inv_depth.shape)

@@ -2,18 +2,13 @@
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from st4r_cli.formats.clip import clip_from_synthetic
 from st4r_cli.metrics.camera import camera_metrics
 from st4r_cli.stages.chain import ChainConfig
 from st4r_cli.stages.refine import _fuse, refine_scene
 from st4r_cli.synthetic import render_clip
-
-
-def _rot(omega):
-    theta = np.linalg.norm(omega)
-    k = np.array([[0, -omega[2], omega[1]], [omega[2], 0, -omega[0]], [-omega[1], omega[0], 0]]) / theta
-    return np.eye(3) + np.sin(theta) * k + (1 - np.cos(theta)) * k @ k
 
 
 def test_fuse_moves_points_onto_the_tracked_rays_at_their_depth():
@@ -41,7 +36,8 @@ def _scene_from_ground_truth(clip, rot_noise_deg: float, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     noisy = cam_c2w.copy()
     for t in range(1, len(noisy)):
-        noisy[t, :3, :3] = _rot(rng.normal(size=3) * np.radians(rot_noise_deg) + 1e-9) @ noisy[t, :3, :3]
+        noise = Rotation.from_rotvec(rng.normal(size=3) * np.radians(rot_noise_deg)).as_matrix()
+        noisy[t, :3, :3] = noise @ noisy[t, :3, :3]
         noisy[t, :3, 3] += rng.normal(size=3) * 0.05
     # each frame's pointmap: the true depth lifted with the (noisy) camera, as PnP on head 2 would pair them
     h, w = clip.size_hw
