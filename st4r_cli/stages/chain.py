@@ -157,8 +157,7 @@ def chain_windows(pred: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[
         pointmaps[t] = win.gauge.points(win.recon_pts(slot).astype(np.float64))
         conf[t] = win.recon_conf(slot)
     w2c_world = np.linalg.inv(cam_c2w)
-    surface_z = (np.einsum("tj,thwj->thw", w2c_world[:, 2, :3], pointmaps.astype(np.float64))
-                 + w2c_world[:, 2, 3][:, None, None])  # (T, H, W) depth of each frame's own surface
+    surface_z = surface_depths(pointmaps, w2c_world)
 
     query_t, query_xy = _queries(tracks, config, (h, w))
     scene_tracks = _chain_tracks(windows, owner, query_t, query_xy, tracks if config.queries == "tracks" else None,
@@ -346,6 +345,14 @@ def _inside(xy: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
     return (np.isfinite(xy).all(-1) & (xy[..., 0] >= 0) & (xy[..., 0] <= hw[1] - 1)
             & (xy[..., 1] >= 0) & (xy[..., 1] <= hw[0] - 1))
+
+
+def surface_depths(pointmaps: np.ndarray, w2c: np.ndarray) -> np.ndarray:
+    """(T, H, W) z-depth of each frame's own pointmap (T, H, W, 3) (world) in its camera w2c (T, 4, 4)."""
+    import numpy as np
+
+    return (np.einsum("tj,thwj->thw", w2c[:, 2, :3], np.asarray(pointmaps, np.float64))
+            + w2c[:, 2, 3][:, None, None])
 
 
 def _project(points: np.ndarray, w2c: np.ndarray, k_mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -283,7 +283,7 @@ def export_colmap(scene: dict[str, np.ndarray], out_dir: Path, config: ExportCon
     names = [f"frame_{t:05d}.png" for t in range(num_frames)]
     cameras = ["# Camera list with one line of data per camera:",
                "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]",
-               f"# Number of cameras: 1",
+               "# Number of cameras: 1",
                f"1 PINHOLE {w} {h} {k_mat[0, 0]:.10g} {k_mat[1, 1]:.10g} {k_mat[0, 2] + 0.5:.10g} {k_mat[1, 2] + 0.5:.10g}"]
 
     # points: tracks (multi-view) then a confident pointmap subsample (one view each)

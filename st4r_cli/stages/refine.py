@@ -47,6 +47,7 @@ def refine_scene(scene: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[
 
     from st4r_cli import progress
     from st4r_cli.geometry.bundle import BundleOptions, bundle_adjust
+    from st4r_cli.stages.chain import surface_depths
 
     num_frames, h, w = frames.shape[:3]
     if num_frames < 3:
@@ -86,7 +87,7 @@ def refine_scene(scene: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[
     own = tracks if config.queries == "tracks" and tracks is not None else None
     count = len(scene["tracks3d"])
     shared = own is not None and bool(bundle["from_stage"][:count].all()) and len(bundle["from_stage"]) >= count
-    surface_z = _depth_maps(out["pointmaps"], new_w2c)
+    surface_z = surface_depths(out["pointmaps"], new_w2c)
     out.update(_relift_tracks(scene, own, new_w2c, new_k, config, bundle_points[:count] if shared else None,
                               fixed[:count] if shared else None, surface_z, (h, w)))
     return out
@@ -174,13 +175,6 @@ def _relift_pointmaps(pointmaps: np.ndarray, old_w2c: np.ndarray, new_w2c: np.nd
         cam = ray * depth[..., None]
         out[t] = cam @ new_c2w[t, :3, :3].T + new_c2w[t, :3, 3]
     return out
-
-
-def _depth_maps(pointmaps: np.ndarray, w2c: np.ndarray) -> np.ndarray:
-    """(T, H, W) z of each frame's own pointmap in its camera."""
-    import numpy as np
-
-    return (np.einsum("tj,thwj->thw", w2c[:, 2, :3], np.asarray(pointmaps, np.float64)) + w2c[:, 2, 3][:, None, None])
 
 
 def _bundle_points(result: Any, bundle: dict[str, np.ndarray], principal: tuple[float, float],
