@@ -1,4 +1,4 @@
-"""TTA ablation: no TTA / ST4RTrack baseline / ST4RTrack+ robust / robust without mask / robust without sigma.
+"""TTA ablation: no TTA / ST4RTrack baseline / ST4RTrack+ robust / robust without mask, sigma or gate.
 
     python benchmarks/ablation.py [--model weights/st4r-tiny/model.safetensors] [--presets easy occlusion ...]
         [--seeds 0 1] [--frames 32] [--davis 3] [--sevenscenes] [--colmap] [--iters 30] [--threads 1]
@@ -42,6 +42,7 @@ VARIANTS = {
     "robust": {"loss": "robust"},
     "robust_no_mask": {"loss": "robust", "use_mask": False, "use_tracker_visibility": False},
     "robust_no_sigma": {"loss": "robust", "use_sigma": False},
+    "robust_no_gate": {"loss": "robust", "outlier_gate": 0.0},
 }
 HEADLINE = ["worldtrack/global/apd", "worldtrack/global/epe", "worldtrack/global/apd_rel",
             "worldtrack/global_dyn/epe", "camera/ate", "camera/rpe_trans", "camera/rpe_rot",

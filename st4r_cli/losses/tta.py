@@ -27,15 +27,26 @@ robust (ST4RTrack+):
               v_n; the mask carries no gradient. Projections that leave the image or fall behind the
               camera are NOT masked (the network must not escape the loss that way): their squared
               residual is capped at max(H, W)^2, a constant outlier cost (behind the camera: the cap).
-    sigma_n = sqrt(sigma_floor^2 + (f * alpha_c * s / (c_n * z_n))^2) pixels, with c_n the head-1
+    sigma_n = sqrt(sigma_floor^2 + (k * f * alpha_c * s / (c_n * z_n))^2) pixels, with c_n the head-1
               confidence at q_n (DUSt3R's ConfLoss makes 1/c proportional to the 3D error relative
               to the scene scale s = median z of the tracked points; alpha_c = ConfLoss's alpha).
+              ConfLoss fixes 1/c only up to a factor, so with calibrate_sigma on (default) the
+              factor k (no gradient) is set at every step so that the median sigma over the mask
+              equals the median residual |x_hat - y| there: the network's confidence gives the
+              relative sigmas, the residuals their size. Without it k = 1.
+    gate    = with outlier_gate g > 0, tracks with |x_hat - y| > g * sigma_n (in front of the camera)
+              also leave the mask, at every step, without gradient: a track that the prediction
+              misses by several of its own sigmas is treated as a tracker error, not fitted. Without
+              sigma (use_sigma off) sigma_n is one value, the median masked residual.
     w_n     = exp(-sigma_n / median(sigma)) or 1/(sigma_n^2 + eps_w), without gradient. (The
               median makes the exponential scale-free: exp(-sigma) of a sigma in pixels underflows for
               sigmas of tens of pixels and would keep only the single most confident track.)
-    L_traj  = sum m w (|x_hat - y|^2 / (2 sigma^2) + log sigma) / sum m w (Gaussian NLL; sigma is
-              learnt through the confidence). With use_sigma off: sqrt(sum m |x_hat - y|^2 / sum m),
-              i.e. the baseline RMSE restricted to the mask, without the scale alignment.
+    L_traj  = sigma_bar * sum m w (|x_hat - y|^2 / (2 sigma^2) + log sigma) / sum m w (Gaussian NLL;
+              sigma is learnt through the confidence), sigma_bar = median sigma over the mask (no
+              gradient): the factor puts the NLL in pixels, so its gradient per track is about
+              r / sigma_bar, the size of the baseline RMSE's, and the same weights apply. With
+              use_sigma off: sqrt(sum m |x_hat - y|^2 / sum m), i.e. the baseline RMSE restricted
+              to the mask, without the scale alignment.
     L_align = sum m w |X_n - Y_n| / sum m w, divided by the mean distance of head 2's points to the
               anchor camera (so shrinking the whole scene cannot lower it), Y_n bilinear at y_n.
     L_depth = as baseline.
@@ -63,6 +74,8 @@ class TTALossConfig:
     use_sigma: bool = True             # robust: per-point sigma NLL and weights
     weight_mode: str = "exp"           # robust: exp -> w = exp(-sigma/median sigma); inv -> 1/(sigma^2 + eps)
     sigma_floor_px: float = 1.0
+    calibrate_sigma: bool = True       # robust: scale sigma so its median matches the median residual
+    outlier_gate: float = 0.0          # robust: also mask tracks with residual > gate * sigma (0: off)
     conf_alpha: float = 0.2            # ConfLoss alpha used to turn confidence into sigma
     mask_eps_rel: float = 0.05         # z-buffer tolerance relative to the surface depth
     inv_weight_eps: float = 1.0        # eps of the 1/(sigma^2 + eps) weights, pixels^2
@@ -276,8 +289,13 @@ def robust_mask_and_weights(geo: TrackGeometry, pred: dict[str, torch.Tensor], i
             mask = mask & tracks.target_visible.to(mask.device)
     if not config.use_sigma:
         ones = torch.ones_like(geo.proj_z)
-        return mask, ones, ones
-    sigma = point_sigma_px(geo.conf, geo.proj_z, intrinsics, config)
+        uniform = ones * _median_residual(geo, mask).clamp(min=config.sigma_floor_px)
+        return _gate(mask, geo, uniform, config.outlier_gate), ones, ones
+    raw = raw_sigma_px(geo.conf, geo.proj_z, intrinsics, config.conf_alpha)
+    if config.calibrate_sigma:
+        raw = raw * sigma_calibration(raw, geo, mask, config.sigma_floor_px)
+    sigma = (config.sigma_floor_px**2 + raw**2).sqrt()
+    mask = _gate(mask, geo, sigma, config.outlier_gate)
     with torch.no_grad():
         if config.weight_mode == "exp":
             sig = sigma.detach()
@@ -290,9 +308,10 @@ def robust_mask_and_weights(geo: TrackGeometry, pred: dict[str, torch.Tensor], i
     return mask, weights, sigma
 
 
-def point_sigma_px(conf: torch.Tensor, proj_z: torch.Tensor, intrinsics: torch.Tensor,
-                   config: TTALossConfig) -> torch.Tensor:
-    """(P, N) per-point reprojection sigma in pixels from the head-1 confidence (see module doc)."""
+def raw_sigma_px(conf: torch.Tensor, proj_z: torch.Tensor, intrinsics: torch.Tensor, conf_alpha: float
+                 ) -> torch.Tensor:
+    """(P, N) per-point reprojection sigma in pixels from the head-1 confidence, before the floor
+    and the calibration: f * alpha_c * s / (c_n * z_n) (see module doc)."""
     import torch
 
     z = proj_z.detach().clamp(min=1e-6)
@@ -300,8 +319,44 @@ def point_sigma_px(conf: torch.Tensor, proj_z: torch.Tensor, intrinsics: torch.T
     scale = torch.stack([z[p][valid[p]].median() if bool(valid[p].any()) else z.new_tensor(1.0)
                          for p in range(z.shape[0])])  # (P,)
     focal = intrinsics[0, 0].detach()
-    raw = focal * config.conf_alpha * scale[:, None] / (conf.clamp(min=1e-6) * z)
-    return (config.sigma_floor_px**2 + raw**2).sqrt()
+    return focal * conf_alpha * scale[:, None] / (conf.clamp(min=1e-6) * z)
+
+
+def _median_residual(geo: TrackGeometry, mask: torch.Tensor) -> torch.Tensor:
+    """() median reprojection residual (pixels) over the masked tracks in front of the camera (NaN if none)."""
+    import torch
+
+    with torch.no_grad():
+        usable = mask & (geo.proj_z > 0) & torch.isfinite(geo.proj_xy).all(-1)
+        if not bool(usable.any()):
+            return geo.proj_z.new_tensor(float("nan"))
+        return (geo.proj_xy - geo.target_xy).norm(dim=-1)[usable].median()
+
+
+def _gate(mask: torch.Tensor, geo: TrackGeometry, sigma: torch.Tensor, gate: float) -> torch.Tensor:
+    """The mask without tracks whose residual exceeds gate * sigma (gate 0: unchanged). Projections
+    behind the camera are not gated: they keep the capped outlier cost of `robust_traj_loss`."""
+    import torch
+
+    if gate <= 0:
+        return mask
+    with torch.no_grad():
+        residual = (geo.proj_xy - geo.target_xy).norm(dim=-1)
+        outlier = (geo.proj_z > 0) & torch.isfinite(residual) & (residual > gate * sigma.detach())
+        return mask & ~outlier
+
+
+def sigma_calibration(raw: torch.Tensor, geo: TrackGeometry, mask: torch.Tensor, floor_px: float) -> torch.Tensor:
+    """() factor (no gradient) that makes the median of `raw` sigma (P, N) over the mask equal the
+    median reprojection residual there (at least the floor); 1 when the mask is empty."""
+    import torch
+
+    with torch.no_grad():
+        usable = mask & (geo.proj_z > 0) & torch.isfinite(geo.proj_xy).all(-1)
+        if not bool(usable.any()):
+            return raw.new_tensor(1.0)
+        residual = _median_residual(geo, mask)
+        return residual.clamp(min=floor_px) / raw.detach()[usable].median().clamp(min=1e-6)
 
 
 def robust_traj_loss(geo: TrackGeometry, mask: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor,
@@ -322,7 +377,7 @@ def robust_traj_loss(geo: TrackGeometry, mask: torch.Tensor, weights: torch.Tens
     s = sigma[mask]
     w = weights[mask]
     nll = sq / (2.0 * s**2) + s.log()
-    return (w * nll).sum() / w.sum().clamp(min=1e-12)
+    return s.detach().median() * (w * nll).sum() / w.sum().clamp(min=1e-12)
 
 
 def robust_align_loss(geo: TrackGeometry, recon_pts: torch.Tensor, tracks: TrackBatch, mask: torch.Tensor,

@@ -2,8 +2,8 @@
 
 The video is cut into overlapping windows (`ChainConfig.window/overlap`), each anchored on its first
 frame. Every TTA step picks a window, its anchor a and `frames_per_step - 1` other frames j, runs the
-pairs (a, a), (a, j...) through the network, estimates K from the anchor's own pointmap (or uses the
-given focal), solves each camera j by differentiable PnP on head 2, and minimises the TTA loss
+pairs (a, a), (a, j...) through the network, takes K from the anchor's own pointmap before TTA (or the
+given focal; `tta_focal=per_step` re-fits it to the adapted pointmap at every step), solves each camera j by differentiable PnP on head 2, and minimises the TTA loss
 (`st4r_cli.losses.tta`) against the 2D pseudo-tracks (and mono-depth when available). Only the
 selected parameter groups change. After adaptation, every window is predicted once: the arrays the
 chain stage turns into `scene.npz`.
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from st4r_cli.losses.tta import TTALossConfig
     from st4r_cli.stages.chain import ChainConfig
 
-ADAPT_VERSION = 2
+ADAPT_VERSION = 3
 
 # Parameter groups by name prefix (St4rNet / DUSt3R naming).
 PARAM_GROUPS: dict[str, tuple[str, ...]] = {
@@ -54,6 +54,8 @@ class AdaptConfig:
     pnp_stride: int = 4               # PnP uses every k-th pixel of head 2 in x and y
     focal: float = 0.0                # focal in pixels of the decoded frames; 0 -> estimate
     use_depth_intrinsics: bool = True  # use the depth backend's K when it gives one (and focal is 0)
+    tta_focal: str = "fixed"          # estimated focal during TTA: fixed (pre-TTA anchor pointmap) |
+                                      # per_step (re-fitted to the adapted pointmap at every step)
     traj_weight: float = 0.5
     depth_weight: float = 10.0
     align_weight: float = 5.0
@@ -62,8 +64,10 @@ class AdaptConfig:
     use_sigma: bool = True            # robust: per-point sigma NLL
     weight_mode: str = "exp"          # robust: exp | inv
     sigma_floor_px: float = 1.0
+    calibrate_sigma: bool = True      # robust: sigma's size from the residuals, its shape from the confidence
+    outlier_gate: float = 2.0         # robust: mask tracks whose residual exceeds gate x sigma (0: off)
     mask_eps_rel: float = 0.05
-    prior_weight: float = 20.0        # self-distillation prior towards the pre-TTA network (both losses;
+    prior_weight: float = 5.0         # self-distillation prior towards the pre-TTA network (both losses;
                                       # 0 disables): without a depth term nothing else pins the geometry
     prior_kind: str = "points"        # points (both heads' pointmaps) | depth (head-2 z-depth, eq. 9)
     prior_stride: int = 4             # points prior: every k-th pixel in x and y
@@ -80,6 +84,7 @@ class AdaptConfig:
                              align_weight=self.align_weight, use_mask=self.use_mask,
                              use_tracker_visibility=self.use_tracker_visibility, use_sigma=self.use_sigma,
                              weight_mode=self.weight_mode, sigma_floor_px=self.sigma_floor_px,
+                             calibrate_sigma=self.calibrate_sigma, outlier_gate=self.outlier_gate,
                              mask_eps_rel=self.mask_eps_rel, prior_weight=self.prior_weight,
                              prior_kind=self.prior_kind)
 
@@ -121,8 +126,10 @@ def check_adapt_config(config: AdaptConfig) -> None:
         raise St4rError("adapt.pnp_stride, adapt.max_tracks and adapt.prior_stride must be >= 1")
     if config.prior_kind not in ("points", "depth"):
         raise St4rError(f"adapt.prior_kind must be points or depth, got '{config.prior_kind}'")
-    if config.prior_weight < 0:
-        raise St4rError("adapt.prior_weight must be >= 0")
+    if config.tta_focal not in ("fixed", "per_step"):
+        raise St4rError(f"adapt.tta_focal must be fixed or per_step, got '{config.tta_focal}'")
+    if config.prior_weight < 0 or config.outlier_gate < 0:
+        raise St4rError("adapt.prior_weight and adapt.outlier_gate must be >= 0")
 
 
 def window_starts(num_frames: int, window: int, overlap: int) -> list[int]:
@@ -525,6 +532,13 @@ def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int]
             frozen[w_idx] = frozen_window_outputs(runner, starts[w_idx], window_frames(starts[w_idx], num_frames, window),
                                                   config, focal, resolved.batch_size, seed)
 
+    fixed_k: dict[int, torch.Tensor] = {}
+    if focal is None and config.tta_focal == "fixed":
+        with torch.no_grad():
+            for w_idx in trainable:
+                anchor = starts[w_idx]
+                fixed_k[w_idx] = anchor_intrinsics(runner([anchor], [anchor])["track_pts"][0], None)
+
     good_params = [p.detach().clone() for p in params]
     good_opt = copy.deepcopy(optimizer.state_dict())
     ema: dict[int, float] = {}
@@ -553,7 +567,7 @@ def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int]
                  ) -> tuple[torch.Tensor, dict[str, float]]:
         anchor = targets[0]
         pred = runner([anchor] * len(targets), targets)
-        k_mat = anchor_intrinsics(pred["track_pts"][0], focal)
+        k_mat = fixed_k[w_idx] if w_idx in fixed_k else anchor_intrinsics(pred["track_pts"][0], focal)
         w2c = solve_poses(pred["recon_pts"], pred["recon_conf"], k_mat, config.pnp_stride, seed + step)
         dep = None if depth_t is None else depth_t[targets].to(device)
         val = None if valid_t is None else valid_t[targets].to(device)

@@ -42,7 +42,8 @@ def test_parameter_groups(make_model):
 
 def test_bad_config_is_a_user_error():
     for bad in (AdaptConfig(loss="magic"), AdaptConfig(params="encoder"), AdaptConfig(frames_per_step=1),
-                AdaptConfig(prior_kind="l2"), AdaptConfig(prior_weight=-1.0), AdaptConfig(prior_stride=0)):
+                AdaptConfig(prior_kind="l2"), AdaptConfig(prior_weight=-1.0), AdaptConfig(outlier_gate=-1.0),
+                AdaptConfig(prior_stride=0), AdaptConfig(tta_focal="free")):
         with pytest.raises(St4rError):
             check_adapt_config(bad)
 

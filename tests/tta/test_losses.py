@@ -136,12 +136,53 @@ def test_robust_nll_hand_value(mode):
     pred["track_conf"][0, 1, 1] = _conf_for_sigma(1.0)
     pred["track_conf"][0, 4, 6] = _conf_for_sigma(2.0)
     tracks = _tracks([[1.0, 1.0], [6.0, 4.0]], [[1.0, 1.0], [8.0, 4.0]])  # residuals 0 and 2 px
-    _, parts = tta_loss(pred, K, w2c, tracks, None, None, _only("robust", weight_mode=mode))
-    # exp: sigmas 1 and 2 over their (lower) median 1; inv: 1/(sigma^2 + 1)
+    cfg = _only("robust", weight_mode=mode, calibrate_sigma=False)
+    _, parts = tta_loss(pred, K, w2c, tracks, None, None, cfg)
+    # exp: sigmas 1 and 2 over their (lower) median 1; inv: 1/(sigma^2 + 1); times sigma_bar = 1
     w1, w2 = (math.exp(-1), math.exp(-2)) if mode == "exp" else (1 / 2, 1 / 5)
     nll1, nll2 = 0.0, 4 / (2 * 4) + math.log(2.0)
     assert parts["traj"] == pytest.approx((w1 * nll1 + w2 * nll2) / (w1 + w2), rel=1e-6)
     assert parts["sigma_px"] == pytest.approx(1.5, rel=1e-6)
+
+
+def test_robust_sigma_calibrated_to_the_residuals():
+    """Confidence sets the relative sigmas (raw 1 : 2 : 4 px), the median residual (4 px) their size."""
+    pred, w2c = _plane(2.0)
+    for (col, row), raw in zip([(1, 1), (6, 4), (3, 6)], [1.0, 2.0, 4.0], strict=True):
+        pred["track_conf"][0, row, col] = _conf_for_sigma(math.sqrt(1.0 + raw**2))
+    # residuals 1, 4 and 6 px: median 4 px -> factor 4 / 2 = 2 -> raw sigmas 2, 4, 8
+    tracks = _tracks([[1.0, 1.0], [6.0, 4.0], [3.0, 6.0]], [[2.0, 1.0], [6.0, 0.0], [9.0, 6.0]])
+    _, parts = tta_loss(pred, K, w2c, tracks, None, None, _only("robust"))
+    sigmas = [math.sqrt(1.0 + r**2) for r in (2.0, 4.0, 8.0)]
+    weights = [math.exp(-s / sigmas[1]) for s in sigmas]
+    nll = [r**2 / (2 * s**2) + math.log(s) for r, s in zip((1.0, 4.0, 6.0), sigmas, strict=True)]
+    expected = sigmas[1] * sum(w * n for w, n in zip(weights, nll, strict=True)) / sum(weights)
+    assert parts["sigma_px"] == pytest.approx(sum(sigmas) / 3, rel=1e-6)
+    assert parts["traj"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_robust_outlier_gate_uniform_sigma():
+    """Without sigma the gate is gate x the median residual: residuals 1, 1.5, 9 px, gate 2 -> the 9 px
+    track is dropped from the masked RMSE."""
+    pred, w2c = _plane(2.0)
+    tracks = _tracks([[1.0, 1.0], [6.0, 4.0], [0.0, 6.0]], [[2.0, 1.0], [6.0, 5.5], [9.0, 6.0]])
+    _, parts = tta_loss(pred, K, w2c, tracks, None, None, _only("robust", use_sigma=False, outlier_gate=2.0))
+    assert parts["traj"] == pytest.approx(math.sqrt((1 + 2.25) / 2), rel=1e-9)
+    assert parts["mask_frac"] == pytest.approx(2 / 3)
+    _, parts = tta_loss(pred, K, w2c, tracks, None, None, _only("robust", use_sigma=False))
+    assert parts["traj"] == pytest.approx(math.sqrt((1 + 2.25 + 81) / 3), rel=1e-9)
+
+
+def test_robust_outlier_gate_per_point_sigma():
+    """Calibrated sigmas sqrt(5), sqrt(17), sqrt(65) px for residuals 1, 4, 6 px: gate 0.9 drops only
+    the middle track (4 > 0.9 sqrt(17) = 3.71; 1 < 2.01; 6 < 7.26)."""
+    pred, w2c = _plane(2.0)
+    for (col, row), raw in zip([(1, 1), (6, 4), (3, 6)], [1.0, 2.0, 4.0], strict=True):
+        pred["track_conf"][0, row, col] = _conf_for_sigma(math.sqrt(1.0 + raw**2))
+    tracks = _tracks([[1.0, 1.0], [6.0, 4.0], [3.0, 6.0]], [[2.0, 1.0], [6.0, 0.0], [9.0, 6.0]])
+    _, parts = tta_loss(pred, K, w2c, tracks, None, None, _only("robust", outlier_gate=0.9))
+    assert parts["mask_frac"] == pytest.approx(2 / 3)
+    assert parts["sigma_px"] == pytest.approx((math.sqrt(5) + math.sqrt(65)) / 2, rel=1e-6)
 
 
 def test_robust_nll_teaches_confidence():
