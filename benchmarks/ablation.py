@@ -1,11 +1,13 @@
 """TTA ablation: no TTA / ST4RTrack baseline / ST4RTrack+ robust / robust without mask, sigma or gate.
 
     python benchmarks/ablation.py [--model weights/st4r-tiny/model.safetensors] [--presets easy occlusion ...]
-        [--seeds 0 1] [--frames 32] [--davis 3] [--sevenscenes] [--colmap] [--iters 30] [--threads 1]
+        [--seeds 0 1] [--frames 32] [--davis 3] [--sevenscenes] [--colmap] [--iters 30] [--threads 1] [--refine]
 
 Per clip, the 2D pseudo-tracks (built-in tracker, 32x32 grid on frame 0) are computed once and shared by
 every variant; each variant starts from the same checkpoint, adapts (`stages.adapt.adapt_model`),
-predicts every window and chains them (`stages.chain`), and the resulting scene is scored with
+predicts every window and chains them (`stages.chain`; its camera bundle adjustment and track fusion
+are off, so the rows differ by the adapted network only, unless `--refine` asks for the full
+pipeline as `st4r adapt` runs it), and the resulting scene is scored with
 `st4r_cli.eval.evaluate_clip`:
 - synthetic presets (`st4r synth`, exact ground truth): world-track APD/EPE, ATE, RPE, AbsRel, 2D metrics;
 - TAP-Vid DAVIS clips (../shared/benchmarks/tapvid-davis-32, first `--davis` clips): the scene's 3D tracks
@@ -90,7 +92,8 @@ def run_variant(model, frames, tracks_tta, tracks_out, variant: dict, args, seed
     shared = {"iters": args.iters, "lr": args.lr, "params": args.params, "prior_weight": args.prior_weight}
     base = AdaptConfig(cpu_threads=args.threads, **{k: v for k, v in shared.items() if v is not None})
     cfg = replace(base, **variant)
-    chain = tta_chain_config(queries="tracks" if tracks_out is not None else "grid")
+    queries = "tracks" if tracks_out is not None else "grid"
+    chain = full_chain_config(queries=queries) if args.refine else tta_chain_config(queries=queries)
     net = copy.deepcopy(model)
     with PeakRss() as mem:
         start = time.perf_counter()
@@ -118,6 +121,13 @@ def tta_chain_config(**kw):
     fields = {f.name for f in dataclasses.fields(ChainConfig)}
     off = {"refine": "none", "fuse_tracks": False}
     return ChainConfig(**kw, **{k: v for k, v in off.items() if k in fields})
+
+
+def full_chain_config(**kw):
+    """ChainConfig as `st4r adapt` runs it (camera bundle adjustment and track fusion on)."""
+    from st4r_cli.stages.chain import ChainConfig
+
+    return ChainConfig(**kw)
 
 
 def grid_tracks(frames: np.ndarray, seed: int) -> dict:
@@ -288,6 +298,8 @@ def main() -> None:
     parser.add_argument("--params", default=None, help="adapted parameter group (default: AdaptConfig's)")
     parser.add_argument("--prior-weight", type=float, default=None,
                         help="self-distillation prior weight, shared by every TTA variant (default: AdaptConfig's)")
+    parser.add_argument("--refine", action="store_true",
+                        help="score the full pipeline (chain refinement on) instead of the adapted network alone")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
 
@@ -301,7 +313,8 @@ def main() -> None:
     model = load_model(args.model, "cpu")
     OUT = Path(args.out)
     args.header = {"model": args.model, "frames": args.frames, "adapt": adapt_header(args),
-                   "chain": "refine none, fuse_tracks off (TTA comparison)",
+                   "chain": ("defaults: refine ba, fuse_tracks on (full pipeline)" if args.refine
+                             else "refine none, fuse_tracks off (TTA comparison)"),
                    "threads": args.threads, "variants": args.variants, "depth_backend": "none",
                    "seeds": args.seeds}
     args.partial = {}
