@@ -65,7 +65,7 @@ class AdaptConfig:
     weight_mode: str = "exp"          # robust: exp | inv
     sigma_floor_px: float = 1.0
     calibrate_sigma: bool = True      # robust: sigma's size from the residuals, its shape from the confidence
-    outlier_gate: float = 2.0         # robust: mask tracks whose residual exceeds gate x sigma (0: off)
+    outlier_gate: float = 3.0         # robust: mask tracks whose residual exceeds gate x sigma (0: off)
     mask_eps_rel: float = 0.05
     prior_weight: float = 5.0         # self-distillation prior towards the pre-TTA network (both losses;
                                       # 0 disables): without a depth term nothing else pins the geometry
