@@ -187,6 +187,20 @@ def davis_clips(count: int) -> list[Path]:
     return sorted(p for p in (SHARED / "tapvid-davis-32").iterdir() if p.is_dir())[:count]
 
 
+def sevenscenes_clips() -> list[Path]:
+    """The 7-Scenes redkitchen clip folders of ../shared (sorted by name)."""
+    return sorted(SHARED.glob("7scenes-redkitchen-*"))
+
+
+def sevenscenes_clip(path: Path):
+    """(Clip with its RGB-D ground truth, frames resized for the network, built-in grid tracks)."""
+    from st4r_cli.formats import load_ground_truth
+
+    clip = load_ground_truth(path, load_frames=True)
+    frames = resize_frames(np.asarray(clip.frames))
+    return clip, frames, grid_tracks(frames, 0)
+
+
 def davis_clip(path: Path, num_frames: int):
     """(Clip cut to its first frames, frames resized for the network, human queries (Q, 3) (t, x, y) in
     the resized frames' pixels)."""
@@ -246,14 +260,11 @@ def _first_frames(clip, count: int):
 
 
 def sevenscenes_rows(model, args) -> dict:
-    from st4r_cli.formats import load_ground_truth
     from st4r_cli.metrics.camera import camera_metrics
 
     out = {}
-    for path in sorted(SHARED.glob("7scenes-redkitchen-*")):
-        clip = load_ground_truth(path, load_frames=True)
-        frames = resize_frames(np.asarray(clip.frames))
-        tracks = grid_tracks(frames, 0)
+    for path in sevenscenes_clips():
+        clip, frames, tracks = sevenscenes_clip(path)
         rows = evaluate_variants(path.name, model, frames, tracks, tracks, clip, args, 0)
         if args.colmap:
             from _colmap import run_colmap  # benchmarks/_colmap.py, beside this script

@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 from ablation import (
     HEADLINE,
-    SHARED,
     davis_clip,
     davis_clips,
     grid_tracks,
     query_tracks,
-    resize_frames,
     score,
+    sevenscenes_clip,
+    sevenscenes_clips,
     synthetic_clip,
 )
 
@@ -93,13 +93,9 @@ def davis(model, args) -> dict:
 
 
 def sevenscenes(model, args) -> dict:
-    from st4r_cli.formats import load_ground_truth
-
     out = {}
-    for path in sorted(SHARED.glob("7scenes-redkitchen-*")):
-        clip = load_ground_truth(path, load_frames=True)
-        frames = resize_frames(np.asarray(clip.frames))
-        tracks = grid_tracks(frames, 0)
+    for path in sevenscenes_clips():
+        clip, frames, tracks = sevenscenes_clip(path)
         out[path.name] = clip_rows(model, frames, tracks, tracks, clip, args, 0)
         save(args, {"sevenscenes": out})
     return out
