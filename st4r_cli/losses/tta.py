@@ -322,12 +322,19 @@ def raw_sigma_px(conf: torch.Tensor, proj_z: torch.Tensor, intrinsics: torch.Ten
     return focal * conf_alpha * scale[:, None] / (conf.clamp(min=1e-6) * z)
 
 
+def _usable(geo: TrackGeometry, mask: torch.Tensor) -> torch.Tensor:
+    """(P, N) bool: masked tracks whose projection is finite and in front of the camera."""
+    import torch
+
+    return mask & (geo.proj_z.detach() > 0) & torch.isfinite(geo.proj_xy.detach()).all(-1)
+
+
 def _median_residual(geo: TrackGeometry, mask: torch.Tensor) -> torch.Tensor:
     """() median reprojection residual (pixels) over the masked tracks in front of the camera (NaN if none)."""
     import torch
 
     with torch.no_grad():
-        usable = mask & (geo.proj_z > 0) & torch.isfinite(geo.proj_xy).all(-1)
+        usable = _usable(geo, mask)
         if not bool(usable.any()):
             return geo.proj_z.new_tensor(float("nan"))
         return (geo.proj_xy - geo.target_xy).norm(dim=-1)[usable].median()
@@ -352,11 +359,10 @@ def sigma_calibration(raw: torch.Tensor, geo: TrackGeometry, mask: torch.Tensor,
     import torch
 
     with torch.no_grad():
-        usable = mask & (geo.proj_z > 0) & torch.isfinite(geo.proj_xy).all(-1)
+        usable = _usable(geo, mask)
         if not bool(usable.any()):
             return raw.new_tensor(1.0)
-        residual = _median_residual(geo, mask)
-        return residual.clamp(min=floor_px) / raw.detach()[usable].median().clamp(min=1e-6)
+        return _median_residual(geo, mask).clamp(min=floor_px) / raw.detach()[usable].median().clamp(min=1e-6)
 
 
 def robust_traj_loss(geo: TrackGeometry, mask: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor,

@@ -2,11 +2,11 @@
 
 The video is cut into overlapping windows (`ChainConfig.window/overlap`), each anchored on its first
 frame. Every TTA step picks a window, its anchor a and `frames_per_step - 1` other frames j, runs the
-pairs (a, a), (a, j...) through the network, takes K from the anchor's own pointmap before TTA (or the
-given focal; `tta_focal=per_step` re-fits it to the adapted pointmap at every step), solves each camera j by differentiable PnP on head 2, and minimises the TTA loss
-(`st4r_cli.losses.tta`) against the 2D pseudo-tracks (and mono-depth when available). Only the
-selected parameter groups change. After adaptation, every window is predicted once: the arrays the
-chain stage turns into `scene.npz`.
+pairs (a, a), (a, j...) through the network, takes K from the anchor's own pointmap before TTA (or
+the given focal; `tta_focal=per_step` re-fits it to the adapted pointmap at every step), solves each
+camera j by differentiable PnP on head 2, and minimises the TTA loss (`st4r_cli.losses.tta`) against
+the 2D pseudo-tracks (and mono-depth when available). Only the selected parameter groups change. After
+adaptation, every window is predicted once: the arrays the chain stage turns into `scene.npz`.
 
 A guard rolls the adapted parameters and the optimiser back to the last good state, and halves the
 learning rate, when a step's loss or gradient is non-finite, the loss jumps far above its running
