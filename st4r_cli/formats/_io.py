@@ -34,8 +34,9 @@ def write_image(path: Path, image: np.ndarray, quality: int = 95) -> None:
 
 
 def list_images(folder: Path, pattern: str = "*") -> list[Path]:
-    """Image files in `folder` matching `pattern`, sorted by name."""
-    return sorted(p for p in Path(folder).glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files in `folder` matching `pattern`, sorted by name; hidden files (`._x.png`, temps) skipped."""
+    return sorted(p for p in Path(folder).glob(pattern)
+                  if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def load_npz(path: Path, allow_pickle: bool = False) -> dict[str, np.ndarray]:

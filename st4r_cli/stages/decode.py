@@ -298,8 +298,8 @@ def _natural_key(path: Path) -> list[Any]:
 
 
 def _image_folder_frames(folder: Path, cfg: DecodeConfig) -> tuple[Iterator[_RawFrame], int, float]:
-    files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                   key=_natural_key)
+    files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)     # skips ._x.png, temps
     if not files:
         raise St4rError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
     fps = float(cfg.fps or 30.0)

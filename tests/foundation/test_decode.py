@@ -137,6 +137,7 @@ def test_image_folder(tmp_path):
     for i, frame in enumerate(frames):                          # natural order: 2 before 10
         Image.fromarray(frame).save(folder / f"frame_{i}.png")
     (folder / "notes.txt").write_text("not an image")
+    (folder / "._frame_3.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")   # macOS metadata, not a frame
     out = decode(folder, DecodeConfig(fps=5.0))
     assert [index_of(f) for f in out["frames"]] == list(range(11))
     assert out["frames"].shape == (11, 16, 32, 3)              # 20x30 rounded to 16x32

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from st4r_cli.runs.atomic import TMP_MARK
 from st4r_cli.runs.cache import StageCache, digest_arrays, load_npz
 
 WORKER = Path(__file__).with_name("resume_worker.py")
@@ -33,9 +34,15 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 def check_cache_consistent(run_dir: Path) -> set[str]:
-    """Every artifact that has metadata loads fully and matches its digest; returns their stages."""
+    """Every artifact that has metadata loads fully and matches its digest; returns their stages.
+
+    Temp files (`.<name>.tmp-<pid>-<rand>.json`) of a killed writer are not artifacts: the cache never
+    reads them, and the next run removes them.
+    """
     finished = set()
     for meta_path in (run_dir / "cache").glob("*.json"):
+        if TMP_MARK in meta_path.name:
+            continue
         meta = json.loads(meta_path.read_text())
         arrays = load_npz(meta_path.with_suffix(".npz"))
         assert digest_arrays(arrays) == meta["digest"]
