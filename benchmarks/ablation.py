@@ -372,7 +372,29 @@ def summarize(results: dict) -> dict:
             v: {k: round(float(np.mean([r[v][k] for r in rows if k in r.get(v, {})])), 4)
                 for k in HEADLINE + ["seconds_per_frame", "peak_mem_mib"] if any(k in r.get(v, {}) for r in rows)}
             for v in rows[0]}
+        summary[f"synthetic/{preset}"]["compare"] = {
+            f"{a}_vs_{b}": compare(rows, a, b) for a, b in COMPARISONS if a in rows[0] and b in rows[0]}
     return summary
+
+
+COMPARISONS = [("robust", "baseline"), ("robust", "no_tta"), ("baseline", "no_tta")]
+
+
+def compare(rows: list[dict], better: str, than: str, key: str = "worldtrack/global/epe") -> dict:
+    """How much lower (better) `key` is for variant `better` than for `than` over paired clips.
+
+    Returns `gain_of_mean` (1 - mean(better) / mean(than), the issue's "x% better"), the per-clip
+    relative gains' mean and standard error (`gain_mean`, `gain_sem`: the spread across seeds), and
+    `wins` / `clips` (clips where `better` is strictly lower).
+    """
+    pairs = [(r[better][key], r[than][key]) for r in rows if key in r.get(better, {}) and key in r.get(than, {})]
+    if not pairs:
+        return {}
+    new, old = np.array(pairs, dtype=np.float64).T
+    gains = 1.0 - new / old
+    sem = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else float("nan")
+    return {"gain_of_mean": round(float(1.0 - new.mean() / old.mean()), 4), "gain_mean": round(float(gains.mean()), 4),
+            "gain_sem": round(sem, 4), "wins": int((new < old).sum()), "clips": len(gains)}
 
 
 if __name__ == "__main__":
