@@ -335,8 +335,19 @@ def main() -> None:
         _save_partial(args, {"davis": davis_rows(model, args)})
     if args.sevenscenes:
         _save_partial(args, {"sevenscenes": sevenscenes_rows(model, args)})
-    _save_partial(args, {"summary": summarize(args.partial)})
+    summary = summarize(args.partial)
+    _save_partial(args, {"summary": summary})
+    print_comparisons(summary)
     print("->", OUT)
+
+
+def print_comparisons(summary: dict) -> None:
+    """One line per synthetic preset and comparison: world-EPE gain of the mean, per-clip gain +- s.e., wins."""
+    for group, variants in sorted(summary.items()):
+        for name, c in variants.get("compare", {}).items():
+            if c:
+                print(f"{group} {name}: EPE {100 * c['gain_of_mean']:+.1f}% (per clip {100 * c['gain_mean']:+.1f} "
+                      f"+- {100 * c['gain_sem']:.1f}%, better on {c['wins']}/{c['clips']})")
 
 
 def adapt_header(args) -> dict:
