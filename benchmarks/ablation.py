@@ -47,7 +47,8 @@ VARIANTS = {
     "robust_no_gate": {"loss": "robust", "outlier_gate": 0.0},
 }
 HEADLINE = ["worldtrack/global/apd", "worldtrack/global/epe", "worldtrack/global/apd_rel",
-            "worldtrack/global_dyn/epe", "camera/ate", "camera/rpe_trans", "camera/rpe_rot",
+            "worldtrack/global/epe_anchor", "worldtrack/global/epe_motion", "worldtrack/global_dyn/epe",
+            "worldtrack/global_dyn/epe_motion", "camera/ate", "camera/rpe_trans", "camera/rpe_rot",
             "depth/median/abs_rel", "tapvid2d/average_jaccard", "tapvid2d/average_pts_within_thresh",
             "tapvid2d/occlusion_accuracy"]
 
@@ -342,8 +343,13 @@ def main() -> None:
 
 
 def print_comparisons(summary: dict) -> None:
-    """One line per synthetic preset and comparison: world-EPE gain of the mean, per-clip gain +- s.e., wins."""
+    """Per synthetic preset: each variant's world EPE = frame-0 part + motion part (means), then one line per
+    comparison: world-EPE gain of the mean, per-clip gain +- s.e., wins."""
     for group, variants in sorted(summary.items()):
+        for name, row in variants.items():
+            if name != "compare" and "worldtrack/global/epe_anchor" in row:
+                print(f"{group} {name}: EPE {row['worldtrack/global/epe']:.3f}, frame-0 part "
+                      f"{row['worldtrack/global/epe_anchor']:.3f}, motion part {row['worldtrack/global/epe_motion']:.3f}")
         for name, c in variants.get("compare", {}).items():
             if c:
                 print(f"{group} {name}: EPE {100 * c['gain_of_mean']:+.1f}% (per clip {100 * c['gain_mean']:+.1f} "

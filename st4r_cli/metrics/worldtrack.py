@@ -14,6 +14,14 @@ Protocol (St4RTrack, `dust3r/track_eval.py`):
   - `pts_within_{r}` = mean over (n, t) of [d <= r] for r in {0.1, 0.3, 0.5, 1.0} metres;
   - `apd` (average percentage of points within delta) = mean of the four fractions;
   - `epe` (end-point error) = mean of d.
+- Error decomposition (diagnostic, same alignment): with `a = aligned_pred`, `d[n, t]` splits into the
+  track's frame-0 error `a[n, 0] - gt[n, 0]` and its motion error `(a[n, t] - a[n, 0]) - (gt[n, t] -
+  gt[n, 0])`:
+  - `epe_anchor` = mean over n of |a[n, 0] - gt[n, 0]| (where each track starts: depth along the ray,
+    mostly; a prediction with exact motion still has EPE `epe_anchor`);
+  - `epe_motion` = mean over (n, t) of the motion error (zero for a rigid shift of each track; a
+    prediction with an exact frame 0 still has EPE `epe_motion`);
+  - `epe <= epe_anchor + epe_motion` (triangle inequality).
 - Dynamic subset: tracks whose summed ground-truth motion sum_t |gt[n, t+1] - gt[n, t]| > 0.01 are
   re-aligned and scored on their own (`*_dyn` keys).
 - Scale-relative variant (for synthetic scenes whose units are not metres): with
@@ -71,10 +79,29 @@ def threshold_metrics(aligned: np.ndarray, gt: np.ndarray, thresholds: Sequence[
     return out
 
 
+def error_decomposition(aligned: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """`epe_anchor` (frame-0 error) and `epe_motion` (displacement error) of aligned `(N, T, 3)` tracks.
+
+    Args:
+        aligned: `(N, T, 3)` predicted tracks, already aligned to the ground truth.
+        gt: `(N, T, 3)` ground truth.
+    Returns:
+        `epe_anchor` = mean_n |aligned[n, 0] - gt[n, 0]|;
+        `epe_motion` = mean_(n, t) |(aligned[n, t] - aligned[n, 0]) - (gt[n, t] - gt[n, 0])|.
+    """
+    aligned = np.asarray(aligned, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    anchor = aligned[:, :1] - gt[:, :1]                               # (N, 1, 3)
+    motion = (aligned - aligned[:, :1]) - (gt - gt[:, :1])            # (N, T, 3)
+    return {"epe_anchor": float(np.linalg.norm(anchor, axis=-1).mean()),
+            "epe_motion": float(np.linalg.norm(motion, axis=-1).mean())}
+
+
 def worldtrack_metrics(pred: np.ndarray, gt: np.ndarray, alignment: str = "global",
                        thresholds: Sequence[float] = THRESHOLDS_M,
                        relative: bool = False) -> dict[str, float]:
-    """APD and EPE of `pred` vs `gt` (both `(N, T, 3)`, frame-0 camera coordinates) after `alignment`.
+    """APD, EPE and its decomposition of `pred` vs `gt` (both `(N, T, 3)`, frame-0 camera coordinates)
+    after `alignment`.
 
     With `relative=True` also `apd_rel` and `epe_rel` (thresholds `RELATIVE_THRESHOLDS x scene_scale`).
     Returns NaN metrics when there are no tracks.
@@ -83,11 +110,13 @@ def worldtrack_metrics(pred: np.ndarray, gt: np.ndarray, alignment: str = "globa
     gt = np.asarray(gt, dtype=np.float64)
     if pred.shape != gt.shape or gt.ndim != 3 or gt.shape[-1] != 3:
         raise ValueError(f"tracks must both be (N, T, 3); got pred {pred.shape}, gt {gt.shape}")
-    keys = [f"pts_within_{r:g}" for r in thresholds] + ["apd", "epe"] + (["apd_rel", "epe_rel"] if relative else [])
+    keys = ([f"pts_within_{r:g}" for r in thresholds] + ["apd", "epe", "epe_anchor", "epe_motion"]
+            + (["apd_rel", "epe_rel"] if relative else []))
     if gt.shape[0] == 0 or gt.shape[1] == 0:
         return {key: float("nan") for key in keys}
     aligned = align_tracks(pred, gt, alignment)
     out = threshold_metrics(aligned, gt, thresholds)
+    out.update(error_decomposition(aligned, gt))
     if relative:
         unit = scene_scale(gt)
         rel = threshold_metrics(aligned, gt, [r * unit for r in RELATIVE_THRESHOLDS])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from st4r_cli.geometry.align import apply_sim3
-from st4r_cli.metrics.worldtrack import dynamic_tracks, evaluate_worldtrack, worldtrack_metrics
+from st4r_cli.metrics.worldtrack import dynamic_tracks, error_decomposition, evaluate_worldtrack, worldtrack_metrics
 from st4r_cli.synthetic.scene import axis_angle_to_matrix
 
 
@@ -31,6 +31,28 @@ def test_hand_computed_no_alignment():
     assert m["epe"] == pytest.approx(0.2375)
     boundary = worldtrack_metrics(gt + np.array([0.0, 0.0, 0.5]), gt, alignment="none")
     assert boundary["pts_within_0.5"] == 1.0  # St4RTrack counts d <= threshold
+
+
+def test_error_decomposition_separates_start_and_motion():
+    gt = _tracks()
+    rng = np.random.default_rng(5)
+    # every track starts 0.3 off along its own direction and then moves exactly as the ground truth
+    offset = rng.normal(size=(len(gt), 1, 3))
+    offset *= 0.3 / np.linalg.norm(offset, axis=-1, keepdims=True)
+    m = worldtrack_metrics(gt + offset, gt, "none")
+    assert m["epe_anchor"] == pytest.approx(0.3) and m["epe_motion"] == pytest.approx(0.0, abs=1e-12)
+    assert m["epe"] == pytest.approx(0.3)
+    # exact frame 0, motion doubled: the motion error is the ground-truth displacement itself
+    doubled = gt + (gt - gt[:, :1])
+    d = error_decomposition(doubled, gt)
+    assert d["epe_anchor"] == pytest.approx(0.0, abs=1e-12)
+    assert d["epe_motion"] == pytest.approx(np.linalg.norm(gt - gt[:, :1], axis=-1).mean())
+    # both: the triangle inequality bounds the EPE, on a hand case with both parts
+    both = worldtrack_metrics(doubled + offset, gt, "none")
+    assert both["epe"] <= both["epe_anchor"] + both["epe_motion"] + 1e-12
+    assert both["epe"] >= abs(both["epe_anchor"] - both["epe_motion"]) - 1e-12
+    hand = error_decomposition(np.array([[[0.0, 0, 1], [0, 0.5, 1]]]), np.array([[[0.0, 0, 2], [0, 0, 2]]]))
+    assert hand == {"epe_anchor": 1.0, "epe_motion": 0.25}  # frame 1 moved 0.5 where gt stood still
 
 
 def test_alignments_undo_their_transform_only():
