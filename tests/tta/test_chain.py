@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from st4r_cli.errors import St4rError
 from st4r_cli.formats.scene import validate_scene
@@ -17,11 +18,7 @@ VELOCITY = np.array([0.03, -0.01, 0.02])  # the whole surface moves: every track
 
 
 def _rot(omega):
-    theta = np.linalg.norm(omega)
-    if theta < 1e-12:
-        return np.eye(3)
-    k = np.array([[0, -omega[2], omega[1]], [omega[2], 0, -omega[0]], [-omega[1], omega[0], 0]]) / theta
-    return np.eye(3) + np.sin(theta) * k + (1 - np.cos(theta)) * k @ k
+    return Rotation.from_rotvec(omega).as_matrix()
 
 
 def _c2w(t, speed=1.0):
