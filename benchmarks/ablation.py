@@ -226,7 +226,7 @@ def synthetic_rows(model, args) -> dict:
             tracks = grid_tracks(frames, seed)
             out[f"{preset}/{seed}"] = evaluate_variants(f"{preset}/{seed}", model, frames, tracks, tracks, clip,
                                                         args, seed)
-            _save_partial(args, out)
+            save_partial(args, out)
     return out
 
 
@@ -237,7 +237,7 @@ def davis_rows(model, args) -> dict:
         tracks_tta = grid_tracks(frames, 0)
         tracks_out = query_tracks(frames, queries, 0)
         out[path.name] = evaluate_variants(path.name, model, frames, tracks_tta, tracks_out, clip, args, 0)
-        _save_partial(args, {"davis": out})
+        save_partial(args, {"davis": out})
     return out
 
 
@@ -281,20 +281,21 @@ def sevenscenes_rows(model, args) -> dict:
             rows["colmap"] = row
             print(f"{path.name} colmap: {json.dumps(row)}", flush=True)
         out[path.name] = rows
-        _save_partial(args, {"sevenscenes": out})
+        save_partial(args, {"sevenscenes": out})
     return out
 
 
-def _save_partial(args, part: dict) -> None:
+def save_partial(args, part: dict) -> None:
+    """Merge `part` into the results so far and rewrite `args.out` atomically (header first)."""
     args.partial.update(part)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OUT.with_suffix(".json.tmp")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({**args.header, **args.partial}, indent=2) + "\n")
-    os.replace(tmp, OUT)
+    os.replace(tmp, out)
 
 
 def main() -> None:
-    global OUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "weights" / "st4r-tiny" / "model.safetensors"))
     parser.add_argument("--presets", nargs="*", default=["easy", "occlusion", "fast-motion", "static-scene"])
@@ -323,7 +324,6 @@ def main() -> None:
     progress.set_verbosity(quiet=True)
     torch.set_num_threads(args.threads)
     model = load_model(args.model, "cpu")
-    OUT = Path(args.out)
     args.header = {"model": args.model, "frames": args.frames, "adapt": adapt_header(args),
                    "chain": ("defaults: refine ba, fuse_tracks on (full pipeline)" if args.refine
                              else "refine none, fuse_tracks off (TTA comparison)"),
@@ -331,15 +331,15 @@ def main() -> None:
                    "seeds": args.seeds}
     args.partial = {}
     if args.presets:
-        _save_partial(args, {"synthetic": synthetic_rows(model, args)})
+        save_partial(args, {"synthetic": synthetic_rows(model, args)})
     if args.davis:
-        _save_partial(args, {"davis": davis_rows(model, args)})
+        save_partial(args, {"davis": davis_rows(model, args)})
     if args.sevenscenes:
-        _save_partial(args, {"sevenscenes": sevenscenes_rows(model, args)})
+        save_partial(args, {"sevenscenes": sevenscenes_rows(model, args)})
     summary = summarize(args.partial)
-    _save_partial(args, {"summary": summary})
+    save_partial(args, {"summary": summary})
     print_comparisons(summary)
-    print("->", OUT)
+    print("->", args.out)
 
 
 def print_comparisons(summary: dict) -> None:

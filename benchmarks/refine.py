@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from ablation import (
     davis_clips,
     grid_tracks,
     query_tracks,
+    save_partial,
     score,
     sevenscenes_clip,
     sevenscenes_clips,
@@ -78,7 +78,7 @@ def synthetic(model, args) -> dict:
             clip, frames = synthetic_clip(preset, seed, args.frames)
             tracks = grid_tracks(frames, seed)
             out[clip.name] = clip_rows(model, frames, tracks, tracks, clip, args, seed)
-            save(args, {"synthetic": out})
+            save_partial(args, {"synthetic": out})
     return out
 
 
@@ -88,7 +88,7 @@ def davis(model, args) -> dict:
         clip, frames, queries = davis_clip(path, 32)
         out[path.name] = clip_rows(model, frames, grid_tracks(frames, 0), query_tracks(frames, queries, 0), clip,
                                    args, 0)
-        save(args, {"davis": out})
+        save_partial(args, {"davis": out})
     return out
 
 
@@ -97,7 +97,7 @@ def sevenscenes(model, args) -> dict:
     for path in sevenscenes_clips():
         clip, frames, tracks = sevenscenes_clip(path)
         out[path.name] = clip_rows(model, frames, tracks, tracks, clip, args, 0)
-        save(args, {"sevenscenes": out})
+        save_partial(args, {"sevenscenes": out})
     return out
 
 
@@ -117,15 +117,6 @@ def summarize(results: dict) -> dict:
             summary[group][setting] = {k: round(float(np.mean([c[setting][k] for c in clips if k in c[setting]])), 4)
                                        for k in keys}
     return summary
-
-
-def save(args, part: dict) -> None:
-    args.partial.update(part)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**args.header, **args.partial}, indent=2) + "\n")
-    os.replace(tmp, out)
 
 
 def main() -> None:
@@ -157,7 +148,7 @@ def main() -> None:
         davis(model, args)
     if args.sevenscenes:
         sevenscenes(model, args)
-    save(args, {"summary": summarize(args.partial)})
+    save_partial(args, {"summary": summarize(args.partial)})
     print("->", args.out)
 
 
