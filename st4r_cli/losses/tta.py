@@ -80,8 +80,9 @@ class TTALossConfig:
     mask_eps_rel: float = 0.05         # z-buffer tolerance relative to the surface depth
     inv_weight_eps: float = 1.0        # eps of the 1/(sigma^2 + eps) weights, pixels^2
     prior_weight: float = 0.0          # both kinds: self-distillation prior (see `prior_loss`)
-    prior_kind: str = "points"         # points: pull both heads to the frozen outputs | depth: frozen
-                                       # head-2 z-depth as the eq.-9 mono-depth target
+    prior_kind: str = "points"         # points: pull both heads to the frozen outputs | anchor: head 2
+                                       # everywhere, head 1 only on the (a, a) pair (motion left free) |
+                                       # depth: frozen head-2 z-depth as the eq.-9 mono-depth target
 
 
 @dataclass
@@ -248,21 +249,34 @@ def prior_loss(pred: dict[str, torch.Tensor], w2c: torch.Tensor, frozen: dict[st
     points: mean over the P pairs and both heads of the mean 3D distance between the adapted and the
         frozen pointmaps at every `frozen["stride"]`-th pixel, divided by the frozen pointmap's mean
         distance to the anchor camera (a relative, scale-pinning pull).
+    anchor: the same distance for head 2 on every pair, but for head 1 only on the pairs marked in
+        `frozen["is_anchor"]` (P,) bool, the (a, a) pairs: the geometry (frame a's and every frame j's
+        own points) stays pinned while head 1's points at time j, i.e. the motion, are left to the
+        trajectory and align losses. (With `points` the pull on head 1 at time j holds the motion to the
+        pre-TTA network's.)
     depth: the eq.-9 depth loss (`depth_loss`, per-frame scale alpha*) against the frozen head-2
         z-depth `frozen["depth"]` (P, H, W), i.e. the pre-TTA network as its own mono-depth.
     """
+    import torch
+
     if kind == "depth":
         return depth_loss(pred["recon_pts"], w2c, frozen["depth"], None)
-    if kind != "points":
-        raise ValueError(f"unknown prior kind {kind!r} (points | depth)")
+    if kind not in ("points", "anchor"):
+        raise ValueError(f"unknown prior kind {kind!r} (points | anchor | depth)")
     stride = int(frozen["stride"])
-    total = pred["track_pts"].sum() * 0.0
-    for key in ("track_pts", "recon_pts"):
+
+    def pull(key: str) -> torch.Tensor:  # (P,) relative mean 3D distance to the frozen pointmap
         cur = pred[key][:, ::stride, ::stride]
         ref = frozen[key].to(cur)
-        scale = ref.norm(dim=-1).mean(dim=(1, 2)).clamp(min=1e-6)  # (P,)
-        total = total + ((cur - ref).norm(dim=-1).mean(dim=(1, 2)) / scale).mean()
-    return total / 2.0
+        scale = ref.norm(dim=-1).mean(dim=(1, 2)).clamp(min=1e-6)
+        return (cur - ref).norm(dim=-1).mean(dim=(1, 2)) / scale
+
+    head2 = pull("recon_pts").mean()
+    if kind == "points":
+        return (pull("track_pts").mean() + head2) / 2.0
+    is_anchor = frozen["is_anchor"].to(device=pred["track_pts"].device, dtype=torch.bool)
+    head1 = pull("track_pts")[is_anchor].mean() if bool(is_anchor.any()) else head2 * 0.0
+    return (head1 + head2) / 2.0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -69,7 +69,8 @@ class AdaptConfig:
     mask_eps_rel: float = 0.05
     prior_weight: float = 5.0         # self-distillation prior towards the pre-TTA network (both losses;
                                       # 0 disables): without a depth term nothing else pins the geometry
-    prior_kind: str = "points"        # points (both heads' pointmaps) | depth (head-2 z-depth, eq. 9)
+    prior_kind: str = "points"        # points (both heads' pointmaps) | anchor (head 2, and head 1 on the
+                                      # (a, a) pair only: motion free) | depth (head-2 z-depth, eq. 9)
     prior_stride: int = 4             # points prior: every k-th pixel in x and y
     diverge_factor: float = 4.0       # a loss above this x its running average triggers a rollback
     batch_size: int = 0               # inference pairs per batch; 0 -> 4 on CPU, 16 on CUDA
@@ -124,8 +125,8 @@ def check_adapt_config(config: AdaptConfig) -> None:
         raise St4rError("adapt.frames_per_step must be >= 2 (the anchor pair plus at least one frame)")
     if config.pnp_stride < 1 or config.max_tracks < 1 or config.prior_stride < 1:
         raise St4rError("adapt.pnp_stride, adapt.max_tracks and adapt.prior_stride must be >= 1")
-    if config.prior_kind not in ("points", "depth"):
-        raise St4rError(f"adapt.prior_kind must be points or depth, got '{config.prior_kind}'")
+    if config.prior_kind not in ("points", "anchor", "depth"):
+        raise St4rError(f"adapt.prior_kind must be points, anchor or depth, got '{config.prior_kind}'")
     if config.tta_focal not in ("fixed", "per_step"):
         raise St4rError(f"adapt.tta_focal must be fixed or per_step, got '{config.tta_focal}'")
     if config.prior_weight < 0 or config.outlier_gate < 0:
@@ -575,6 +576,7 @@ def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int]
         if w_idx in frozen:
             rows = [j - anchor for j in targets]  # window frames are anchor, anchor + 1, ...
             prior = {key: (value if key == "stride" else value[rows]) for key, value in frozen[w_idx].items()}
+            prior["is_anchor"] = torch.tensor([j == anchor for j in targets])
         return tta_loss(pred, k_mat, w2c, batch, dep, val, loss_cfg, prior)
 
     def is_bad(w_idx: int, parts: dict[str, float]) -> bool:

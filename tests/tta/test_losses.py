@@ -252,6 +252,26 @@ def test_points_prior_hand_value():
         assert total.item() == pytest.approx(4.0 * parts["prior"], rel=1e-9)
 
 
+def test_anchor_prior_leaves_head_one_free_at_time_j():
+    frozen_pred, w2c = _plane(2.0, pairs=3)
+    frozen = dict(_frozen_points(frozen_pred, 2), is_anchor=torch.tensor([True, False, False]))
+    mean_norm = frozen_pred["track_pts"][0, ::2, ::2].norm(dim=-1).mean().item()
+    shift = torch.tensor([0.0, 0.0, 0.3], dtype=torch.float64)
+    # head 1 moved on the pairs (a, j), j != a: the motion; free under `anchor`, pulled under `points`
+    moved = {k: v.clone() for k, v in frozen_pred.items()}
+    moved["track_pts"][1:] += shift
+    assert prior_loss(moved, w2c, frozen, "anchor").item() == pytest.approx(0.0, abs=1e-12)
+    assert prior_loss(moved, w2c, frozen, "points").item() == pytest.approx(2 / 3 * 0.3 / mean_norm / 2, rel=1e-9)
+    # head 1 on the (a, a) pair (frame a's geometry): (0.3 / mean |X| + 0 for head 2) / 2
+    anchor_moved = {k: v.clone() for k, v in frozen_pred.items()}
+    anchor_moved["track_pts"][0] += shift
+    assert prior_loss(anchor_moved, w2c, frozen, "anchor").item() == pytest.approx(0.3 / mean_norm / 2, rel=1e-9)
+    # head 2 on any pair: (0 + mean over the 3 pairs of 0.3 / mean |X| on one of them) / 2
+    recon_moved = {k: v.clone() for k, v in frozen_pred.items()}
+    recon_moved["recon_pts"][2] += shift
+    assert prior_loss(recon_moved, w2c, frozen, "anchor").item() == pytest.approx(0.3 / mean_norm / 3 / 2, rel=1e-9)
+
+
 def test_points_prior_gradient_pulls_towards_the_frozen_prediction():
     frozen_pred, w2c = _plane(2.0)
     frozen = _frozen_points(frozen_pred, 1)
