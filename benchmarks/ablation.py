@@ -2,6 +2,7 @@
 
     python benchmarks/ablation.py [--model weights/st4r-tiny/model.safetensors] [--presets easy occlusion ...]
         [--seeds 0 1] [--frames 32] [--davis 3] [--sevenscenes] [--colmap] [--iters 30] [--threads 1] [--refine]
+        [--oracle-tracks]
 
 Per clip, the 2D pseudo-tracks (built-in tracker, 32x32 grid on frame 0) are computed once and shared by
 every variant; each variant starts from the same checkpoint, adapts (`stages.adapt.adapt_model`),
@@ -218,13 +219,33 @@ def davis_clip(path: Path, num_frames: int):
     return clip, frames, queries
 
 
+def oracle_tracks(clip, tracks: dict) -> dict:
+    """The tracker's frame-0 tracks with their positions and visibility replaced by the synthetic clip's
+    ground truth (2D projections of the exact 3D tracks, exact visibility); tracks without ground truth
+    (off-geometry queries) and frames where the point is behind the camera keep the tracker's values,
+    invisible. An upper bound on what a better tracker can give the TTA."""
+    from st4r_cli.eval.evaluate import dense_gt_at
+
+    query_xy = tracks["tracks_xy"][:, 0].astype(np.float64)
+    gt = dense_gt_at(clip, np.zeros(len(query_xy), np.int64), query_xy, 1.0)
+    rows = gt["query_rows"]
+    known = np.isfinite(gt["tracks2d"]).all(-1)  # (M, T)
+    out = dict(tracks)
+    out["tracks_xy"] = tracks["tracks_xy"].copy()
+    out["visible"] = tracks["visible"].copy()
+    out["tracks_xy"][rows] = np.where(known[..., None], gt["tracks2d"], tracks["tracks_xy"][rows])
+    out["visible"][rows] = gt["visible"].astype(bool) & known
+    return out
+
+
 def synthetic_rows(model, args) -> dict:
     out = {}
     for preset in args.presets:
         for seed in args.seeds:
             clip, frames = synthetic_clip(preset, seed, args.frames)
             tracks = grid_tracks(frames, seed)
-            out[f"{preset}/{seed}"] = evaluate_variants(f"{preset}/{seed}", model, frames, tracks, tracks, clip,
+            tracks_tta = oracle_tracks(clip, tracks) if args.oracle_tracks else tracks
+            out[f"{preset}/{seed}"] = evaluate_variants(f"{preset}/{seed}", model, frames, tracks_tta, tracks, clip,
                                                         args, seed)
             save_partial(args, out)
     return out
@@ -313,6 +334,9 @@ def main() -> None:
                         help="self-distillation prior weight, shared by every TTA variant (default: AdaptConfig's)")
     parser.add_argument("--refine", action="store_true",
                         help="score the full pipeline (chain refinement on) instead of the adapted network alone")
+    parser.add_argument("--oracle-tracks", action="store_true",
+                        help="synthetic presets: adapt on the ground-truth 2D tracks instead of the tracker's "
+                             "(outputs keep the tracker's queries and visibility)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
 
@@ -328,6 +352,7 @@ def main() -> None:
                    "chain": ("defaults: refine ba, fuse_tracks on (full pipeline)" if args.refine
                              else "refine none, fuse_tracks off (TTA comparison)"),
                    "threads": args.threads, "variants": args.variants, "depth_backend": "none",
+                   "tta_tracks": "ground truth (--oracle-tracks)" if args.oracle_tracks else "built-in tracker",
                    "seeds": args.seeds}
     args.partial = {}
     if args.presets:

@@ -156,7 +156,7 @@ def _ground_truth_for_queries(clip: Clip, queries: tuple[np.ndarray, np.ndarray]
         notes.append(f"static scene: ground-truth tracks derived at the prediction's {len(gt['query_t'])} "
                      "frame-0 queries with valid depth")
     elif all(k in gt for k in ("tracks3d_dense", "visible_dense", "intrinsics")):
-        gt = _dense_gt_at(clip, *queries, match_px)
+        gt = dense_gt_at(clip, *queries, match_px)
         notes.append(f"dense ground truth: tracks taken at the nearest pixel of the prediction's "
                      f"{len(gt['query_t'])} frame-0 queries")
     return gt
@@ -290,12 +290,13 @@ def _static_scene_gt_at(clip: Clip, query_t: np.ndarray, query_xy: np.ndarray) -
     return gt
 
 
-def _dense_gt_at(clip: Clip, query_t: np.ndarray, query_xy: np.ndarray, match_px: float) -> dict[str, np.ndarray]:
+def dense_gt_at(clip: Clip, query_t: np.ndarray, query_xy: np.ndarray, match_px: float) -> dict[str, np.ndarray]:
     """Sparse ground truth read from the dense frame-0 tracks at the prediction's frame-0 queries.
 
     Each query takes the track of its nearest pixel centre (exact for queries at pixel centres; queries
     farther than `match_px` from a centre, or on pixels without geometry, are left out). 2D tracks are
-    the projections of the 3D tracks with the ground-truth cameras.
+    the projections of the 3D tracks with the ground-truth cameras. `query_rows (M,)`: the index, in
+    the given queries, of each returned track.
     """
     gt = dict(clip.gt)
     height, width = clip.size_hw
@@ -316,7 +317,8 @@ def _dense_gt_at(clip: Clip, query_t: np.ndarray, query_xy: np.ndarray, match_px
                              K[1, 1] * cam[..., 1] / cam[..., 2] + K[1, 2]], axis=-1)
     tracks2d[cam[..., 2] <= 0] = np.nan
     gt.update(tracks3d=tracks3d, tracks2d=tracks2d, visible=gt["visible_dense"][:, row, col].T,
-              query_xy=xy[ok], query_t=np.zeros(int(ok.sum()), dtype=np.int64))
+              query_xy=xy[ok], query_t=np.zeros(int(ok.sum()), dtype=np.int64),
+              query_rows=np.flatnonzero(query_t == 0)[ok])
     if "dynamic_mask" in gt:
         gt["dynamic"] = gt["dynamic_mask"][0, row, col]
     return gt
