@@ -16,7 +16,7 @@ from typing import Any
 
 from st4r_cli import progress
 from st4r_cli.errors import St4rError
-from st4r_cli.runs import Artifact, Run, digest_file_or_missing, digest_path
+from st4r_cli.runs import Artifact, Run, RunConfig, digest_file_or_missing, digest_path
 from st4r_cli.runs.config import keyed_fields
 from st4r_cli.stages.decode import DECODE_VERSION, check_decode_config, decode
 
@@ -110,6 +110,21 @@ def run_chain(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact
     return run_chain_stage(run, artifacts, device)
 
 
+def check_run_config(config: RunConfig) -> None:
+    """Every stage's config checks (St4rError), before any stage runs: a bad `--set` value fails at
+    once, not after decoding and tracking."""
+    from st4r_cli.stages.adapt import check_adapt_config
+    from st4r_cli.stages.chain import check_chain_config
+    from st4r_cli.stages.depth import check_depth_config
+    from st4r_cli.stages.tracks import check_tracks_config
+
+    check_decode_config(config.decode)
+    check_tracks_config(config.tracks)
+    check_depth_config(config.depth)
+    check_adapt_config(config.adapt)
+    check_chain_config(config.chain)
+
+
 def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, Artifact]:
     """Run every stage (or up to and including `until`), publish scene.npz, mark the run complete.
 
@@ -119,6 +134,7 @@ def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, A
     stop_after = STAGES.index(until) if until else len(STAGES) - 1
     artifacts: dict[str, Artifact] = {}
     try:
+        check_run_config(run.config)
         artifacts["decode"] = run_decode(run)
         steps: list[tuple[str, Callable[[], Artifact | None]]] = [
             ("tracks", lambda: run_tracks(run, artifacts["decode"], device)),

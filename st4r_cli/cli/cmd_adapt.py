@@ -64,9 +64,7 @@ def command(
                  start=start, end=end, stride=stride, max_frames=max_frames, seed=seed)
     pipeline.check_force(force or [])
     pipeline.check_until(until)
-    from st4r_cli.stages.decode import check_decode_config
-
-    check_decode_config(run_config.decode)
+    pipeline.check_run_config(run_config)
     resolved_device = resolve_device(device)
     out_dir = out if out is not None else Path("runs") / video.stem
     with Run.create(out_dir, run_config, force=force or []) as run:

@@ -138,6 +138,8 @@ def test_unwritable_output_directory(capsys, tmp_path, small_video):
     (["--depth", "lidar"], r"Invalid value for '--depth'"),
     (["--set", "tracks.no_such_field=1"], r"no option 'no_such_field'"),
     (["--set", "tracks.grid_size=many"], r"expected an integer"),
+    (["--set", "adapt.prior_kind=foo"], r"adapt.prior_kind must be points, anchor or depth"),
+    (["--set", "chain.refine=magic"], r"chain.refine must be ba or none"),
     (["--force", "everything"], r"--force: unknown stage\(s\) everything"),
     (["--stride", "0"], r"--stride must be >= 1"),
     (["--max-frames", "1"], r"--max-frames must be >= 2"),
@@ -227,6 +229,7 @@ def test_pipeline_recomputes_only_what_depends_on_a_change(capsys, tmp_path, sma
     monkeypatch.setattr(tracks_stage, "compute_tracks", fake_tracks, raising=False)
     monkeypatch.setattr(depth_stage, "compute_depth", fake_depth, raising=False)
     monkeypatch.setattr(depth_stage.DepthConfig, "backend", "fake", raising=False)
+    monkeypatch.setattr(depth_stage, "BACKENDS", (*depth_stage.BACKENDS, "fake"))  # passes the config check
     run_dir = tmp_path / "run"
     base = ["adapt", small_video, "--out", run_dir, "--until", "depth", "--set", "depth.backend=fake"]
     assert st4r(capsys, *base)[0] == 0
