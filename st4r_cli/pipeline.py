@@ -111,8 +111,9 @@ def run_chain(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact
 
 
 def check_run_config(config: RunConfig) -> None:
-    """Every stage's config checks (St4rError), before any stage runs: a bad `--set` value fails at
-    once, not after decoding and tracking."""
+    """Every stage's config checks (St4rError), for a command to call before it creates the run dir:
+    a bad `--set` value fails at once, not after decoding and tracking (the stages check their own
+    config again when they run)."""
     from st4r_cli.stages.adapt import check_adapt_config
     from st4r_cli.stages.chain import check_chain_config
     from st4r_cli.stages.depth import check_depth_config
@@ -134,7 +135,6 @@ def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, A
     stop_after = STAGES.index(until) if until else len(STAGES) - 1
     artifacts: dict[str, Artifact] = {}
     try:
-        check_run_config(run.config)
         artifacts["decode"] = run_decode(run)
         steps: list[tuple[str, Callable[[], Artifact | None]]] = [
             ("tracks", lambda: run_tracks(run, artifacts["decode"], device)),
