@@ -64,7 +64,8 @@ class ChainConfig:
     ba_accept_px: float = 4.0         # the refined cameras are kept when the median reprojection is below
     ba_refine_focal: bool = False     # also refine the focal (needs rotation and parallax to be observable)
     ba_point_max_px: float = 2.0      # static tracks become bundle points below this median residual ...
-    ba_min_parallax_deg: float = 6.0  # ... and above this parallax (else: the network's depth)
+    ba_min_parallax_deg: float = 6.0  # ... and above this parallax at the bundle's solution ...
+    ba_min_parallax_2d_deg: float = 1.0  # ... and this one on the 2D tracks, the best camera rotation taken out
 
 
 def check_chain_config(config: ChainConfig) -> None:
@@ -83,6 +84,8 @@ def check_chain_config(config: ChainConfig) -> None:
         raise St4rError(f"chain.refine must be ba or none, got '{config.refine}'")
     if min(config.ba_every_k, config.ba_grid_size, config.ba_chunk) < 2:
         raise St4rError("chain.ba_every_k, ba_grid_size and ba_chunk must be >= 2")
+    if min(config.ba_point_max_px, config.ba_min_parallax_deg, config.ba_min_parallax_2d_deg) < 0:
+        raise St4rError("chain.ba_point_max_px, ba_min_parallax_deg and ba_min_parallax_2d_deg must be >= 0")
     if min(config.grid_size, config.dense_stride, config.pnp_stride, config.sim3_stride) < 1:
         raise St4rError("chain.grid_size, dense_stride, pnp_stride and sim3_stride must be >= 1")
 

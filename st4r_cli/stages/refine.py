@@ -19,8 +19,11 @@ The network gives every frame a depth map and a camera, and every query pixel a 
    sees static (same test as 2, on head 1) stays at its query-frame position, as long as that fixed
    point reprojects onto its 2D track (median within `ba_point_max_px`). That position keeps the
    network's depth when it fits; when it does not, the bundle's triangulated point replaces it if that
-   is well fixed (3+ views, median residual under `ba_point_max_px`, parallax over
-   `ba_min_parallax_deg`). Otherwise the track is treated as moving.
+   is well fixed: 3+ views, median residual under `ba_point_max_px`, parallax over
+   `ba_min_parallax_deg` at the bundle's solution, and over `ba_min_parallax_2d_deg` on the 2D tracks
+   once the best camera rotation is taken out (with little parallax the bundle can trade depth for
+   baseline, then see the parallax it made up in its own solution). Otherwise the track is treated
+   as moving.
 """
 
 from __future__ import annotations
@@ -79,8 +82,12 @@ def refine_scene(scene: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[
     new_k[0, 0] = new_k[1, 1] = result.focal
     new_w2c = result.cam_w2c
     bundle_points = _bundle_points(result, bundle, principal, new_w2c)
-    fixed = _well_triangulated(result, bundle_points, new_w2c, bundle["query_t"], config.ba_point_max_px,
-                               config.ba_min_parallax_deg) & static & usable
+    # parallax at the bundle's solution and, as it can trade depth for baseline when there is little
+    # parallax (bas-relief) and then see the parallax it made up, also on the 2D tracks alone
+    parallax_ok = ((_parallax_deg(result, bundle_points, new_w2c, bundle["query_t"]) >= config.ba_min_parallax_deg)
+                   & (_rotation_free_parallax_deg(result, bundle, result.focal, principal)
+                      >= config.ba_min_parallax_2d_deg))
+    fixed = _well_triangulated(result, config.ba_point_max_px) & parallax_ok & static & usable
     out["intrinsics"] = new_k.astype(np.float32)
     out["cam_c2w"] = np.linalg.inv(new_w2c).astype(np.float32)
     out["pointmaps"] = _relift_pointmaps(scene["pointmaps"], cam_w2c, new_w2c, new_k)
@@ -147,8 +154,7 @@ def _network_depth_and_static(scene: dict[str, np.ndarray], cam_w2c: np.ndarray,
         sel = np.flatnonzero(bundle["visible"][:, t] & _inside(bundle["tracks_xy"][:, t], (h, w)))
         if sel.size:
             motion[sel, t] = np.linalg.norm(_bilinear(pointmaps[t], bundle["tracks_xy"][sel, t]) - start[sel], axis=1)
-    with np.errstate(all="ignore"):
-        typical = np.nanmedian(motion, axis=1)
+    typical = _row_nanmedian(motion)
     # the threshold adapts to the network's own frame-to-frame inconsistency (large on real video)
     noise = float(np.nanmedian(typical)) if np.isfinite(typical).any() else 0.0
     threshold = max(config.ba_dynamic_rel * scene_depth, 3.0 * noise)
@@ -189,16 +195,50 @@ def _bundle_points(result: Any, bundle: dict[str, np.ndarray], principal: tuple[
     return np.einsum("kji,kj->ki", rot, cam - trans)
 
 
-def _well_triangulated(result: Any, bundle_points: np.ndarray, new_w2c: np.ndarray, query_t: np.ndarray,
-                       max_px: float, min_parallax_deg: float) -> np.ndarray:
-    """(B,) bool: bundle tracks whose point the bundle fixes well.
+def _rotation_free_parallax_deg(result: Any, bundle: dict[str, np.ndarray], focal: float,
+                                principal: tuple[float, float]) -> np.ndarray:
+    """(B,) parallax of each bundle track that no camera rotation explains, in degrees.
 
-    Seen in at least 3 other frames, median residual under `max_px`, and a parallax (largest angle
-    between the rays from the query camera and from an observing camera) of at least `min_parallax_deg`.
+    For every (query frame s, observing frame t) pair, the rotation that best maps the query pixels'
+    bearing vectors onto the tracked pixels' (Procrustes, refitted twice without observations over 3x
+    the median angle) stands for a camera that only turns; an observation's parallax is the angle
+    between its tracked bearing and the rotated query bearing, and a track's is its largest one. This
+    needs only the 2D tracks and the focal: it cannot be fooled by a bundle solution that trades depth
+    for baseline when there is little parallax (the bas-relief ambiguity). Pairs with fewer than 3
+    observations give 0.
     """
     import numpy as np
 
-    count = len(bundle_points)
+    def bearings(xy: np.ndarray) -> np.ndarray:
+        ray = np.concatenate([(xy - np.asarray(principal)) / focal, np.ones((len(xy), 1))], 1)
+        return ray / np.linalg.norm(ray, axis=1, keepdims=True)
+
+    query_t = bundle["query_t"][result.obs_track]
+    from_query = bearings(bundle["query_xy"][result.obs_track])                             # (M, 3)
+    tracked = bearings(bundle["tracks_xy"][result.obs_track, result.obs_frame])              # (M, 3)
+    angle = np.zeros(len(result.obs_track))
+    pair = query_t * (int(result.obs_frame.max(initial=0)) + 1) + result.obs_frame
+    for key in np.unique(pair):
+        sel = np.flatnonzero(pair == key)
+        if sel.size < 3:
+            continue
+        keep = np.ones(sel.size, bool)
+        for _refit in range(3):
+            u, _, vt = np.linalg.svd(tracked[sel[keep]].T @ from_query[sel[keep]])
+            rot = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+            cos = (tracked[sel] * (from_query[sel] @ rot.T)).sum(1)
+            angle[sel] = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+            keep = angle[sel] <= 3.0 * np.median(angle[sel]) + 1e-9
+    parallax = np.zeros(len(bundle["query_t"]))
+    np.maximum.at(parallax, result.obs_track, angle)
+    return parallax
+
+
+def _well_triangulated(result: Any, max_px: float) -> np.ndarray:
+    """(B,) bool: bundle tracks seen in at least 3 other frames with a median residual under `max_px`."""
+    import numpy as np
+
+    count = len(result.inv_depth)
     obs = np.bincount(result.obs_track, minlength=count)
     order = np.argsort(result.obs_track, kind="stable")
     starts = np.concatenate([[0], np.cumsum(obs)[:-1]]).astype(np.int64)
@@ -206,13 +246,21 @@ def _well_triangulated(result: Any, bundle_points: np.ndarray, new_w2c: np.ndarr
     median = np.full(count, np.inf)
     for n in np.flatnonzero(obs >= 3):
         median[n] = np.median(sorted_res[starts[n]:starts[n] + obs[n]])
-    centres = np.linalg.inv(new_w2c)[:, :3, 3]
-    ray_q = bundle_points[result.obs_track] - centres[query_t[result.obs_track]]
-    ray_t = bundle_points[result.obs_track] - centres[result.obs_frame]
+    return (obs >= 3) & (median < max_px)
+
+
+def _parallax_deg(result: Any, points: np.ndarray, w2c: np.ndarray, query_t: np.ndarray) -> np.ndarray:
+    """(B,) largest angle (degrees) at each world point (B, 3) between the ray from its query camera
+    and the ray from a camera that observes it in the bundle; cameras w2c (T, 4, 4)."""
+    import numpy as np
+
+    centres = np.linalg.inv(w2c)[:, :3, 3]
+    ray_q = points[result.obs_track] - centres[query_t[result.obs_track]]
+    ray_t = points[result.obs_track] - centres[result.obs_frame]
     cos = (ray_q * ray_t).sum(-1) / (np.linalg.norm(ray_q, axis=-1) * np.linalg.norm(ray_t, axis=-1) + 1e-12)
-    parallax = np.zeros(count)
+    parallax = np.zeros(len(points))
     np.maximum.at(parallax, result.obs_track, np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
-    return (obs >= 3) & (median < max_px) & (parallax >= min_parallax_deg)
+    return parallax
 
 
 def _static_tracks(tracks3d: np.ndarray, query_t: np.ndarray, rel: float) -> np.ndarray:
@@ -222,8 +270,7 @@ def _static_tracks(tracks3d: np.ndarray, query_t: np.ndarray, rel: float) -> np.
     start = tracks3d[np.arange(len(tracks3d)), query_t]                    # (N, 3)
     motion = np.linalg.norm(tracks3d - start[:, None], axis=-1)             # (N, T)
     motion[np.arange(tracks3d.shape[1])[None] < query_t[:, None]] = np.nan
-    with np.errstate(all="ignore"):
-        typical = np.nanmedian(motion, axis=1)
+    typical = _row_nanmedian(motion)
     scene_depth = float(np.median(np.abs(start[:, 2]))) if len(start) else 1.0
     noise = float(np.nanmedian(typical)) if np.isfinite(typical).any() else 0.0
     return ~(typical > max(rel * scene_depth, 3.0 * noise))
@@ -286,7 +333,7 @@ def _fits_static(points: np.ndarray, tracker_xy: np.ndarray, tracker_seen: np.nd
     with np.errstate(all="ignore"):
         xy = k_mat[0, 0] * cam[..., :2] / cam[..., 2:3] + k_mat[[0, 1], [2, 2]]
         err = np.where(tracker_seen & (cam[..., 2] > 0), np.linalg.norm(xy - tracker_xy, axis=-1), np.nan)
-        typical = np.nanmedian(err, axis=1)
+    typical = _row_nanmedian(err)
     return ~(typical > max_px) & (np.isfinite(err).sum(1) > 0)
 
 
@@ -318,3 +365,14 @@ def _fuse(tracks3d: np.ndarray, tracker_xy: np.ndarray, tracker_seen: np.ndarray
     moved = np.einsum("tij,ntj->nti", c2w[:, :3, :3], ray * depth[..., None]) + c2w[None, :, :3, 3]
     ok = np.isfinite(moved).all(-1) & (depth > 0)
     return np.where(ok[..., None], moved, tracks3d)
+
+
+def _row_nanmedian(values: np.ndarray) -> np.ndarray:
+    """(N,) median of each row of (N, T) over its finite entries; NaN, without a warning, for a row with none."""
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(values, axis=1)

@@ -1,5 +1,8 @@
 """Camera refinement (bundle adjustment) and track fusion of a chained scene, against exact ground truth."""
 
+import warnings
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -7,7 +10,14 @@ from scipy.spatial.transform import Rotation
 from st4r_cli.formats.clip import clip_from_synthetic
 from st4r_cli.metrics.camera import camera_metrics
 from st4r_cli.stages.chain import ChainConfig
-from st4r_cli.stages.refine import _fuse, refine_scene
+from st4r_cli.stages.refine import (
+    _fits_static,
+    _fuse,
+    _parallax_deg,
+    _rotation_free_parallax_deg,
+    _well_triangulated,
+    refine_scene,
+)
 from st4r_cli.synthetic import render_clip
 
 
@@ -21,6 +31,75 @@ def test_fuse_moves_points_onto_the_tracked_rays_at_their_depth():
     np.testing.assert_allclose(out[0, 0], [0.5, 0.0, 5.0])             # 10 px right at depth 5
     np.testing.assert_allclose(out[0, 2], [0.0, 1.0, 5.0])             # 20 px down at depth 5
     np.testing.assert_allclose(out[0, 1], [0.5, 0.0, 5.0])             # unseen: the nearest offset (frame 0)
+
+
+def test_fits_static_checks_the_median_reprojection_and_is_quiet_about_unseen_tracks():
+    k_mat = np.array([[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]])
+    w2c = np.tile(np.eye(4), (3, 1, 1))
+    w2c[1:, 0, 3] = -0.5                                  # cameras 1, 2 moved 0.5 right: 10 px at depth 5
+    points = np.array([[0.0, 0.0, 5.0]] * 3)
+    tracker_xy = np.tile([[50.0, 40.0], [40.0, 40.0], [40.0, 40.0]], (3, 1, 1))
+    tracker_xy[1, 1:] = [[45.0, 40.0], [45.0, 40.0]]     # track 1: 5 px off where the camera moved
+    seen = np.ones((3, 3), bool)
+    seen[2] = False                                      # track 2: never seen
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fits = _fits_static(points, tracker_xy, seen, w2c, k_mat, max_px=2.0)
+    assert fits.tolist() == [True, False, False]
+
+
+def _two_view_bundle(cam1_w2c: np.ndarray, points: np.ndarray, focal: float = 100.0):
+    """Bundle tracks of world points (N, 3) queried in camera 0 (identity) and seen in camera 1."""
+    k_mat = np.array([[focal, 0, 64.0], [0, focal, 48.0], [0, 0, 1]])
+
+    def project(w2c):
+        cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+        return cam[:, :2] / cam[:, 2:] * focal + k_mat[:2, 2]
+
+    tracks_xy = np.stack([project(np.eye(4)), project(cam1_w2c)], 1)                   # (N, 2, 2)
+    bundle = {"query_t": np.zeros(len(points), np.int64), "query_xy": tracks_xy[:, 0], "tracks_xy": tracks_xy}
+    result = SimpleNamespace(obs_track=np.arange(len(points)), obs_frame=np.ones(len(points), np.int64))
+    return bundle, result, (64.0, 48.0)
+
+
+def test_rotation_free_parallax_is_zero_for_a_turning_camera_and_grows_with_the_baseline():
+    rng = np.random.default_rng(0)
+    near = np.c_[rng.uniform(-0.5, 0.5, (40, 2)), np.full(40, 2.0)]   # two depth layers, 2 m and 8 m
+    far = np.c_[rng.uniform(-2.0, 2.0, (40, 2)), np.full(40, 8.0)]
+    points = np.concatenate([near, far])
+    turn = np.eye(4)
+    turn[:3, :3] = Rotation.from_euler("yx", [6.0, -3.0], degrees=True).as_matrix()
+    bundle, result, principal = _two_view_bundle(turn, points)
+    parallax = _rotation_free_parallax_deg(result, bundle, 100.0, principal)
+    assert parallax.max() < 1e-5                      # a camera that only turns: no depth to see
+    gaps = []
+    for baseline in (0.1, 0.4):
+        shift = turn.copy()
+        shift[0, 3] = -baseline                       # the camera also moves sideways
+        bundle, result, principal = _two_view_bundle(shift, points)
+        parallax = _rotation_free_parallax_deg(result, bundle, 100.0, principal)
+        # the fitted turn absorbs the mean image motion: each layer keeps about half the near/far difference
+        between_layers = np.degrees(np.arctan(baseline / 2.0) - np.arctan(baseline / 8.0))
+        assert 0.4 * between_layers < np.median(parallax) < 0.6 * between_layers
+        gaps.append(np.median(parallax))
+    assert gaps[1] > 3.0 * gaps[0]
+
+
+def test_bundle_parallax_is_the_widest_angle_between_the_query_ray_and_an_observing_ray():
+    w2c = np.tile(np.eye(4), (3, 1, 1))
+    w2c[1, 0, 3] = -5.0                                   # camera 1 centred at x = 5: 45 degrees at (0, 0, 5)
+    w2c[2, 0, 3] = -5.0 * np.tan(np.radians(10.0))        # camera 2: 10 degrees
+    points = np.array([[0.0, 0.0, 5.0], [0.0, 0.0, 5.0]])
+    # both tracks are queried in camera 0; track 0 is seen by cameras 1 and 2, track 1 by camera 2 only
+    result = SimpleNamespace(obs_track=np.array([0, 0, 1]), obs_frame=np.array([1, 2, 2]))
+    np.testing.assert_allclose(_parallax_deg(result, points, w2c, np.array([0, 0])), [45.0, 10.0], atol=1e-9)
+
+
+def test_well_triangulated_needs_three_views_and_a_small_median_residual():
+    #                         track: 0 (ok)   1 (2 views)  2 (median 3 px)
+    result = SimpleNamespace(obs_track=np.array([0, 0, 0, 1, 1, 2, 2, 2]), inv_depth=np.ones(3),
+                             residual_px=np.array([0.1, 0.3, 9.0, 0.1, 0.1, 3.0, 3.0, 0.1]))
+    assert _well_triangulated(result, max_px=2.0).tolist() == [True, False, False]
 
 
 @pytest.fixture(scope="module")
