@@ -218,8 +218,9 @@ def _rotation_free_parallax_deg(result: Any, bundle: dict[str, np.ndarray], foca
     tracked = bearings(bundle["tracks_xy"][result.obs_track, result.obs_frame])              # (M, 3)
     angle = np.zeros(len(result.obs_track))
     pair = query_t * (int(result.obs_frame.max(initial=0)) + 1) + result.obs_frame
-    for key in np.unique(pair):
-        sel = np.flatnonzero(pair == key)
+    order = np.argsort(pair, kind="stable")
+    bounds = np.flatnonzero(np.diff(pair[order])) + 1
+    for sel in np.split(order, bounds):
         if sel.size < 3:
             continue
         keep = np.ones(sel.size, bool)
