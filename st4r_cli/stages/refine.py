@@ -82,8 +82,8 @@ def refine_scene(scene: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[
     new_k[0, 0] = new_k[1, 1] = result.focal
     new_w2c = result.cam_w2c
     bundle_points = _bundle_points(result, bundle, principal, new_w2c)
-    # parallax at the bundle's solution and, as it can trade depth for baseline when there is little
-    # parallax (bas-relief) and then see the parallax it made up, also on the 2D tracks alone
+    # parallax both at the bundle's solution and on the 2D tracks alone: with little parallax the
+    # bundle can trade depth for baseline (bas-relief) and then see the parallax it made up
     parallax_ok = ((_parallax_deg(result, bundle_points, new_w2c, bundle["query_t"]) >= config.ba_min_parallax_deg)
                    & (_rotation_free_parallax_deg(result, bundle, result.focal, principal)
                       >= config.ba_min_parallax_2d_deg))
