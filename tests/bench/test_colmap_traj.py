@@ -3,26 +3,13 @@ static scene whose trajectory is known exactly."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from st4r_cli.errors import St4rError
 from st4r_cli.metrics.camera import camera_metrics
-
-COLMAP_MODULE = Path(__file__).resolve().parents[2] / "benchmarks" / "_colmap.py"
-
-
-@pytest.fixture(scope="module")
-def colmap():
-    spec = importlib.util.spec_from_file_location("st4r_bench_colmap", COLMAP_MODULE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module           # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_cam_c2w_by_hand(colmap):

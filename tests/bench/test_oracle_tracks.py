@@ -2,23 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
-import pytest
-
-ABLATION = Path(__file__).resolve().parents[2] / "benchmarks" / "ablation.py"
-
-
-@pytest.fixture(scope="module")
-def ablation():
-    spec = importlib.util.spec_from_file_location("st4r_bench_ablation", ABLATION)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_oracle_tracks_follow_the_exact_geometry(ablation):
