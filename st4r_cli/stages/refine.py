@@ -154,12 +154,19 @@ def _network_depth_and_static(scene: dict[str, np.ndarray], cam_w2c: np.ndarray,
         sel = np.flatnonzero(bundle["visible"][:, t] & _inside(bundle["tracks_xy"][:, t], (h, w)))
         if sel.size:
             motion[sel, t] = np.linalg.norm(_bilinear(pointmaps[t], bundle["tracks_xy"][sel, t]) - start[sel], axis=1)
+    return depth, _static_by_motion(motion, scene_depth, config.ba_dynamic_rel)
+
+
+def _static_by_motion(motion: np.ndarray, scene_depth: float, rel: float) -> np.ndarray:
+    """(N,) bool from (N, T) distances of each track's point at t to its query-frame point (NaN: no
+    sample): static when the median distance stays within `rel` x `scene_depth`, or within 3x the median
+    of that over all tracks (the threshold adapts to the network's own frame-to-frame inconsistency,
+    large on real video). A track with no sample counts as static."""
+    import numpy as np
+
     typical = _row_nanmedian(motion)
-    # the threshold adapts to the network's own frame-to-frame inconsistency (large on real video)
     noise = float(np.nanmedian(typical)) if np.isfinite(typical).any() else 0.0
-    threshold = max(config.ba_dynamic_rel * scene_depth, 3.0 * noise)
-    static = ~(typical > threshold)  # NaN (never seen again) counts as static
-    return depth, static
+    return ~(typical > max(rel * scene_depth, 3.0 * noise))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,10 +278,8 @@ def _static_tracks(tracks3d: np.ndarray, query_t: np.ndarray, rel: float) -> np.
     start = tracks3d[np.arange(len(tracks3d)), query_t]                    # (N, 3)
     motion = np.linalg.norm(tracks3d - start[:, None], axis=-1)             # (N, T)
     motion[np.arange(tracks3d.shape[1])[None] < query_t[:, None]] = np.nan
-    typical = _row_nanmedian(motion)
     scene_depth = float(np.median(np.abs(start[:, 2]))) if len(start) else 1.0
-    noise = float(np.nanmedian(typical)) if np.isfinite(typical).any() else 0.0
-    return ~(typical > max(rel * scene_depth, 3.0 * noise))
+    return _static_by_motion(motion, scene_depth, rel)
 
 
 def _relift_tracks(scene: dict[str, np.ndarray], tracks: dict[str, np.ndarray] | None, new_w2c: np.ndarray,
