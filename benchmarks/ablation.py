@@ -32,8 +32,12 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from st4r_cli.stages.adapt import AdaptConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "ablation.json"
@@ -88,14 +92,13 @@ def _rss_mib() -> float:
 
 def run_variant(model, frames, tracks_tta, tracks_out, variant: dict, args, seed: int) -> tuple[dict, dict]:
     """(scene arrays, stats) of one variant on one clip."""
-    from st4r_cli.stages.adapt import AdaptConfig, adapt_model, predict_windows
+    from st4r_cli.stages.adapt import adapt_model, predict_windows
     from st4r_cli.stages.chain import chain_windows
 
-    shared = {"iters": args.iters, "lr": args.lr, "params": args.params, "prior_weight": args.prior_weight}
-    base = AdaptConfig(cpu_threads=args.threads, **{k: v for k, v in shared.items() if v is not None})
-    cfg = replace(base, **variant)
+    cfg = replace(shared_adapt_config(args), cpu_threads=args.threads, **variant)
     queries = "tracks" if tracks_out is not None else "grid"
     chain = full_chain_config(queries=queries) if args.refine else tta_chain_config(queries=queries)
+    chain = replace(chain, **args.chain_overrides)
     net = copy.deepcopy(model)
     with PeakRss() as mem:
         start = time.perf_counter()
@@ -337,8 +340,21 @@ def main() -> None:
     parser.add_argument("--oracle-tracks", action="store_true",
                         help="synthetic presets: adapt on the ground-truth 2D tracks instead of the tracker's "
                              "(outputs keep the tracker's queries and visibility)")
+    parser.add_argument("--set", action="append", default=[], metavar="adapt.FIELD=VALUE",
+                        help="override an adapt.* or chain.* setting for every variant (repeatable), "
+                             "e.g. --set adapt.prior_kind=anchor")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
+    bad = [s for s in args.set if not s.startswith(("adapt.", "chain."))]
+    if bad:
+        parser.error(f"--set takes adapt.* or chain.* settings, got {bad[0]}")
+    from st4r_cli.errors import St4rError
+
+    try:
+        args.chain_overrides = chain_overrides(args.set)
+        shared_adapt_config(args)
+    except St4rError as err:
+        parser.error(str(err))
 
     import torch
 
@@ -353,7 +369,7 @@ def main() -> None:
                              else "refine none, fuse_tracks off (TTA comparison)"),
                    "threads": args.threads, "variants": args.variants, "depth_backend": "none",
                    "tta_tracks": "ground truth (--oracle-tracks)" if args.oracle_tracks else "built-in tracker",
-                   "seeds": args.seeds}
+                   "seeds": args.seeds, "overrides": args.set}
     args.partial = {}
     if args.presets:
         save_partial(args, {"synthetic": synthetic_rows(model, args)})
@@ -385,13 +401,33 @@ def adapt_header(args) -> dict:
     """The shared TTA settings of the run, CPU defaults resolved."""
     import dataclasses
 
-    from st4r_cli.stages.adapt import AdaptConfig, resolve
+    from st4r_cli.stages.adapt import resolve
 
-    shared = {"iters": args.iters, "lr": args.lr, "params": args.params, "prior_weight": args.prior_weight}
-    cfg = AdaptConfig(**{k: v for k, v in shared.items() if v is not None})
+    cfg = shared_adapt_config(args)
     out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("loss", "cpu_threads")}
     out.update(dataclasses.asdict(resolve(cfg, "cpu")))
     return out
+
+
+def shared_adapt_config(args) -> AdaptConfig:
+    """The TTA settings every variant shares: AdaptConfig's defaults, then `--set adapt.*`, then the
+    dedicated flags (--iters, --lr, --params, --prior-weight)."""
+    from st4r_cli.runs.config import RunConfig, apply_overrides
+
+    cfg = apply_overrides(RunConfig(), [s for s in args.set if s.startswith("adapt.")]).adapt
+    shared = {"iters": args.iters, "lr": args.lr, "params": args.params, "prior_weight": args.prior_weight}
+    return replace(cfg, **{k: v for k, v in shared.items() if v is not None})
+
+
+def chain_overrides(overrides: list[str]) -> dict:
+    """The `--set chain.*` values, checked against ChainConfig (applied on top of each run's chain config)."""
+    import dataclasses
+
+    from st4r_cli.runs.config import RunConfig, apply_overrides
+
+    chain = apply_overrides(RunConfig(), [s for s in overrides if s.startswith("chain.")]).chain
+    names = {s.split("=", 1)[0].split(".", 1)[1].strip() for s in overrides if s.startswith("chain.")}
+    return {name: getattr(chain, name) for name in names if name in {f.name for f in dataclasses.fields(chain)}}
 
 
 def summarize(results: dict) -> dict:
