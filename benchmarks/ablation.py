@@ -250,7 +250,7 @@ def synthetic_rows(model, args) -> dict:
             tracks_tta = oracle_tracks(clip, tracks) if args.oracle_tracks else tracks
             out[f"{preset}/{seed}"] = evaluate_variants(f"{preset}/{seed}", model, frames, tracks_tta, tracks, clip,
                                                         args, seed)
-            save_partial(args, out)
+            save_partial(args, {"synthetic": out})
     return out
 
 
@@ -343,8 +343,14 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="adapt.FIELD=VALUE",
                         help="override an adapt.* or chain.* setting for every variant (repeatable), "
                              "e.g. --set adapt.prior_kind=anchor")
+    parser.add_argument("--merge", nargs="+", metavar="PART.json",
+                        help="run nothing: merge result files of one setting run in parallel (e.g. one per "
+                             "preset) into --out, recomputing the summary")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
+    if args.merge:
+        merge_results(args.merge, args.out)
+        return
     bad = [s for s in args.set if not s.startswith(("adapt.", "chain."))]
     if bad:
         parser.error(f"--set takes adapt.* or chain.* settings, got {bad[0]}")
@@ -381,6 +387,32 @@ def main() -> None:
     save_partial(args, {"summary": summary})
     print_comparisons(summary)
     print("->", args.out)
+
+
+def merge_results(parts: list[str], out: str) -> None:
+    """Merge result files of ablation runs that differ only in their clips (same header otherwise) into
+    `out`, with the summary recomputed over all clips."""
+    results = [json.loads(Path(p).read_text()) for p in parts]
+    groups = ("synthetic", "davis", "sevenscenes")
+
+    def header_of(res: dict) -> dict:  # the settings (files written before a fix also hold clip rows, "x/0")
+        return {k: v for k, v in res.items() if k not in (*groups, "summary", "seeds") and "/" not in k}
+
+    header = header_of(results[0])
+    for part, res in zip(parts, results):
+        if header_of(res) != header:
+            raise SystemExit(f"ablation.py: error: {part} was run with other settings than {parts[0]}")
+    merged: dict = {**header, "seeds": sorted({s for r in results for s in r.get("seeds", [])}),
+                    "merged_from": [Path(p).name for p in parts]}
+    for group in groups:
+        rows = {name: row for res in results for name, row in res.get(group, {}).items()}
+        if rows:
+            merged[group] = rows
+    merged["summary"] = summarize({g: merged[g] for g in groups if g in merged})
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(merged, indent=2) + "\n")
+    print_comparisons(merged["summary"])
+    print("->", out)
 
 
 def print_comparisons(summary: dict) -> None:
