@@ -2,7 +2,8 @@
 
     python benchmarks/ablation.py [--model weights/st4r-tiny/model.safetensors] [--presets easy occlusion ...]
         [--seeds 0 1] [--frames 32] [--davis 3] [--sevenscenes] [--colmap] [--iters 30] [--threads 1] [--refine]
-        [--oracle-tracks]
+        [--oracle-tracks] [--set adapt.FIELD=VALUE ...] [--out results.json]
+    python benchmarks/ablation.py --merge part_a.json part_b.json --out results.json
 
 Per clip, the 2D pseudo-tracks (built-in tracker, 32x32 grid on frame 0) are computed once and shared by
 every variant; each variant starts from the same checkpoint, adapts (`stages.adapt.adapt_model`),
@@ -18,7 +19,9 @@ pipeline as `st4r adapt` runs it), and the resulting scene is scored with
   derivation, with COLMAP (pycolmap: SIFT, exhaustive matching, incremental mapping) beside it (`--colmap`).
 No mono-depth backend has weights here, so the depth term of the TTA loss is off in every variant.
 Seconds per frame = (adapt + window inference + chaining) / frames; peak memory = the process's peak
-resident set growth while the variant runs. Writes benchmarks/results/ablation.json.
+resident set growth while the variant runs. Writes benchmarks/results/ablation.json (or `--out`).
+On 2 cores, run one process per preset group and join their files with `--merge` (same settings
+required; the summary is recomputed over all clips).
 """
 
 from __future__ import annotations
@@ -453,13 +456,11 @@ def shared_adapt_config(args) -> AdaptConfig:
 
 def chain_overrides(overrides: list[str]) -> dict:
     """The `--set chain.*` values, checked against ChainConfig (applied on top of each run's chain config)."""
-    import dataclasses
-
     from st4r_cli.runs.config import RunConfig, apply_overrides
 
     chain = apply_overrides(RunConfig(), [s for s in overrides if s.startswith("chain.")]).chain
     names = {s.split("=", 1)[0].split(".", 1)[1].strip() for s in overrides if s.startswith("chain.")}
-    return {name: getattr(chain, name) for name in names if name in {f.name for f in dataclasses.fields(chain)}}
+    return {name: getattr(chain, name) for name in names}
 
 
 def summarize(results: dict) -> dict:
