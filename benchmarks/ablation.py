@@ -468,6 +468,8 @@ def summarize(results: dict) -> dict:
     summary = {}
     for group in ("synthetic", "davis", "sevenscenes"):
         clips = results.get(group, {})
+        if not clips:
+            continue
         by_variant: dict[str, dict[str, list[float]]] = {}
         for rows in clips.values():
             for variant, row in rows.items():

@@ -55,6 +55,7 @@ def test_merge_recomputes_the_summary_over_all_clips(ablation, tmp_path):
     ablation.merge_results([a, b], str(out))
     merged = json.loads(out.read_text())
     assert sorted(merged["synthetic"]) == ["easy/0", "easy/1"] and merged["seeds"] == [0, 1]
+    assert "davis" not in merged["summary"] and "sevenscenes" not in merged["summary"]  # no empty groups
     easy = merged["summary"]["synthetic/easy"]
     assert easy["no_tta"]["worldtrack/global/epe"] == pytest.approx(2.0)
     assert easy["robust"]["worldtrack/global/epe"] == pytest.approx(1.0)
