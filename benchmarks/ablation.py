@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "ablation.json"
 SHARED = ROOT.parent / "shared" / "benchmarks"
+GROUPS = ("synthetic", "davis", "sevenscenes")  # benchmark groups of a results file
 
 VARIANTS = {
     "no_tta": {"loss": "none"},
@@ -98,7 +99,7 @@ def run_variant(model, frames, tracks_tta, tracks_out, variant: dict, args, seed
     from st4r_cli.stages.adapt import adapt_model, predict_windows
     from st4r_cli.stages.chain import chain_windows
 
-    cfg = replace(shared_adapt_config(args), cpu_threads=args.threads, **variant)
+    cfg = replace(args.adapt_config, cpu_threads=args.threads, **variant)
     queries = "tracks" if tracks_out is not None else "grid"
     chain = full_chain_config(queries=queries) if args.refine else tta_chain_config(queries=queries)
     chain = replace(chain, **args.chain_overrides)
@@ -360,8 +361,8 @@ def main() -> None:
     from st4r_cli.errors import St4rError
 
     try:
+        args.adapt_config = shared_adapt_config(args)
         args.chain_overrides = chain_overrides(args.set)
-        shared_adapt_config(args)
     except St4rError as err:
         parser.error(str(err))
 
@@ -396,10 +397,8 @@ def merge_results(parts: list[str], out: str) -> None:
     """Merge result files of ablation runs that differ only in their clips (same header otherwise) into
     `out`, with the summary recomputed over all clips."""
     results = [json.loads(Path(p).read_text()) for p in parts]
-    groups = ("synthetic", "davis", "sevenscenes")
-
     def header_of(res: dict) -> dict:  # the settings (files written before a fix also hold clip rows, "x/0")
-        return {k: v for k, v in res.items() if k not in (*groups, "summary", "seeds") and "/" not in k}
+        return {k: v for k, v in res.items() if k not in (*GROUPS, "summary", "seeds") and "/" not in k}
 
     header = header_of(results[0])
     for part, res in zip(parts, results):
@@ -407,11 +406,11 @@ def merge_results(parts: list[str], out: str) -> None:
             raise SystemExit(f"ablation.py: error: {part} was run with other settings than {parts[0]}")
     merged: dict = {**header, "seeds": sorted({s for r in results for s in r.get("seeds", [])}),
                     "merged_from": [Path(p).name for p in parts]}
-    for group in groups:
+    for group in GROUPS:
         rows = {name: row for res in results for name, row in res.get(group, {}).items()}
         if rows:
             merged[group] = rows
-    merged["summary"] = summarize({g: merged[g] for g in groups if g in merged})
+    merged["summary"] = summarize({g: merged[g] for g in GROUPS if g in merged})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(merged, indent=2) + "\n")
     print_comparisons(merged["summary"])
@@ -438,7 +437,7 @@ def adapt_header(args) -> dict:
 
     from st4r_cli.stages.adapt import resolve
 
-    cfg = shared_adapt_config(args)
+    cfg = args.adapt_config
     out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("loss", "cpu_threads")}
     out.update(dataclasses.asdict(resolve(cfg, "cpu")))
     return out
@@ -466,7 +465,7 @@ def chain_overrides(overrides: list[str]) -> dict:
 def summarize(results: dict) -> dict:
     """Mean of every headline metric per variant, per benchmark group."""
     summary = {}
-    for group in ("synthetic", "davis", "sevenscenes"):
+    for group in GROUPS:
         clips = results.get(group, {})
         if not clips:
             continue

@@ -41,7 +41,7 @@ def test_bad_override_is_a_st4r_error(ablation, item):
 def _part(tmp_path, name: str, rows: dict, iters: int = 60):
     path = tmp_path / name
     path.write_text(json.dumps({"adapt": {"iters": iters}, "seeds": [int(k.split("/")[1]) for k in rows],
-                                              "synthetic": rows}))
+                                "synthetic": rows}))
     return str(path)
 
 
