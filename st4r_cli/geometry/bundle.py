@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     import torch
 
 
+MIN_FRONT_FRACTION = 0.9  # a PnP pose is kept when this fraction of its inliers is in front of the camera
+
+
 @dataclass
 class BundleOptions:
     """Solver settings."""
@@ -57,8 +60,8 @@ class BundleResult:
     cam_w2c: np.ndarray        # (T, 4, 4)
     focal: float
     inv_depth: np.ndarray      # (N,) in the query frame's camera
-    residual_px: np.ndarray    # (M,) |r| of every observation at the solution
-    initial_residual_px: np.ndarray  # (M,) before refinement
+    residual_px: np.ndarray    # (M,) |r| of every observation at the solution (inf: behind the camera)
+    initial_residual_px: np.ndarray  # (M,) before refinement (inf: behind the camera)
     obs_track: np.ndarray      # (M,) track index of each observation
     obs_frame: np.ndarray      # (M,) frame index of each observation
 
@@ -221,7 +224,8 @@ def _place_frame(state: _State, principal_point: tuple[float, float], query_t: n
                  tracks_xy: np.ndarray, seen: np.ndarray, frame: int, solved_end: int) -> None:
     """Pose of `frame` by RANSAC PnP on the points of tracks starting in [0, solved_end) that it sees.
 
-    Falls back to the previous frame's pose moved by the initial relative motion when PnP fails.
+    Falls back to the previous frame's pose moved by the initial relative motion when PnP fails or
+    puts its inliers behind the camera.
     """
     import cv2
     import numpy as np
@@ -243,8 +247,10 @@ def _place_frame(state: _State, principal_point: tuple[float, float], query_t: n
             pose = np.eye(4)
             pose[:3, :3] = cv2.Rodrigues(rvec)[0]
             pose[:3, 3] = tvec[:, 0]
-            state.w2c[frame] = pose
-            return
+            depth = world[inliers[:, 0]] @ pose[2, :3] + pose[2, 3]
+            if np.mean(depth > 0) >= MIN_FRONT_FRACTION:  # PnP can fit the mirrored points behind the camera
+                state.w2c[frame] = pose
+                return
     state.w2c[frame] = fallback
 
 
@@ -337,7 +343,12 @@ class _Problem:
         return self._geometry()["res"]
 
     def residual_norms(self) -> torch.Tensor:
-        return self.residuals().norm(dim=-1)
+        """(M,) |r| per observation; inf where the point is behind the observing camera (a point there
+        projects, mirrored, onto a pixel that can fit the track: it must not count as fitting)."""
+        import torch
+
+        geo = self._geometry()
+        return torch.where(geo["z"] > 0, geo["res"].norm(dim=-1), torch.inf)
 
     def _linearise(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Residuals (M, 2) and Jacobians (M, 2, 14): [xi_t (6), xi_s (6), rho, f].

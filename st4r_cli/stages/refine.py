@@ -11,7 +11,9 @@ The network gives every frame a depth map and a camera, and every query pixel a 
    or 3x the median of that motion over all tracks when the pointmaps are less consistent than that.
 3. Bundle adjustment (`st4r_cli.geometry.bundle`): cameras, the focal and the tracks' inverse depths
    (initialised from the chained pointmaps), Cauchy-robust, frames added in chunks with RANSAC PnP.
-   The result is kept only when it fits the tracks better than the network's cameras did.
+   The result is kept only when it fits the tracks better than the network's cameras did and does
+   not put more of them behind the cameras (a point behind a camera projects, mirrored, onto a pixel
+   that can fit its track).
 4. Re-lifting. Each frame's pointmap keeps its depth along each pixel's ray and moves with the new
    camera. A 3D track (head 1) keeps its depth in the refined camera t and moves onto the ray of its
    2D track wherever the tracker sees it (`fuse_tracks`); elsewhere its projection is shifted by the
@@ -35,6 +37,10 @@ if TYPE_CHECKING:
 
     from st4r_cli.stages.chain import ChainConfig
 
+MAX_BEHIND_FRACTION = 0.01  # refined cameras may put at most this fraction of observations (or as many as
+                            # the network's cameras did) behind the camera that sees them ...
+MIN_SCENE_FRONT = 0.9       # ... and must keep this fraction of every frame's network pointmap in front
+
 
 def refine_scene(scene: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[str, np.ndarray] | None,
                  config: ChainConfig) -> dict[str, np.ndarray]:
@@ -43,8 +49,9 @@ def refine_scene(scene: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[
     scene: `chain_windows` arrays (cam_c2w (T,4,4), intrinsics (3,3), pointmaps (T,H,W,3),
     tracks3d (N,T,3), query_t (N,), query_xy (N,2), ...); frames (T,H,W,3) uint8; tracks: the tracks
     stage's arrays or None (the scene's 3D tracks are theirs when chain.queries=tracks).
-    Adds `ba_residual_px` () (median, after), `ba_initial_residual_px` (), `ba_accepted` () and, when
-    accepted, `track_static` (N,) bool.
+    Adds `ba_residual_px` () (median, after), `ba_initial_residual_px` (), `ba_accepted` () and
+    `track_static` (N,) bool. When the bundle's cameras are rejected, the network's are kept and the
+    tracks are re-lifted (fused with the 2D tracks) in them.
     """
     import numpy as np
 
@@ -68,13 +75,24 @@ def refine_scene(scene: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[
                            chunk=config.ba_chunk, progress_desc="refine: bundle adjustment")
     before = float(np.median(result.initial_residual_px)) if result.residual_px.size else float("nan")
     after = float(np.median(result.residual_px)) if result.residual_px.size else float("nan")
-    accepted = bool(np.isfinite(after) and after < before and after < config.ba_accept_px)
+    behind_before, behind_after = _behind_fraction(result.initial_residual_px), _behind_fraction(result.residual_px)
+    # a part of the video that no track links to the rest can come out in its own (even mirrored)
+    # frame: the network's geometry must stay in front of the refined cameras
+    in_front = surface_depths(scene["pointmaps"][:, ::8, ::8], result.cam_w2c) > 0     # (T, H/8, W/8)
+    scene_front = float(in_front.mean(axis=(1, 2)).min())
+    accepted = bool(np.isfinite(after) and after < before and after < config.ba_accept_px
+                    and behind_after <= max(behind_before, MAX_BEHIND_FRACTION) and scene_front >= MIN_SCENE_FRONT)
+    own = tracks if config.queries == "tracks" and tracks is not None else None
     out = dict(scene)
     out.update(ba_initial_residual_px=np.float32(before), ba_residual_px=np.float32(after),
                ba_accepted=np.bool_(accepted))
     if not accepted:
-        progress.log(f"[yellow]-[/yellow] refine: bundle adjustment rejected (median {before:.2f} -> {after:.2f} px); "
-                     "keeping the network's cameras")
+        progress.log(f"[yellow]-[/yellow] refine: bundle adjustment rejected (median {before:.2f} -> {after:.2f} px; "
+                     f"{100 * behind_after:.0f}% of the tracks and up to {100 * (1 - scene_front):.0f}% of a frame's "
+                     "pointmap behind the cameras); keeping the network's cameras")
+        # the 3D tracks still follow the 2D tracks, in the network's cameras
+        out.update(_relift_tracks(scene, own, cam_w2c, k_mat, config, None, None,
+                                  surface_depths(scene["pointmaps"], cam_w2c), (h, w)))
         return out
     progress.log(f"[green]✓[/green] refine: cameras bundle-adjusted on {len(bundle['query_t'])} tracks, median "
                  f"reprojection {before:.2f} -> {after:.2f} px (focal {result.focal:.1f} px)")
@@ -91,7 +109,6 @@ def refine_scene(scene: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[
     out["intrinsics"] = new_k.astype(np.float32)
     out["cam_c2w"] = np.linalg.inv(new_w2c).astype(np.float32)
     out["pointmaps"] = _relift_pointmaps(scene["pointmaps"], cam_w2c, new_w2c, new_k)
-    own = tracks if config.queries == "tracks" and tracks is not None else None
     count = len(scene["tracks3d"])
     shared = own is not None and bool(bundle["from_stage"][:count].all()) and len(bundle["from_stage"]) >= count
     surface_z = surface_depths(out["pointmaps"], new_w2c)
@@ -240,6 +257,13 @@ def _rotation_free_parallax_deg(result: Any, bundle: dict[str, np.ndarray], foca
     parallax = np.zeros(len(bundle["query_t"]))
     np.maximum.at(parallax, result.obs_track, angle)
     return parallax
+
+
+def _behind_fraction(residual_px: np.ndarray) -> float:
+    """Fraction of bundle observations behind their camera (their residual is inf), 0 for none."""
+    import numpy as np
+
+    return float(np.mean(np.isinf(residual_px))) if residual_px.size else 0.0
 
 
 def _well_triangulated(result: Any, max_px: float) -> np.ndarray:

@@ -139,3 +139,20 @@ def test_refines_the_focal_despite_drifting_tracks():
     assert rot_err < 0.2 and centre_err < 0.01
     good = ~bad[result.obs_track]
     assert np.median(result.residual_px[good]) < 0.05
+
+
+def test_a_point_behind_its_camera_does_not_count_as_fitting():
+    """A point behind a camera still projects onto some pixel (mirrored through the camera centre it
+    would land on its own): with camera 5 turned half a circle about its y axis, every point it sees
+    is behind it, its residuals are reported as inf, and the solution turns it back."""
+    w2c, query_t, query_xy, inv_depth, xy, visible = _scene()
+    visible = visible & (query_t[:, None] == 0)           # one component: every track starts at frame 0
+    turned = w2c.copy()
+    turned[5] = np.diag([-1.0, 1.0, -1.0, 1.0]) @ w2c[5]  # x -> -x, z -> -z in camera 5
+    result = bundle_adjust(turned, FOCAL, PP, query_t, query_xy, inv_depth, xy, visible, chunk=4)
+    at_5 = result.obs_frame == 5
+    initial = result.initial_residual_px
+    assert at_5.any() and np.isinf(initial[at_5]).all() and np.isfinite(initial[~at_5]).all()
+    assert np.isfinite(result.residual_px).all() and np.median(result.residual_px) < 1e-3
+    rot_err, centre_err = _pose_errors(result.cam_w2c, w2c)
+    assert rot_err < 1e-2 and centre_err < 1e-3

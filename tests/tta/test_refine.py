@@ -158,3 +158,40 @@ def test_refine_keeps_the_scene_when_the_cameras_already_fit(static_clip):
               "queries": np.concatenate([gt["query_t"][:, None], gt["query_xy"]], 1).astype(np.float32)}
     out = refine_scene(scene, np.asarray(static_clip.frames), tracks, ChainConfig(queries="tracks"))
     assert camera_metrics(out["cam_c2w"], gt_c2w)["ate"] < 1e-3
+
+
+def test_refine_rejects_a_mirrored_bundle_solution_and_still_fuses_the_tracks(static_clip, monkeypatch):
+    """A part of a video that no bundle track links to the rest can come out of the bundle in its own
+    frame, e.g. mirrored behind the cameras, while fitting every track. Refinement must keep the
+    network's cameras then, and the 3D tracks must still follow the 2D tracks in them."""
+    import st4r_cli.geometry.bundle as bundle_module
+
+    scene, _ = _scene_from_ground_truth(static_clip, rot_noise_deg=1.5)
+    gt = static_clip.gt
+    tracks = {"tracks_xy": gt["tracks2d"].astype(np.float32), "visible": gt["visible"].astype(bool),
+              "queries": np.concatenate([gt["query_t"][:, None], gt["query_xy"]], 1).astype(np.float32)}
+    real_bundle_adjust = bundle_module.bundle_adjust
+
+    def mirrored_bundle_adjust(*args, **kwargs):
+        result = real_bundle_adjust(*args, **kwargs)
+        result.cam_w2c = result.cam_w2c.copy()
+        result.cam_w2c[8:] = result.cam_w2c[8:] @ np.diag([-1.0, 1.0, -1.0, 1.0])  # the world behind frames 8+
+        return result
+
+    monkeypatch.setattr(bundle_module, "bundle_adjust", mirrored_bundle_adjust)
+    out = refine_scene(scene, np.asarray(static_clip.frames), tracks, ChainConfig(queries="tracks"))
+    assert not bool(out["ba_accepted"])
+    np.testing.assert_array_equal(out["cam_c2w"], scene["cam_c2w"])
+    np.testing.assert_array_equal(out["pointmaps"], scene["pointmaps"])
+    # the tracks follow the 2D tracks in the network's cameras: exactly where they move, within
+    # `ba_point_max_px` (median) where they are held at their query-frame position
+    h, w = static_clip.size_hw
+    xy = gt["tracks2d"]
+    inside = (xy[..., 0] >= 0) & (xy[..., 0] <= w - 1) & (xy[..., 1] >= 0) & (xy[..., 1] <= h - 1)
+    vis = gt["visible"].astype(bool) & inside
+    err = np.linalg.norm(out["tracks2d"] - xy, axis=-1)
+    assert np.isfinite(err[vis]).all()
+    moving = ~out["track_static"]
+    assert moving.any() and np.max(err[moving[:, None] & vis]) < 1e-3
+    per_track = np.nanmedian(np.where(vis, err, np.nan), axis=1)
+    assert np.all(per_track[~moving] <= ChainConfig().ba_point_max_px)
