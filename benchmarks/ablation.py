@@ -122,13 +122,14 @@ def run_variant(model, frames, tracks_tta, tracks_out, variant: dict, args, seed
 
 def tta_chain_config(**kw):
     """ChainConfig for the TTA comparison: the chain stage's own refinements (camera bundle adjustment,
-    3D tracks fused with the 2D tracks) off, so the rows differ by the adapted network only."""
+    3D tracks fused with the 2D tracks) off and visibility from the z-buffer test, so the rows differ
+    by the adapted network only."""
     import dataclasses
 
     from st4r_cli.stages.chain import ChainConfig
 
     fields = {f.name for f in dataclasses.fields(ChainConfig)}
-    off = {"refine": "none", "fuse_tracks": False}
+    off = {"refine": "none", "fuse_tracks": False, "visibility": "mask"}  # OA then scores the network too
     return ChainConfig(**kw, **{k: v for k, v in off.items() if k in fields})
 
 

@@ -19,9 +19,11 @@ head 1 (the anchor's pixels at time j) and head 2 (frame j's pixels), both in th
    that pixel, mapped by S_w. Where two windows overlap their estimates are blended with linear
    ramps. Frames no window covers use head 2 at the 2D track where the tracker sees the point, else
    linear interpolation in time (held at the ends), with sigma `sigma_fill_px`.
-5. 2D tracks are the 3D tracks projected into each camera; visibility is the z-buffer test against
-   frame t's own pointmap (optionally combined with the tracker's); sigma (pixels) comes from the
-   head-1 confidence as in the robust TTA loss.
+5. 2D tracks are the 3D tracks projected into each camera; visibility is the tracker's for its own
+   tracks (`chain.visibility=tracker`), else the z-buffer test against frame t's own pointmap
+   (`mask`, or `both`). The tracker's is the default: on 10 DAVIS clips the z-buffer test of the
+   tiny network's pointmaps called 55% of the points occluded where the annotation has 13% (OA 0.47
+   vs 0.84). Sigma (pixels) comes from the head-1 confidence as in the robust TTA loss.
 6. Refinement (`chain.refine=ba`, st4r_cli/stages/refine.py): the cameras and the focal are bundle
    adjusted on the 2D tracks of static points, and pointmaps and 3D tracks are re-lifted into the
    refined cameras (3D tracks follow the 2D tracks where the tracker sees them).
@@ -47,7 +49,8 @@ class ChainConfig:
     queries: str = "tracks"           # tracks (the tracks stage's queries) | grid | dense (frame 0)
     grid_size: int = 32               # points per side for queries=grid
     dense_stride: int = 1             # pixel stride for queries=dense
-    visibility: str = "mask"          # mask (z-buffer) | tracker | both
+    visibility: str = "tracker"       # tracker (its flags; the z-buffer test for queries it did not
+                                      # track: queries=grid|dense) | mask (z-buffer) | both
     mask_eps_rel: float = 0.05        # z-buffer tolerance relative to the surface depth
     pnp_stride: int = 4               # every k-th pixel of head 2 for PnP
     sim3_stride: int = 4              # every k-th pixel of the overlap pointmaps for the Sim(3)

@@ -1,5 +1,7 @@
 """World-frame chaining of exact synthetic per-window predictions with random per-window Sim(3) gauges."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -121,6 +123,26 @@ def test_chaining_recovers_the_global_trajectory_from_tracks():
     _check(scene, num_frames, query_xy)
     assert (scene["track_source"] == 1).all()  # every position came from head 1
     assert scene["colors"][7, 0, 0, 0] == 7
+
+
+def test_visibility_is_the_trackers_for_its_tracks_and_the_z_buffer_test_on_request():
+    num_frames, window, overlap = 40, 16, 4
+    pred = _predictions(num_frames, window, overlap)
+    qx, qy = np.meshgrid(np.arange(10, 23, 3), np.arange(8, 17, 3))
+    query_xy = np.stack([qx.ravel(), qy.ravel()], -1).astype(np.float64)
+    _, gt2d, inside = _gt_tracks(query_xy, num_frames)
+    flags = inside & (np.random.default_rng(0).random(inside.shape) > 0.2)  # the tracker also calls 20% occluded
+    flags[:, 0] = True
+    tracks = {"tracks_xy": gt2d.astype(np.float32), "visible": flags,
+              "queries": np.concatenate([np.zeros((len(query_xy), 1)), query_xy], 1).astype(np.float32),
+              "confidence": np.ones(len(query_xy), np.float32)}
+    cfg = ChainConfig(window=window, overlap=overlap, refine="none")
+    assert cfg.visibility == "tracker"
+    np.testing.assert_array_equal(chain_windows(pred, _frames(num_frames), tracks, cfg)["visible"], flags)
+    by_mask = chain_windows(pred, _frames(num_frames), tracks, replace(cfg, visibility="mask"))["visible"]
+    assert (by_mask == inside).mean() > 0.99                                # the geometry: nothing occludes
+    both = chain_windows(pred, _frames(num_frames), tracks, replace(cfg, visibility="both"))["visible"]
+    np.testing.assert_array_equal(both, by_mask & flags)
 
 
 def test_chaining_carries_grid_queries_by_projection():
