@@ -11,9 +11,11 @@ The network gives every frame a depth map and a camera, and every query pixel a 
    or 3x the median of that motion over all tracks when the pointmaps are less consistent than that.
 3. Bundle adjustment (`st4r_cli.geometry.bundle`): cameras, the focal and the tracks' inverse depths
    (initialised from the chained pointmaps), Cauchy-robust, frames added in chunks with RANSAC PnP.
-   The result is kept only when it fits the tracks better than the network's cameras did and does
-   not put more of them behind the cameras (a point behind a camera projects, mirrored, onto a pixel
-   that can fit its track).
+   The result is kept only when it fits the tracks better than the network's cameras did, does not
+   put more of them behind the cameras (a point behind a camera still projects onto a pixel that can
+   fit its track), and keeps the network's pointmaps in front of them (a part of the video that no
+   track links to the rest can come out in its own, even mirrored, frame). Otherwise the network's
+   cameras stay, and step 4 runs in them.
 4. Re-lifting. Each frame's pointmap keeps its depth along each pixel's ray and moves with the new
    camera. A 3D track (head 1) keeps its depth in the refined camera t and moves onto the ray of its
    2D track wherever the tracker sees it (`fuse_tracks`); elsewhere its projection is shifted by the
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 
 MAX_BEHIND_FRACTION = 0.01  # refined cameras may put at most this fraction of observations (or as many as
                             # the network's cameras did) behind the camera that sees them ...
-MIN_SCENE_FRONT = 0.9       # ... and must keep this fraction of every frame's network pointmap in front
+MAX_SCENE_BEHIND = 0.1      # ... and at most this fraction of any frame's network pointmap
 
 
 def refine_scene(scene: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[str, np.ndarray] | None,
@@ -75,20 +77,17 @@ def refine_scene(scene: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[
                            chunk=config.ba_chunk, progress_desc="refine: bundle adjustment")
     before = float(np.median(result.initial_residual_px)) if result.residual_px.size else float("nan")
     after = float(np.median(result.residual_px)) if result.residual_px.size else float("nan")
-    behind_before, behind_after = _behind_fraction(result.initial_residual_px), _behind_fraction(result.residual_px)
-    # a part of the video that no track links to the rest can come out in its own (even mirrored)
-    # frame: the network's geometry must stay in front of the refined cameras
-    in_front = surface_depths(scene["pointmaps"][:, ::8, ::8], result.cam_w2c) > 0     # (T, H/8, W/8)
-    scene_front = float(in_front.mean(axis=(1, 2)).min())
+    behind, scene_behind = _behind_cameras(result, scene["pointmaps"])
     accepted = bool(np.isfinite(after) and after < before and after < config.ba_accept_px
-                    and behind_after <= max(behind_before, MAX_BEHIND_FRACTION) and scene_front >= MIN_SCENE_FRONT)
+                    and behind <= max(_behind_fraction(result.initial_residual_px), MAX_BEHIND_FRACTION)
+                    and scene_behind <= MAX_SCENE_BEHIND)
     own = tracks if config.queries == "tracks" and tracks is not None else None
     out = dict(scene)
     out.update(ba_initial_residual_px=np.float32(before), ba_residual_px=np.float32(after),
                ba_accepted=np.bool_(accepted))
     if not accepted:
         progress.log(f"[yellow]-[/yellow] refine: bundle adjustment rejected (median {before:.2f} -> {after:.2f} px; "
-                     f"{100 * behind_after:.0f}% of the tracks and up to {100 * (1 - scene_front):.0f}% of a frame's "
+                     f"{100 * behind:.0f}% of the observations and up to {100 * scene_behind:.0f}% of a frame's "
                      "pointmap behind the cameras); keeping the network's cameras")
         # the 3D tracks still follow the 2D tracks, in the network's cameras
         out.update(_relift_tracks(scene, own, cam_w2c, k_mat, config, None, None,
@@ -264,6 +263,19 @@ def _behind_fraction(residual_px: np.ndarray) -> float:
     import numpy as np
 
     return float(np.mean(np.isinf(residual_px))) if residual_px.size else 0.0
+
+
+def _behind_cameras(result: Any, pointmaps: np.ndarray) -> tuple[float, float]:
+    """(fraction of the bundle's observations behind their camera, largest fraction of a frame's
+    network pointmap (T, H, W, 3), every 8th pixel, behind that frame's refined camera).
+
+    A part of the video that no bundle track links to the rest can come out of the bundle in its own,
+    even mirrored, frame while fitting its tracks: the network's geometry then lies behind its cameras.
+    """
+    from st4r_cli.stages.chain import surface_depths
+
+    behind = surface_depths(pointmaps[:, ::8, ::8], result.cam_w2c) <= 0                # (T, H/8, W/8)
+    return _behind_fraction(result.residual_px), float(behind.mean(axis=(1, 2)).max())
 
 
 def _well_triangulated(result: Any, max_px: float) -> np.ndarray:
