@@ -23,7 +23,10 @@ head 1 (the anchor's pixels at time j) and head 2 (frame j's pixels), both in th
    tracks (`chain.visibility=tracker`), else the z-buffer test against frame t's own pointmap
    (`mask`, or `both`). The tracker's is the default: on 10 DAVIS clips the z-buffer test of the
    tiny network's pointmaps called 55% of the points occluded where the annotation has 13% (OA 0.47
-   vs 0.84). Sigma (pixels) comes from the head-1 confidence as in the robust TTA loss.
+   vs 0.84). For grid or dense queries, which the tracker did not track, the test's tolerance is
+   calibrated on the tracker's tracks: it accepts `visibility_quantile` of the points the tracker
+   sees (`visibility_eps_rel` in the scene). Sigma (pixels) comes from the head-1 confidence as in the
+   robust TTA loss.
 6. Refinement (`chain.refine=ba`, st4r_cli/stages/refine.py): the cameras and the focal are bundle
    adjusted on the 2D tracks of static points, and pointmaps and 3D tracks are re-lifted into the
    refined cameras (3D tracks follow the 2D tracks where the tracker sees them).
@@ -31,7 +34,7 @@ head 1 (the anchor's pixels at time j) and head 2 (frame j's pixels), both in th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -52,6 +55,8 @@ class ChainConfig:
     visibility: str = "tracker"       # tracker (its flags; the z-buffer test for queries it did not
                                       # track: queries=grid|dense) | mask (z-buffer) | both
     mask_eps_rel: float = 0.05        # z-buffer tolerance relative to the surface depth
+    visibility_quantile: float = 0.9  # visibility=tracker, queries the tracker did not track: the z-buffer
+                                      # tolerance accepts this share of the points the tracker sees (0: off)
     pnp_stride: int = 4               # every k-th pixel of head 2 for PnP
     sim3_stride: int = 4              # every k-th pixel of the overlap pointmaps for the Sim(3)
     sigma_floor_px: float = 1.0
@@ -85,6 +90,8 @@ def check_chain_config(config: ChainConfig) -> None:
         raise St4rError(f"chain.visibility must be mask, tracker or both, got '{config.visibility}'")
     if config.refine not in ("ba", "none"):
         raise St4rError(f"chain.refine must be ba or none, got '{config.refine}'")
+    if not 0 <= config.visibility_quantile < 1:
+        raise St4rError("chain.visibility_quantile must be in [0, 1)")
     if min(config.ba_every_k, config.ba_grid_size, config.ba_chunk) < 2:
         raise St4rError("chain.ba_every_k, ba_grid_size and ba_chunk must be >= 2")
     if min(config.ba_point_max_px, config.ba_min_parallax_deg, config.ba_min_parallax_2d_deg) < 0:
@@ -169,11 +176,12 @@ def chain_windows(pred: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[
     scene_tracks = _chain_tracks(windows, owner, query_t, query_xy, tracks if config.queries == "tracks" else None,
                                  k_mat, w2c_world, surface_z, config, (h, w), num_frames)
     tracks3d, sigma, source = scene_tracks
-    cam_pts = np.einsum("tij,ntj->nti", w2c_world[:, :3, :3], tracks3d) + w2c_world[None, :, :3, 3]
-    z = cam_pts[..., 2]
-    tracks2d = np.stack([k_mat[0, 0] * cam_pts[..., 0] / np.where(z > 0, z, np.nan) + k_mat[0, 2],
-                         k_mat[1, 1] * cam_pts[..., 1] / np.where(z > 0, z, np.nan) + k_mat[1, 2]], -1)
-    visible = _visibility(tracks2d, z, surface_z, tracks if config.queries == "tracks" else None, config, (h, w))
+    tracks2d, z = project_tracks(tracks3d, w2c_world, k_mat)
+    eps_rel = config.mask_eps_rel
+    if config.queries != "tracks" and tracks is not None and config.visibility == "tracker":
+        eps_rel = _calibrated_eps_rel(windows, owner, tracks, k_mat, w2c_world, surface_z, config, (h, w))
+    visible = _visibility(tracks2d, z, surface_z, tracks if config.queries == "tracks" else None,
+                          replace(config, mask_eps_rel=eps_rel), (h, w))
     scene = {
         "tracks3d": tracks3d.astype(np.float32), "tracks2d": tracks2d.astype(np.float32),
         "visible": visible, "query_xy": query_xy.astype(np.float32), "query_t": query_t.astype(np.int32),
@@ -182,7 +190,7 @@ def chain_windows(pred: dict[str, np.ndarray], frames: np.ndarray, tracks: dict[
         "cam_c2w": cam_c2w.astype(np.float32), "image_hw": np.asarray([h, w], np.int32),
         "window_start": np.asarray(starts, np.int64),
         "window_sim3_scale": np.asarray([g.scale for g in gauges], np.float64),
-        "track_source": source.astype(np.uint8),
+        "track_source": source.astype(np.uint8), "visibility_eps_rel": np.float32(eps_rel),
     }
     if config.refine == "ba":
         from st4r_cli.stages.refine import refine_scene
@@ -500,6 +508,49 @@ def _fill_by_interpolation(tracks3d: np.ndarray, sigma: np.ndarray, source: np.n
             tracks3d[n, gaps, axis] = np.interp(times[gaps], times[known], tracks3d[n, known, axis])
         sigma[n, gaps] = sigma_fill
         source[n, gaps] = 3
+
+
+def project_tracks(tracks3d: np.ndarray, w2c: np.ndarray, k_mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels (N, T, 2) (NaN behind the camera) and depth z (N, T) of world tracks (N, T, 3) in the
+    cameras w2c (T, 4, 4)."""
+    import numpy as np
+
+    cam = np.einsum("tij,ntj->nti", w2c[:, :3, :3], tracks3d) + w2c[None, :, :3, 3]
+    z = cam[..., 2]
+    with np.errstate(all="ignore"):
+        safe = np.where(z > 0, z, np.nan)
+        xy = np.stack([k_mat[0, 0] * cam[..., 0] / safe + k_mat[0, 2],
+                       k_mat[1, 1] * cam[..., 1] / safe + k_mat[1, 2]], -1)
+    return xy, z
+
+
+def _calibrated_eps_rel(windows: list[_Window], owner: np.ndarray, tracks: dict[str, np.ndarray], k_mat: np.ndarray,
+                        w2c_world: np.ndarray, surface_z: np.ndarray, config: ChainConfig, hw: tuple[int, int]
+                        ) -> float:
+    """z-buffer tolerance for queries the tracker did not track: the `visibility_quantile` of the
+    relative depth gap z / z_surface - 1 over the tracker's own tracks where it sees them (at least
+    `mask_eps_rel`). The tiny network's two heads disagree by far more than 5% on real video, so a
+    fixed tolerance calls most visible points occluded."""
+    import numpy as np
+
+    if config.visibility_quantile <= 0:
+        return config.mask_eps_rel
+    queries = np.asarray(tracks["queries"], np.float64)
+    query_t = np.rint(queries[:, 0]).astype(np.int64)
+    tracks3d, _, _ = _chain_tracks(windows, owner, query_t, queries[:, 1:3], tracks, k_mat, w2c_world, surface_z,
+                                   config, hw, surface_z.shape[0])
+    xy, z = project_tracks(tracks3d, w2c_world, k_mat)
+    seen = tracks["visible"].astype(bool) & _inside(xy, hw) & (z > 0)
+    if seen.sum() < 20:
+        return config.mask_eps_rel
+    rows = np.rint(xy[..., 1][seen]).astype(int)
+    cols = np.rint(xy[..., 0][seen]).astype(int)
+    z_surf = surface_z[np.nonzero(seen)[1], rows, cols]
+    gap = z[seen] / np.where(z_surf > 0, z_surf, np.nan) - 1.0
+    gap = gap[np.isfinite(gap)]
+    if gap.size < 20:
+        return config.mask_eps_rel
+    return max(config.mask_eps_rel, float(np.quantile(gap, config.visibility_quantile)))
 
 
 def _visibility(tracks2d: np.ndarray, z: np.ndarray, surface_z: np.ndarray, tracks: dict[str, np.ndarray] | None,

@@ -32,6 +32,7 @@ The network gives every frame a depth map and a camera, and every query pixel a 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -329,7 +330,7 @@ def _relift_tracks(scene: dict[str, np.ndarray], tracks: dict[str, np.ndarray] |
     """
     import numpy as np
 
-    from st4r_cli.stages.chain import _inside, _visibility
+    from st4r_cli.stages.chain import _inside, _visibility, project_tracks
 
     tracks3d = np.asarray(scene["tracks3d"], np.float64)                   # (N, T, 3)
     query_t = np.rint(np.asarray(scene["query_t"])).astype(np.int64)
@@ -356,12 +357,9 @@ def _relift_tracks(scene: dict[str, np.ndarray], tracks: dict[str, np.ndarray] |
                                         config.ba_point_max_px)
         static &= fits
     tracks3d = np.where(static[:, None, None], start[:, None, :], tracks3d)
-    cam = np.einsum("tij,ntj->nti", new_w2c[:, :3, :3], tracks3d) + new_w2c[None, :, :3, 3]
-    z = cam[..., 2]
-    with np.errstate(all="ignore"):
-        tracks2d = np.stack([new_k[0, 0] * cam[..., 0] / np.where(z > 0, z, np.nan) + new_k[0, 2],
-                             new_k[1, 1] * cam[..., 1] / np.where(z > 0, z, np.nan) + new_k[1, 2]], -1)
-    visible = _visibility(tracks2d, z, surface_z, tracks, config, hw)
+    tracks2d, z = project_tracks(tracks3d, new_w2c, new_k)
+    eps_rel = float(scene.get("visibility_eps_rel", config.mask_eps_rel))   # calibrated by the chain stage
+    visible = _visibility(tracks2d, z, surface_z, tracks, replace(config, mask_eps_rel=eps_rel), hw)
     return {"tracks3d": tracks3d.astype(np.float32), "tracks2d": tracks2d.astype(np.float32), "visible": visible,
             "track_static": static}
 

@@ -48,8 +48,9 @@ def _apply(pose, pts):
     return pts @ pose[:3, :3].T + pose[:3, 3]
 
 
-def _predictions(num_frames, window, overlap, seed=0, speed=1.0):
-    """Exact adapt-stage arrays, each window in its anchor camera under a random Sim(3) gauge."""
+def _predictions(num_frames, window, overlap, seed=0, speed=1.0, head1_depth_scale=1.0):
+    """Exact adapt-stage arrays, each window in its anchor camera under a random Sim(3) gauge
+    (head 1's points pushed along the anchor's rays by `head1_depth_scale`)."""
     rng = np.random.default_rng(seed)
     starts = window_starts(num_frames, window, overlap)
     length = min(window, num_frames)
@@ -64,7 +65,7 @@ def _predictions(num_frames, window, overlap, seed=0, speed=1.0):
         anchor_pts = _frame_points(start, speed)
         for k, j in enumerate(window_frames(start, num_frames, window)):
             slots[w, k] = j
-            head1 = _apply(w2c_anchor, anchor_pts + VELOCITY * (j - start) * speed)
+            head1 = _apply(w2c_anchor, anchor_pts + VELOCITY * (j - start) * speed) * head1_depth_scale
             head2 = _apply(w2c_anchor, _frame_points(j, speed))
             out["track_pts"][w * length + k] = gauge_s * head1 @ gauge_r.T + gauge_t
             out["recon_pts"][w * length + k] = gauge_s * head2 @ gauge_r.T + gauge_t
@@ -143,6 +144,26 @@ def test_visibility_is_the_trackers_for_its_tracks_and_the_z_buffer_test_on_requ
     assert (by_mask == inside).mean() > 0.99                                # the geometry: nothing occludes
     both = chain_windows(pred, _frames(num_frames), tracks, replace(cfg, visibility="both"))["visible"]
     np.testing.assert_array_equal(both, by_mask & flags)
+
+
+def test_grid_visibility_tolerance_is_calibrated_on_the_trackers_tracks():
+    """Head 1 puts every point 20% farther than head 2's surface (the heads of a small network disagree):
+    a fixed 5% z-buffer tolerance calls every grid query occluded; calibrated on the tracker's tracks,
+    which it sees, the tolerance accepts them."""
+    num_frames = 16
+    pred = _predictions(num_frames, 16, 4, head1_depth_scale=1.2)
+    qx, qy = np.meshgrid(np.arange(4, 28, 3), np.arange(4, 20, 3))
+    query_xy = np.stack([qx.ravel(), qy.ravel()], -1).astype(np.float64)
+    _, gt2d, inside = _gt_tracks(query_xy, num_frames)
+    tracks = {"tracks_xy": gt2d.astype(np.float32), "visible": inside,
+              "queries": np.concatenate([np.zeros((len(query_xy), 1)), query_xy], 1).astype(np.float32)}
+    cfg = ChainConfig(window=16, overlap=4, queries="grid", grid_size=6, refine="none")
+    fixed = chain_windows(pred, _frames(num_frames), tracks, replace(cfg, visibility_quantile=0.0))
+    assert fixed["visibility_eps_rel"] == np.float32(cfg.mask_eps_rel) and fixed["visible"][:, 1:].mean() < 0.05
+    calibrated = chain_windows(pred, _frames(num_frames), tracks, cfg)
+    assert 0.15 < float(calibrated["visibility_eps_rel"]) < 0.3
+    _, _, grid_inside = _gt_tracks(calibrated["query_xy"].astype(np.float64), num_frames)
+    assert (calibrated["visible"] == grid_inside).mean() > 0.85
 
 
 def test_chaining_carries_grid_queries_by_projection():
