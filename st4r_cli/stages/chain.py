@@ -541,16 +541,23 @@ def _calibrated_eps_rel(windows: list[_Window], owner: np.ndarray, tracks: dict[
                                    config, hw, surface_z.shape[0])
     xy, z = project_tracks(tracks3d, w2c_world, k_mat)
     seen = tracks["visible"].astype(bool) & _inside(xy, hw) & (z > 0)
-    if seen.sum() < 20:
-        return config.mask_eps_rel
-    rows = np.rint(xy[..., 1][seen]).astype(int)
-    cols = np.rint(xy[..., 0][seen]).astype(int)
-    z_surf = surface_z[np.nonzero(seen)[1], rows, cols]
+    z_surf = _surface_z_at(xy, surface_z, hw)[seen]
     gap = z[seen] / np.where(z_surf > 0, z_surf, np.nan) - 1.0
     gap = gap[np.isfinite(gap)]
     if gap.size < 20:
         return config.mask_eps_rel
     return max(config.mask_eps_rel, float(np.quantile(gap, config.visibility_quantile)))
+
+
+def _surface_z_at(tracks2d: np.ndarray, surface_z: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(N, T) depth of frame t's own surface (surface_z (T, H, W)) at the pixel nearest each track's
+    (N, T, 2) position (clamped into the image; callers mask what is outside)."""
+    import numpy as np
+
+    col = np.clip(np.rint(np.nan_to_num(tracks2d[..., 0])).astype(int), 0, hw[1] - 1)
+    row = np.clip(np.rint(np.nan_to_num(tracks2d[..., 1])).astype(int), 0, hw[0] - 1)
+    t_idx = np.broadcast_to(np.arange(surface_z.shape[0])[None], col.shape)
+    return surface_z[t_idx, row, col]
 
 
 def _visibility(tracks2d: np.ndarray, z: np.ndarray, surface_z: np.ndarray, tracks: dict[str, np.ndarray] | None,
@@ -559,11 +566,7 @@ def _visibility(tracks2d: np.ndarray, z: np.ndarray, surface_z: np.ndarray, trac
     import numpy as np
 
     inside = _inside(tracks2d, hw) & (z > 0)
-    col = np.clip(np.rint(np.nan_to_num(tracks2d[..., 0])).astype(int), 0, hw[1] - 1)
-    row = np.clip(np.rint(np.nan_to_num(tracks2d[..., 1])).astype(int), 0, hw[0] - 1)
-    t_idx = np.broadcast_to(np.arange(z.shape[1])[None], z.shape)
-    z_surf = surface_z[t_idx, row, col]
-    mask = inside & (z <= z_surf * (1.0 + config.mask_eps_rel))
+    mask = inside & (z <= _surface_z_at(tracks2d, surface_z, hw) * (1.0 + config.mask_eps_rel))
     if config.visibility == "mask" or tracks is None:
         return mask
     tracker = tracks["visible"].astype(bool)

@@ -386,11 +386,9 @@ def _fuse(tracks3d: np.ndarray, tracker_xy: np.ndarray, tracker_seen: np.ndarray
     """
     import numpy as np
 
-    cam = np.einsum("tij,ntj->nti", w2c[:, :3, :3], tracks3d) + w2c[None, :, :3, 3]
-    depth = cam[..., 2]
-    with np.errstate(all="ignore"):
-        own_xy = np.stack([k_mat[0, 0] * cam[..., 0] / depth + k_mat[0, 2],
-                           k_mat[1, 1] * cam[..., 1] / depth + k_mat[1, 2]], -1)  # (N, T, 2)
+    from st4r_cli.stages.chain import project_tracks
+
+    own_xy, depth = project_tracks(tracks3d, w2c, k_mat)                      # (N, T, 2), (N, T)
     usable = tracker_seen & np.isfinite(own_xy).all(-1) & (depth > 0)
     pixel = own_xy.copy()
     times = np.arange(tracks3d.shape[1])
