@@ -26,6 +26,9 @@ def command(
         help="Override any config value, e.g. --set tracks.grid_size=16 (repeatable).")] = None,
     model: Annotated[Optional[str], typer.Option(  # noqa: UP007
         "--model", help="Checkpoint (default: the embedded weights/st4r-tiny).")] = None,
+    queries: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+        "--queries", help="Points to track: .npy (N,3)/(N,2) or text rows t,x,y / x,y, in pixels of the "
+                          "decoded frames (sets tracks.query_mode=file).")] = None,
     tracker: Annotated[Optional[Tracker], typer.Option(  # noqa: UP007
         "--tracker", case_sensitive=False, help="2D tracker backend.")] = None,
     depth: Annotated[Optional[DepthBackend], typer.Option(  # noqa: UP007
@@ -54,10 +57,14 @@ def command(
     from st4r_cli.cli.common import resolve_device
     from st4r_cli.runs import Run, RunConfig, apply_overrides, load_config
 
-    if not video.exists():
-        raise St4rError(f"input not found: {video}")
+    from st4r_cli.cli.common import check_run_inputs
+    from st4r_cli.stages.decode import check_input_path
+
+    check_input_path(video)
     run_config = load_config(config) if config else RunConfig()
     apply_overrides(run_config, list(set_ or []))
+    if queries is not None:
+        run_config.tracks.query_mode, run_config.tracks.query_file = "file", str(queries.resolve())
     run_config.input = str(video.resolve())
     run_config.device = device.value
     _apply_flags(run_config, model=model, tracker=tracker, depth=depth, long_side=long_side,
@@ -65,6 +72,7 @@ def command(
     pipeline.check_force(force or [])
     pipeline.check_until(until)
     pipeline.check_run_config(run_config)
+    check_run_inputs(run_config)
     resolved_device = resolve_device(device)
     out_dir = out if out is not None else Path("runs") / video.stem
     with Run.create(out_dir, run_config, force=force or []) as run:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from st4r_cli.cli.cmd_tracks import (ConfigOpt, InputArg, LongSideOpt, MaxFramesOpt, RunOutOpt, SetOpt,
-                                     _set_if, finish_run, open_or_start_run, stage_through_cache)
+                                     _set_if, failures_recorded, finish_run, open_or_start_run,
+                                     stage_through_cache)
 from st4r_cli.cli.common import (DepthBackend, Device, DeviceOpt, ForceOpt, QuietOpt, VerboseOpt,
                                  set_verbosity)
 from st4r_cli.errors import St4rError
@@ -61,7 +62,7 @@ def command(
 
     run, decoded, dev = open_or_start_run(input_path, out, config, set_, long_side, max_frames,
                                           force, device, seed, configure)
-    with run:
+    with run, failures_recorded(run):
         cfg = run.config.depth
         key_config, inputs = pipeline.depth_cache_key(cfg, decoded)
         artifact = stage_through_cache(run, "depth", DEPTH_VERSION, key_config, inputs,

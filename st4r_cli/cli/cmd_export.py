@@ -32,9 +32,12 @@ def command(
     from st4r_cli.formats.scene import read_scene
     from st4r_cli.stages.export import FORMATS, ExportConfig, export_scene
 
+    from st4r_cli.runs.run import checked_run_output
+
     if not run_dir.exists():
         raise St4rError(f"not found: {run_dir}")
     scene_path = run_dir if run_dir.is_file() else run_dir / "scene.npz"
+    scene_path = checked_run_output(scene_path)   # a run's scene: only when the run is complete
     if not scene_path.is_file():
         raise St4rError(f"{run_dir} has no scene.npz (run `st4r adapt` to completion first)")
     chosen = [name for name, flag in zip(FORMATS, (ply, glb, tum, colmap, npz)) if flag] or list(FORMATS)

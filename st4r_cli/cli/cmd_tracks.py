@@ -8,6 +8,8 @@ versa). Flags override the config for this command only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -96,7 +98,7 @@ def command(
 
     run, decoded, dev = open_or_start_run(input_path, out, config, set_, long_side, max_frames,
                                           force, device, seed, configure)
-    with run:
+    with run, failures_recorded(run):
         cfg, run_seed = run.config.tracks, run.config.seed
         key_config, inputs = pipeline.tracks_cache_key(cfg, run_seed, decoded)
         artifact = stage_through_cache(
@@ -117,24 +119,25 @@ def open_or_start_run(input_path: Path, out: Path | None, config: Path | None, o
     """(run, decode artifact, resolved device) for a video/folder input or an existing run directory.
 
     `configure(run_config)` applies the command's own flags (and checks the backend is available)
-    before anything is decoded.
+    before anything is decoded. Every config value is checked before the run directory is created
+    or touched. The run is locked as `st4r adapt` locks it (a run another st4r process works in is
+    refused); a run this command starts is marked failed/interrupted on any error, never left
+    `running`.
     """
     from st4r_cli import pipeline
     from st4r_cli.cli.common import resolve_device
     from st4r_cli.runs import Run, RunConfig, apply_overrides, load_config
     from st4r_cli.runs.run import CONFIG_NAME
+    from st4r_cli.stages.decode import check_input_path
 
-    if not input_path.exists():
-        raise St4rError(f"input not found: {input_path}")
+    check_input_path(input_path)
     pipeline.check_force(force or [])
     is_run = input_path.is_dir() and (input_path / CONFIG_NAME).is_file()
     if is_run:
         if config is not None or long_side is not None or max_frames is not None:
             raise St4rError("--config, --long-side and --max-frames apply to a video input; a run "
                             "directory keeps its own decode settings")
-        run = Run.open(input_path)
-        run.force = set(force or [])
-        run_config = run.config
+        run_config = Run.open(input_path).config
     else:
         run_config = load_config(config) if config else RunConfig()
         run_config.input = str(input_path.resolve())
@@ -144,20 +147,36 @@ def open_or_start_run(input_path: Path, out: Path | None, config: Path | None, o
     _set_if(run_config, "seed", seed)
     run_config.device = device.value
     configure(run_config)
+    pipeline.check_run_config(run_config)
     resolved = resolve_device(device)
-    if not is_run:
-        from st4r_cli.stages.decode import check_decode_config
-
-        check_decode_config(run_config.decode)
+    if is_run:
+        run = Run.open(input_path, lock=True)
+        run.config = run_config
+        run.force = set(force or [])
+    else:
         run = Run.create(out if out is not None else Path("runs") / input_path.stem, run_config,
                          force=force or [])
     try:
-        decoded = run.artifact("decode") if is_run and run.has_artifact("decode") and \
-            "decode" not in run.force else pipeline.run_decode(run)
+        with failures_recorded(run):
+            decoded = run.artifact("decode") if is_run and run.has_artifact("decode") and \
+                "decode" not in run.force else pipeline.run_decode(run)
     except BaseException:
         run.close()
         raise
     return run, decoded, resolved
+
+
+@contextmanager
+def failures_recorded(run: Run) -> Iterator[None]:
+    """Mark a run this command started failed (or interrupted) when the body raises."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _mark_failed_if_started(run, "interrupted by the user", interrupted=True)
+        raise
+    except Exception as err:
+        _mark_failed_if_started(run, str(err) if isinstance(err, St4rError) else f"{type(err).__name__}: {err}")
+        raise
 
 
 def finish_run(run: Run, input_path: Path) -> None:
@@ -169,8 +188,11 @@ def finish_run(run: Run, input_path: Path) -> None:
 
 def _mark_failed_if_started(run: Run, message: str, interrupted: bool = False) -> None:
     """A run this command started (it holds the run lock) is marked failed, never left `running`."""
-    if run.status == "running" and getattr(run, "_lock_fd", None) is not None:
-        run.mark_failed(message, interrupted=interrupted)
+    try:
+        if run.status == "running" and getattr(run, "_lock_fd", None) is not None:
+            run.mark_failed(message, interrupted=interrupted)
+    except St4rError:  # e.g. the disk is full: the original error is the one to report
+        pass
 
 
 def stage_through_cache(run: Run, name: str, version: int | str, config: Any, inputs: list[str],
@@ -179,14 +201,8 @@ def stage_through_cache(run: Run, name: str, version: int | str, config: Any, in
     from st4r_cli import progress
 
     forced = bool({name, "all"} & set(force or []))
-    try:
+    with failures_recorded(run):
         artifact = run.cache.get_or_compute(name, version, config, inputs, compute, force=forced)
-    except KeyboardInterrupt:
-        _mark_failed_if_started(run, "interrupted by the user", interrupted=True)
-        raise
-    except Exception as err:
-        _mark_failed_if_started(run, str(err) if isinstance(err, St4rError) else f"{type(err).__name__}: {err}")
-        raise
     verb = "reused" if artifact.reused else f"computed in {artifact.seconds:.1f} s"
     progress.log(f"[green]✓[/green] {name}: {verb}")
     return artifact

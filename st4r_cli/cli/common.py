@@ -93,6 +93,26 @@ def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
     progress.set_verbosity(quiet=quiet, verbose=verbose)
 
 
+def check_run_inputs(config: object) -> None:
+    """The files a run config names, checked before any stage runs (St4rError, one line): the
+    model checkpoint (`model.io.check_checkpoint_file`) and, with `tracks.query_mode: file`, the
+    query file (`tracking.queries.load_query_file`)."""
+    from st4r_cli.model.io import check_checkpoint_file
+
+    check_checkpoint_file(config.model)  # type: ignore[attr-defined]
+    tracks = config.tracks  # type: ignore[attr-defined]
+    if tracks.query_mode == "file":
+        from st4r_cli.tracking.queries import load_query_file
+
+        if not tracks.query_file:
+            raise St4rError("tracks query mode 'file' needs a query file (--queries FILE)")
+        import numpy as np
+
+        points = load_query_file(tracks.query_file)
+        if not np.isfinite(points).all():
+            raise St4rError(f"query file {tracks.query_file} holds non-finite values (NaN or inf)")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch RNGs (torch only if it is already imported or needed)."""
     import random

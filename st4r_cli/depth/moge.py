@@ -74,12 +74,9 @@ def load_moge(path: Path, device: str):  # -> (torch.nn.Module, version)
     """Build the official MoGe model described by the checkpoint and load its weights (strict)."""
     import importlib
 
-    import torch
+    from st4r_cli.formats.safe import load_torch_checkpoint
 
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is a user error
-        raise St4rError(f"cannot read MoGe checkpoint {path}: {' '.join(str(err).split())[:200]}") from None
+    checkpoint = load_torch_checkpoint(path, "MoGe checkpoint")  # weights_only=True: never runs code
     if not isinstance(checkpoint, dict) or "model_config" not in checkpoint or "model" not in checkpoint:
         raise St4rError(f"{path} is not a MoGe checkpoint (expected {{'model_config', 'model'}})")
     version = moge_version(checkpoint["model_config"])

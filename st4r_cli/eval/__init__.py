@@ -136,6 +136,10 @@ def run_eval(prediction: Path, ground_truth: Path, match_px: float = 1.0) -> Eva
     else:
         pairs = pair_predictions(prediction, ground_truth)
     report = EvalReport(prediction, ground_truth)
+    from st4r_cli.runs.run import checked_run_output
+
+    for _, scene_path, _ in pairs:  # every run complete and its scene intact, before any work
+        checked_run_output(scene_path)
     for name, scene_path, clip_or_path in progress.track(pairs, "evaluating"):
         scene = read_scene(scene_path)
         clip = clip_or_path if not isinstance(clip_or_path, Path) else load_ground_truth(clip_or_path)

@@ -42,6 +42,30 @@ def load_ground_truth(path: Path, load_frames: bool = False) -> Clip:
     TAPVid-3D files, whose JPEG frames are always decoded).
     """
     path = Path(path)
+    clip = _load_ground_truth(path, load_frames)
+    check_finite_cameras(clip.gt, path)
+    return clip
+
+
+def check_finite_cameras(gt: dict, where: Path | str) -> None:
+    """St4rError naming the first frame whose ground-truth pose (`cam_c2w`) or intrinsics hold NaN/inf:
+    metrics on such cameras mean nothing (and their inverses fail)."""
+    import numpy as np
+
+    for key in ("cam_c2w", "intrinsics"):
+        if key not in gt:
+            continue
+        values = np.asarray(gt[key], dtype=np.float64)
+        if values.ndim < 3:
+            values = values[None]
+        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if not finite.all():
+            frame = int(np.flatnonzero(~finite)[0])
+            raise St4rError(f"{where}: ground-truth {key} of frame {frame} is not finite (NaN or inf); "
+                            f"{int((~finite).sum())} of {len(finite)} frame(s) affected")
+
+
+def _load_ground_truth(path: Path, load_frames: bool) -> Clip:
     kind = ground_truth_kind(path)
     if kind is None:
         raise St4rError(f"{path}: not a clip folder, TAP-Vid folder, 7-Scenes sequence or TAPVid-3D .npz")

@@ -23,6 +23,8 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
+    except Image.DecompressionBombError as exc:
+        raise St4rError(f"image {path} is too large to read safely: {exc}") from None
     except (OSError, ValueError) as exc:
         raise St4rError(f"cannot read image {path}: {exc}") from None
 

@@ -47,22 +47,26 @@ def first_visible(visible: np.ndarray) -> np.ndarray:
 
 
 def read_tapvid_pickle(path: Path) -> list[TapVid2DClip]:
-    """All videos of an official TAP-Vid pickle (trusted input: pickle executes code when loaded)."""
+    """All videos of an official TAP-Vid pickle.
+
+    Read with a restricted unpickler (`formats.safe`): dicts, lists, strings, numbers and NumPy arrays
+    only, so a crafted pickle cannot run code (St4rError naming the refused type).
+    """
+    from st4r_cli.formats.safe import read_restricted_pickle
+
     path = Path(path)
-    if not path.is_file():
-        raise St4rError(f"file not found: {path}")
-    try:
-        with open(path, "rb") as handle:
-            data = pickle.load(handle)
-    except (pickle.UnpicklingError, EOFError, OSError, AttributeError) as exc:
-        raise St4rError(f"cannot read TAP-Vid pickle {path}: {exc}") from None
+    data = read_restricted_pickle(path)
     if isinstance(data, list):  # Kinetics-style list of videos
         data = {str(i): item for i, item in enumerate(data)}
+    if not isinstance(data, dict):
+        raise St4rError(f"{path}: not a TAP-Vid pickle (expected a dict of videos, got {type(data).__name__})")
     clips = []
     for name, item in data.items():
-        if not all(k in item for k in ("video", "points", "occluded")):
+        if not isinstance(item, dict) or not all(k in item for k in ("video", "points", "occluded")):
             raise St4rError(f"{path}: entry {name!r} lacks video/points/occluded")
         video = np.asarray(item["video"])
+        if video.ndim != 4 or video.shape[-1] != 3 or video.dtype == object:
+            raise St4rError(f"{path}: entry {name!r}: video must be (T, H, W, 3), got {video.shape}")
         height, width = video.shape[1:3]
         visible = ~np.asarray(item["occluded"], dtype=bool)
         tracks = np.asarray(item["points"], dtype=np.float64) * np.array([width, height]) - RASTER_TO_PIXEL

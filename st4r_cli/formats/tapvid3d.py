@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from st4r_cli.errors import St4rError
-from st4r_cli.formats._io import load_npz
 
 
 @dataclass
@@ -52,8 +51,13 @@ class TapVid3DClip:
 def _decode_jpeg(data: bytes) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(io.BytesIO(bytes(data))) as image:
-        return np.asarray(image.convert("RGB"))
+    try:
+        with Image.open(io.BytesIO(data if isinstance(data, bytes) else str(data).encode("latin1"))) as image:
+            return np.asarray(image.convert("RGB"))
+    except Image.DecompressionBombError as err:
+        raise St4rError(f"a frame is too large to read safely: {err}") from None
+    except (OSError, ValueError) as err:
+        raise St4rError(f"a frame is not a readable JPEG: {' '.join(str(err).split())}") from None
 
 
 def _encode_jpeg(frame: np.ndarray, quality: int = 95) -> bytes:
@@ -65,12 +69,24 @@ def _encode_jpeg(frame: np.ndarray, quality: int = 95) -> bytes:
 
 
 def read_tapvid3d(path: Path) -> TapVid3DClip:
-    """Read a TAPVid-3D npz (it stores JPEG bytes as an object array, hence pickle is allowed)."""
-    data = load_npz(Path(path), allow_pickle=True)
+    """Read a TAPVid-3D npz.
+
+    Numeric arrays are read with `allow_pickle=False`; the frames (`images_jpeg_bytes`, an object array
+    of JPEG bytes in the published files) with the restricted unpickler of `formats.safe`, which
+    accepts only an array of bytes/str.
+    """
+    from st4r_cli.formats.safe import load_npz_untrusted
+
+    data = load_npz_untrusted(Path(path))
     missing = [k for k in ("images_jpeg_bytes", "tracks_XYZ", "visibility", "fx_fy_cx_cy") if k not in data]
     if missing:
         raise St4rError(f"{path}: not a TAPVid-3D file (missing {', '.join(missing)})")
-    frames = np.stack([_decode_jpeg(b) for b in data["images_jpeg_bytes"]])
+    try:
+        frames = np.stack([_decode_jpeg(b) for b in data["images_jpeg_bytes"]])
+    except St4rError as err:
+        raise St4rError(f"{path}: {err}") from None
+    except ValueError as err:  # frames of different sizes
+        raise St4rError(f"{path}: frames do not stack: {err}") from None
     tracks = np.asarray(data["tracks_XYZ"], dtype=np.float64)
     visibility = np.asarray(data["visibility"], dtype=bool)
     if tracks.ndim != 3 or tracks.shape[0] != len(frames) or visibility.shape != tracks.shape[:2]:

@@ -7,6 +7,9 @@ Formats `load_model` accepts (all local paths):
 - official St4RTrack / DUSt3R pickle: `{'model': state_dict, 'args': Namespace(model="AsymmetricCroCo3DStereo(...)")}`,
   keys maybe prefixed `module.`. The config comes from the state-dict shapes, with head counts and
   image size from `args.model` (parsed with `ast`, never eval'd) when present.
+
+Torch pickles are read with `weights_only=True` (`formats.safe.load_torch_checkpoint`): tensors, plain
+containers, numbers, strings and `argparse.Namespace` only; a file naming anything else is refused.
 """
 
 from __future__ import annotations
@@ -86,21 +89,23 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str
     """Config and float32 state dict (aliases completed) of any supported checkpoint file."""
     import torch
 
+    from st4r_cli.formats.safe import load_torch_checkpoint
+
     path = Path(path)
     if not path.is_file():
         raise St4rError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise St4rError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    ckpt = load_torch_checkpoint(path)  # weights_only=True + argparse.Namespace: never runs code
     if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt["model"], dict):
         raise St4rError(f"{path} is not a St4R/St4RTrack checkpoint (no 'model' state dict)")
     state = strip_module_prefix(ckpt["model"])
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items() if torch.is_tensor(v)}
+    state = {str(k): v.float() if v.is_floating_point() else v for k, v in state.items() if torch.is_tensor(v)}
     if "model_config" in ckpt:
-        config = ModelConfig.from_dict(dict(ckpt["model_config"]))
+        try:
+            config = ModelConfig.from_dict(dict(ckpt["model_config"]))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise St4rError(f"{path}: invalid model_config: {exc}") from None
     else:
         config = _official_config(state, ckpt.get("args"), path)
     return config, complete_state_dict(state)
@@ -174,3 +179,52 @@ def import_official(src: str | os.PathLike[str], dst: str | os.PathLike[str], ha
         raise St4rError(f"output must end in .safetensors: {dst}")
     model = load_model(src, "cpu")
     return save_model(model, dst, half=half, extra_metadata={"source": Path(src).name})
+
+
+def check_checkpoint_file(path: str | os.PathLike[str]) -> None:
+    """Cheap checks that `path` is a checkpoint `load_model` can read, before any stage runs.
+
+    Missing / not a regular file / unreadable / neither safetensors nor a torch checkpoint, or a torch
+    checkpoint naming a type the safe loader refuses: St4rError (one line). Reads only the file's
+    header or pickle, never the tensors.
+    """
+    import zipfile
+
+    path = Path(path)
+    if not path.exists():
+        raise St4rError(f"--model checkpoint not found: {path}")
+    if not path.is_file():
+        raise St4rError(f"--model {path} is not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as err:
+        raise St4rError(f"--model {path} cannot be read: {err.strerror or err}") from None
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.metadata()
+        except Exception as exc:  # noqa: BLE001 - any header failure is a bad file
+            raise St4rError(f"--model {path} is not a readable safetensors file: {exc}") from None
+        return
+    if zipfile.is_zipfile(path):
+        import torch
+
+        from st4r_cli.formats.safe import REFUSED_HINT, torch_allowed_globals
+
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception as exc:  # noqa: BLE001 - a zip that is no torch checkpoint
+            raise St4rError(f"--model {path} is not a torch checkpoint ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:160]})") from None
+        allowed = {f"{g.__module__}.{g.__qualname__}" for g in torch_allowed_globals()}
+        refused = sorted(set(found) - allowed)
+        if refused:
+            raise St4rError(f"--model {path}: refused to load {', '.join(refused)} ({REFUSED_HINT})")
+        return
+    if head[:1] == b"\x80":  # a legacy (non-zip) torch pickle: load it with the safe loader
+        read_checkpoint(path)
+        return
+    raise St4rError(f"--model {path} is not a checkpoint (neither safetensors nor a torch file)")

@@ -28,6 +28,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path to write; on success it replaces `path`, on error it is removed.
 
     The temp path keeps `path`'s suffix, so writers that append suffixes (np.savez) behave.
+    An OSError while writing or renaming (disk full, permission denied, ...) becomes a one-line
+    St4rError naming `path`.
     """
     path = Path(path)
     tmp = temp_path_for(path)
@@ -37,9 +39,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync(path.parent)
+    except OSError as err:
+        from st4r_cli.errors import St4rError
+
+        reason = err.strerror or str(err) or type(err).__name__
+        raise St4rError(f"cannot write {path}: {reason}") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            if tmp.exists():
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -87,15 +87,29 @@ def digest_arrays(arrays: Mapping[str, Any]) -> str:
 
 
 def digest_path(path: Path) -> str:
-    """Content hash of an input: a file's bytes, or a folder's image files (names and bytes)."""
+    """Content hash of an input: a file's bytes, or a folder's image files (names and bytes).
+
+    St4rError for anything that is neither a regular file nor a folder (a device such as /dev/zero or a
+    FIFO would be hashed forever); non-regular entries of a folder are skipped, as decode skips them.
+    """
+    from st4r_cli.stages.decode import check_input_path
+
     path = Path(path)
+    check_input_path(path)
     h = hashlib.sha256()
     if path.is_dir():
-        for item in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        for item in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
             h.update(item.name.encode() + b"\0")
             _hash_file_into(h, item)
     else:
         _hash_file_into(h, path)
+    return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    _hash_file_into(h, Path(path))
     return h.hexdigest()
 
 
@@ -130,18 +144,47 @@ class StageCache:
         return self.directory / f"{stem}.npz", self.directory / f"{stem}.json"
 
     def lookup(self, stage: str, key: str) -> Artifact | None:
-        """The finished artifact for (stage, key), or None (missing, unfinished or damaged)."""
+        """The finished artifact for (stage, key), or None (missing, unfinished or damaged).
+
+        An artifact counts only when its metadata exists and the `.npz`'s bytes still hash to the
+        sha256 the metadata recorded (`sha256`; metadata of older versions without it: the arrays are
+        loaded and must hash to `digest`). Damage is reported with a one-line warning and the
+        artifact is treated as missing, so the stage is recomputed.
+        """
         npz_path, meta_path = self._paths(stage, key)
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             return None
-        if meta.get("key") != key or not npz_path.is_file():
+        if not isinstance(meta, dict) or meta.get("key") != key or not npz_path.is_file():
             return None
-        if npz_path.stat().st_size != meta.get("bytes"):
+        damage = self._damage(npz_path, meta)
+        if damage:
+            from st4r_cli import progress
+
+            progress.log(f"[yellow]warning[/yellow]: cached {stage} result {npz_path} is damaged "
+                         f"({damage}); recomputing it")
             return None
         return Artifact(stage=stage, key=key, digest=meta["digest"], path=npz_path, reused=True,
-                        seconds=float(meta.get("seconds", 0.0)))
+                        seconds=float(meta.get("seconds", 0.0)), _arrays=meta.pop("_arrays", None))
+
+    @staticmethod
+    def _damage(npz_path: Path, meta: dict[str, Any]) -> str | None:
+        """Why the artifact's file does not match its metadata, or None when it does."""
+        try:
+            if npz_path.stat().st_size != meta.get("bytes"):
+                return "its size changed"
+            if "sha256" in meta:
+                return None if sha256_file(npz_path) == meta["sha256"] else "content digest mismatch"
+            arrays = load_npz(npz_path)   # metadata without a file digest: check the arrays' digest
+        except OSError as err:
+            return f"unreadable: {err.strerror or err}"
+        except Exception as err:  # noqa: BLE001 - any failure to parse the archive is damage
+            return f"unreadable: {type(err).__name__}"
+        if digest_arrays(arrays) != meta.get("digest"):
+            return "content digest mismatch"
+        meta["_arrays"] = arrays
+        return None
 
     def store(self, stage: str, key: str, arrays: Mapping[str, Any], info: dict[str, Any]) -> Artifact:
         """Save arrays (atomically) then their metadata (atomically); returns the artifact."""
@@ -149,10 +192,17 @@ class StageCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         npz_path, meta_path = self._paths(stage, key)
         digest = digest_arrays(arrays)
-        atomic_save_npz(npz_path, arrays)
-        meta = {"stage": stage, "key": key, "digest": digest, "bytes": npz_path.stat().st_size,
-                "arrays": {k: [str(v.dtype), list(v.shape)] for k, v in arrays.items()}, **info}
-        atomic_write_text(meta_path, json.dumps(meta, indent=1, default=str))
+        try:
+            atomic_save_npz(npz_path, arrays)
+            meta = {"stage": stage, "key": key, "digest": digest, "bytes": npz_path.stat().st_size,
+                    "sha256": sha256_file(npz_path),
+                    "arrays": {k: [str(v.dtype), list(v.shape)] for k, v in arrays.items()}, **info}
+            atomic_write_text(meta_path, json.dumps(meta, indent=1, default=str))
+        except OSError as err:
+            from st4r_cli.errors import St4rError
+
+            raise St4rError(f"cannot write the {stage} result to {self.directory}: "
+                            f"{err.strerror or err}") from None
         return Artifact(stage=stage, key=key, digest=digest, path=npz_path, reused=False,
                         seconds=float(info.get("seconds", 0.0)), _arrays=dict(arrays))
 

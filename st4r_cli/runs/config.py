@@ -61,7 +61,7 @@ class RunConfig:
             if key in STAGE_CONFIGS:
                 setattr(config, key, stage_config_from_dict(STAGE_CONFIGS[key], value or {}, key))
             elif key in _top_level_fields():
-                setattr(config, key, value)
+                setattr(config, key, check_field_value(cls, key, value, key))
             else:
                 raise St4rError(f"unknown run config key '{key}' (known: {', '.join(_all_keys())})")
         return config
@@ -84,13 +84,85 @@ def stage_config_from_dict(cls: type, data: dict[str, Any], section: str = "") -
     if unknown:
         raise St4rError(f"unknown {section or cls.__name__} option(s): {', '.join(unknown)} "
                         f"(known: {', '.join(sorted(names))})")
-    return cls(**{k: _tuple_if_default_tuple(cls, k, v) for k, v in data.items()})
+    return cls(**{k: check_field_value(cls, k, v, f"{section}.{k}" if section else k) for k, v in data.items()})
 
 
-def _tuple_if_default_tuple(cls: type, name: str, value: Any) -> Any:
-    """YAML has no tuples: give tuple-typed fields their tuple back."""
-    default = _field_default(cls, name)
-    if isinstance(default, tuple) and isinstance(value, list):
+def _field_types(cls: type) -> dict[str, Any]:
+    """Resolved type hints of a config dataclass's fields (annotations are strings here)."""
+    import typing
+
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation that does not resolve: check against defaults only
+        return {}
+
+
+def check_field_value(cls: type, name: str, value: Any, where: str) -> Any:
+    """`value` checked (and converted where lossless) against the declared type of field `name`.
+
+    int, float, bool, str, `X | None` and `tuple[...]` fields are checked; a float must be finite
+    unless the class lists the field in `ALLOW_NONFINITE: ClassVar[tuple[str, ...]]`. A string for a
+    float field is parsed as a number (YAML 1.1 reads "1e-4" as a string). St4rError names the
+    setting (`where`) and the value:  "decode.end='abc': expected an integer".
+    """
+    declared = _field_types(cls).get(name)
+    if declared is None:
+        declared = type(_field_default(cls, name)) if _field_default(cls, name) is not None else Any
+    allow_nonfinite = name in getattr(cls, "ALLOW_NONFINITE", ())
+    return _check_type(declared, value, where, allow_nonfinite)
+
+
+def _check_type(declared: Any, value: Any, where: str, allow_nonfinite: bool = False) -> Any:
+    import math
+    import types
+    import typing
+
+    origin, args = typing.get_origin(declared), typing.get_args(declared)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _check_type(options[0], value, where, allow_nonfinite)
+        return value
+    if declared is bool:
+        if isinstance(value, bool):
+            return value
+        raise St4rError(f"{where}={value!r}: expected true or false")
+    if declared is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+        raise St4rError(f"{where}={value!r}: expected an integer")
+    if declared is float:
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                raise St4rError(f"{where}={value!r}: expected a number") from None
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise St4rError(f"{where}={value!r}: expected a number")
+        number = float(number)
+        if not allow_nonfinite and not math.isfinite(number):
+            raise St4rError(f"{where}={value!r}: expected a finite number")
+        return number
+    if declared is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise St4rError(f"{where}={value!r}: expected a string")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise St4rError(f"{where}={value!r}: expected a list")
+        if args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise St4rError(f"{where}={value!r}: expected a list of {len(args)} values")
+            return tuple(_check_type(a, v, where, allow_nonfinite) for a, v in zip(args, value))
+        if args:
+            return tuple(_check_type(args[0], v, where, allow_nonfinite) for v in value)
         return tuple(value)
     return value
 
@@ -156,37 +228,14 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         if name not in names:
             where = f"'{section}'" if section else "the run config"
             raise St4rError(f"--set {item}: {where} has no option '{name}' (known: {', '.join(names)})")
-        default = _field_default(type(target), name)
-        setattr(target, name, _coerce(value, default, item))
+        if _field_types(type(target)).get(name) is str and raw.strip():
+            value = raw.strip()  # a string field takes the text as typed (no YAML number/bool parsing)
+        try:
+            setattr(target, name, check_field_value(type(target), name, value, key))
+        except St4rError as err:
+            message = str(err).rsplit(": ", 1)[-1]
+            raise St4rError(f"--set {item}: {message}") from None
     return config
-
-
-def _coerce(value: Any, default: Any, item: str) -> Any:
-    """Check/convert an override value to the type of the field's default."""
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise St4rError(f"--set {item}: expected true or false")
-    if isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise St4rError(f"--set {item}: expected an integer")
-    if isinstance(default, float):
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise St4rError(f"--set {item}: expected a number")
-    if isinstance(default, str):
-        return str(value)
-    if isinstance(default, tuple) and isinstance(value, list):
-        return tuple(value)
-    return value
 
 
 def repo_root() -> Path:
@@ -230,7 +279,12 @@ def load_config(path: Path) -> RunConfig:
         raise St4rError(f"config file not found: {path}") from None
     except (OSError, yaml.YAMLError) as err:
         raise St4rError(f"cannot read config {path}: {' '.join(str(err).split())}") from None
-    return RunConfig.from_dict(data)
+    except UnicodeDecodeError:
+        raise St4rError(f"cannot read config {path}: not a text (YAML) file") from None
+    try:
+        return RunConfig.from_dict(data)
+    except St4rError as err:
+        raise St4rError(f"config {path}: {err}") from None
 
 
 def _plain(value: Any) -> Any:

@@ -57,9 +57,15 @@ class Run:
         except OSError as err:
             run.close()
             raise St4rError(f"cannot write {out_dir / CONFIG_NAME}: {err.strerror or err}") from None
-        previous = run._read_status()
-        for name in previous.get("outputs", []):
-            (out_dir / name).unlink(missing_ok=True)
+        try:
+            previous = run._read_status()
+            run._check_cache_inside()
+            stale = [run._inside(name, "delete") for name in _output_names(previous)]
+            for path in stale:
+                path.unlink(missing_ok=True)
+        except BaseException:
+            run.close()
+            raise
         remove_stale_temps(out_dir)
         remove_stale_temps(run.cache.directory)
         run._write_status({"status": "running", "started": _now(), "pid": os.getpid(),
@@ -67,14 +73,26 @@ class Run:
         return run
 
     @classmethod
-    def open(cls, run_dir: Path) -> Run:
-        """Open an existing run directory (read its config.yaml)."""
+    def open(cls, run_dir: Path, lock: bool = False) -> Run:
+        """Open an existing run directory (read its config.yaml).
+
+        `lock=True` for a command that writes into the run: it takes the run lock as `create` does
+        (St4rError when another st4r process works in the run); release it with `close()`.
+        """
         run_dir = Path(run_dir)
         if not run_dir.exists():
             raise St4rError(f"run directory not found: {run_dir}")
         if not (run_dir / CONFIG_NAME).is_file():
             raise St4rError(f"{run_dir} is not a st4r run directory (no {CONFIG_NAME})")
-        return cls(run_dir, load_config(run_dir / CONFIG_NAME))
+        run = cls(run_dir, load_config(run_dir / CONFIG_NAME))
+        if lock:
+            run._acquire_lock()
+            try:
+                run._check_cache_inside()
+            except BaseException:
+                run.close()
+                raise
+        return run
 
     # -- stages ---------------------------------------------------------------------------------
     def stage(self, name: str, version: int | str, config: Any, inputs: Sequence[str],
@@ -109,12 +127,33 @@ class Run:
 
     # -- outputs and status ---------------------------------------------------------------------
     def publish(self, filename: str, arrays: Mapping[str, Any]) -> Path:
-        """Write an output `.npz` (e.g. scene.npz) into the run directory atomically."""
-        path = self.dir / filename
-        atomic_save_npz(path, dict(arrays))
+        """Write an output `.npz` (e.g. scene.npz) into the run directory atomically; run.json records
+        its name and the sha256 of its bytes (`verify_output` checks it)."""
+        from st4r_cli.runs.cache import sha256_file
+
+        path = self._inside(filename, "write")
+        try:
+            atomic_save_npz(path, dict(arrays))
+        except OSError as err:
+            raise St4rError(f"cannot write {path}: {err.strerror or err}") from None
         status = self._read_status()
-        status["outputs"] = sorted(set(status.get("outputs", [])) | {filename})
+        status["outputs"] = sorted(set(_output_names(status)) | {filename})
+        status.setdefault("output_sha256", {})[filename] = sha256_file(path)
         self._write_status(status)
+        return path
+
+    def verify_output(self, filename: str) -> Path:
+        """The path of a published output, checked against the sha256 run.json recorded for it
+        (St4rError when it is missing or was changed since the run wrote it)."""
+        from st4r_cli.runs.cache import sha256_file
+
+        path = self._inside(filename, "read")
+        if not path.is_file():
+            raise St4rError(f"{path} not found (run `st4r adapt` to completion first)")
+        recorded = self._read_status().get("output_sha256", {}).get(filename)
+        if recorded is not None and sha256_file(path) != recorded:
+            raise St4rError(f"{path} was modified or damaged after the run wrote it (its content no "
+                            f"longer matches run.json); rerun `st4r adapt` with --out {self.dir}")
         return path
 
     @property
@@ -149,6 +188,25 @@ class Run:
         self.close()
 
     # -- internals ------------------------------------------------------------------------------
+    def _inside(self, name: str, action: str) -> Path:
+        """`self.dir / name`, St4rError unless it is a plain file name that stays inside the run
+        directory (run.json is a file anyone can edit: never follow it outside the run)."""
+        root = self.dir.resolve()
+        path = self.dir / str(name)
+        target = path.parent.resolve() / path.name
+        if (not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts
+                or not target.is_relative_to(root) or target == root):
+            raise St4rError(f"refusing to {action} {name!r}: it is not inside the run directory {self.dir} "
+                            f"(run.json may have been edited)")
+        return path
+
+    def _check_cache_inside(self) -> None:
+        """St4rError when `cache/` is a link leading out of the run directory."""
+        cache = self.cache.directory
+        if cache.exists() and not cache.resolve().is_relative_to(self.dir.resolve()):
+            raise St4rError(f"{cache} leads outside the run directory {self.dir} ({cache.resolve()}); "
+                            "refusing to write there")
+
     def _record_stage(self, artifact: Artifact) -> None:
         status = self._read_status()
         status.setdefault("stages", {})[artifact.stage] = {
@@ -163,9 +221,10 @@ class Run:
 
     def _read_status(self) -> dict[str, Any]:
         try:
-            return json.loads((self.dir / STATUS_NAME).read_text())
+            status = json.loads((self.dir / STATUS_NAME).read_text())
         except (OSError, ValueError):
             return {}
+        return status if isinstance(status, dict) else {}
 
     def _write_status(self, status: dict[str, Any]) -> None:
         status["updated"] = _now()
@@ -174,13 +233,24 @@ class Run:
     def _acquire_lock(self) -> None:
         import fcntl
 
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as err:
+            raise St4rError(f"cannot lock {self.dir / '.lock'}: {err.strerror or err}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             raise St4rError(f"run directory {self.dir} is in use by another st4r process") from None
         self._lock_fd = fd
+
+
+def _output_names(status: Mapping[str, Any]) -> list[str]:
+    """run.json's `outputs` list (St4rError unless it is a list of strings)."""
+    names = status.get("outputs", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise St4rError(f"run.json: 'outputs' must be a list of file names, got {names!r}")
+    return names
 
 
 def _make_writable_dir(path: Path) -> None:
@@ -197,3 +267,24 @@ def _make_writable_dir(path: Path) -> None:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def checked_run_output(path: Path) -> Path:
+    """`path` (a run's output such as `runs/NAME/scene.npz`), checked for commands that read it.
+
+    When `path` lies in a st4r run directory (config.yaml or run.json beside it): St4rError unless the
+    run is `complete`, the file is one the run published, and its bytes are the ones it wrote (a failed
+    rerun removes the old outputs; this also catches any left by other means). A file outside a run
+    directory is returned as it is.
+    """
+    path = Path(path)
+    run_dir = path.parent
+    if not ((run_dir / CONFIG_NAME).is_file() or (run_dir / STATUS_NAME).is_file()):
+        return path
+    run = Run.open(run_dir)
+    run.require_complete()
+    if not path.is_file():
+        raise St4rError(f"{run_dir} has no {path.name} (run `st4r adapt` to completion first)")
+    if path.name not in _output_names(run._read_status()):
+        raise St4rError(f"{path} was not written by the run in {run_dir}; rerun `st4r adapt` with --out {run_dir}")
+    return run.verify_output(path.name)

@@ -73,6 +73,27 @@ def check_decode_config(cfg: DecodeConfig) -> None:
         raise St4rError(f"fps must be > 0, got {cfg.fps}")
 
 
+def check_input_path(path: Path) -> None:
+    """St4rError unless `path` is a regular file or a folder (a device, FIFO or socket such as
+    /dev/zero would never end: st4r hashes and decodes its input)."""
+    import os
+    import stat
+
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise St4rError(f"input not found: {path}") from None
+    except OSError as err:
+        raise St4rError(f"cannot read input {path}: {err.strerror or err}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+                else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "special")
+        raise St4rError(f"input {path} is {kind}, not a regular file or a folder of images")
+    if not os.access(path, os.R_OK | (os.X_OK if stat.S_ISDIR(mode) else 0)):
+        raise St4rError(f"input {path} is not readable (permission denied)")
+
+
 def processing_hw(orig_hw: tuple[int, int], cfg: DecodeConfig) -> tuple[int, int]:
     """Processing size (H, W) for a source of size `orig_hw` (see module docstring)."""
     h0, w0 = int(orig_hw[0]), int(orig_hw[1])
@@ -109,8 +130,7 @@ def decode(source: str | Path, cfg: DecodeConfig) -> dict[str, Any]:
 
     check_decode_config(cfg)
     source = Path(source)
-    if not source.exists():
-        raise St4rError(f"input not found: {source}")
+    check_input_path(source)
     if source.is_dir():
         raw_frames, total, folder_fps = _image_folder_frames(source, cfg)
     else:
@@ -323,6 +343,8 @@ def _read_image_rgb(path: Path) -> Any:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
             image.load()
+    except Image.DecompressionBombError as err:
+        raise St4rError(f"image {path} is too large to read safely: {' '.join(str(err).split())}") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise St4rError(f"cannot read image {path}: {' '.join(str(err).split())}") from None
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -334,3 +356,4 @@ def _read_image_rgb(path: Path) -> Any:
         rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
         return np.round(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+

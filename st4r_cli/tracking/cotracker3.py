@@ -71,13 +71,22 @@ def load_predictor(mode: str, checkpoint: Path, device: str,
     """
     from cotracker.predictor import CoTrackerOnlinePredictor, CoTrackerPredictor
 
+    from st4r_cli.formats.safe import load_torch_checkpoint
+
+    # The state dict is read here with weights_only=True (never by CoTracker's own torch.load), then
+    # loaded into a predictor built without a checkpoint.
+    state = load_torch_checkpoint(checkpoint, f"CoTracker3 {mode} checkpoint")
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise St4rError(f"{checkpoint} is not a CoTracker3 {mode} checkpoint (no state dict)")
     try:
         if mode == "offline":
-            predictor = CoTrackerPredictor(checkpoint=str(checkpoint), offline=True,
-                                           window_len=OFFLINE_WINDOW)
+            predictor = CoTrackerPredictor(checkpoint=None, offline=True, window_len=OFFLINE_WINDOW)
         else:
-            predictor = CoTrackerOnlinePredictor(checkpoint=str(checkpoint), window_len=ONLINE_WINDOW)
-    except (RuntimeError, KeyError, OSError, ValueError) as err:
+            predictor = CoTrackerOnlinePredictor(checkpoint=None, window_len=ONLINE_WINDOW)
+        predictor.model.load_state_dict(state)
+    except (RuntimeError, KeyError, OSError, ValueError, TypeError, AttributeError) as err:
         message = " ".join(str(err).split())[:300]
         raise St4rError(f"{checkpoint} is not a CoTracker3 {mode} checkpoint: {message}") from None
     model_hw = (int(model_hw[0]), int(model_hw[1]))

@@ -143,6 +143,21 @@ def _device(config: PretrainConfig, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def _resume_from(ckpt_path: Path, model: St4rNet, optimizer: Any) -> tuple[int, float]:
+    """Load a pretraining checkpoint (weights_only: it is a file a user could have replaced) into
+    `model` and `optimizer`; returns (step, elapsed seconds)."""
+    from st4r_cli.formats.safe import load_torch_checkpoint
+
+    ckpt = load_torch_checkpoint(ckpt_path, "pretraining checkpoint")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        return int(ckpt["step"]), float(ckpt["elapsed_s"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise St4rError(f"{ckpt_path} is not a resumable st4r pretraining checkpoint "
+                        f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+
+
 def build_model(config: PretrainConfig) -> St4rNet:
     """Fresh model from the preset (seeded) or from `config.init`."""
     import torch
@@ -188,10 +203,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95))
     start_step, elapsed_before = 0, 0.0
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_step, elapsed_before = int(ckpt["step"]), float(ckpt["elapsed_s"])
+        start_step, elapsed_before = _resume_from(ckpt_path, model, optimizer)
         if is_main:
             progress.log(f"resuming {out} at step {start_step}")
     net = model
