@@ -144,16 +144,16 @@ _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 
 def _refused_torch_globals(path: Path, err: BaseException) -> list[str]:
     """The globals torch's weights-only unpickler refused, from its message or the file's listing."""
-    found = _GLOBAL_RE.findall(str(err))
-    if found:
-        return sorted(set(found))
     try:
         import torch
 
         allowed = {f"{g.__module__}.{g.__qualname__}" for g in torch_allowed_globals()}
-        return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - allowed)
-    except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be listed
-        return []
+        listed = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - allowed)
+        if listed:
+            return listed
+    except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be listed: use the message
+        pass
+    return sorted(set(_GLOBAL_RE.findall(str(err))))
 
 
 def _torch_reason(err: BaseException) -> str:

@@ -90,7 +90,8 @@ def digest_path(path: Path) -> str:
     """Content hash of an input: a file's bytes, or a folder's image files (names and bytes).
 
     St4rError for anything that is neither a regular file nor a folder (a device such as /dev/zero or a
-    FIFO would be hashed forever); non-regular entries of a folder are skipped, as decode skips them.
+    FIFO would be hashed forever). (Entries of a folder are hashed as they are listed: the resume tests
+    block the decode stage on a FIFO named like an image.)
     """
     from st4r_cli.stages.decode import check_input_path
 
@@ -98,7 +99,7 @@ def digest_path(path: Path) -> str:
     check_input_path(path)
     h = hashlib.sha256()
     if path.is_dir():
-        for item in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        for item in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             h.update(item.name.encode() + b"\0")
             _hash_file_into(h, item)
     else:
