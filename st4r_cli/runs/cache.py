@@ -163,8 +163,9 @@ class StageCache:
         if damage:
             from st4r_cli import progress
 
-            progress.log(f"[yellow]warning[/yellow]: cached {stage} result {npz_path} is damaged "
-                         f"({damage}); recomputing it")
+            if not progress.is_quiet():  # one line, however narrow the terminal (hidden by --quiet)
+                progress.console.print(f"[yellow]warning[/yellow]: cached {stage} result {npz_path} is "
+                                       f"damaged ({damage}); recomputing it", soft_wrap=True)
             return None
         return Artifact(stage=stage, key=key, digest=meta["digest"], path=npz_path, reused=True,
                         seconds=float(meta.get("seconds", 0.0)), _arrays=meta.pop("_arrays", None))
