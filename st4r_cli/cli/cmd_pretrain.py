@@ -66,8 +66,10 @@ def command(
     unknown = [p for p in preset_list if p not in SYNTH_PRESETS]
     if unknown or not preset_list:
         raise St4rError(f"unknown synthetic preset(s) {unknown}; choose from {', '.join(SYNTH_PRESETS)}")
-    if init is not None and not init.is_file():
-        raise St4rError(f"--init checkpoint not found: {init}")
+    if init is not None:
+        from st4r_cli.model.io import check_checkpoint_file
+
+        check_checkpoint_file(init, "--init")   # missing, not a checkpoint, or refused: before any work
     try:
         config = PretrainConfig(
             out_dir=str(out_dir), model=model, init=str(init) if init else None, presets=preset_list,

@@ -181,7 +181,7 @@ def import_official(src: str | os.PathLike[str], dst: str | os.PathLike[str], ha
     return save_model(model, dst, half=half, extra_metadata={"source": Path(src).name})
 
 
-def check_checkpoint_file(path: str | os.PathLike[str]) -> None:
+def check_checkpoint_file(path: str | os.PathLike[str], option: str = "--model") -> None:
     """Cheap checks that `path` is a checkpoint `load_model` can read, before any stage runs.
 
     Missing / not a regular file / unreadable / neither safetensors nor a torch checkpoint, or a torch
@@ -192,14 +192,14 @@ def check_checkpoint_file(path: str | os.PathLike[str]) -> None:
 
     path = Path(path)
     if not path.exists():
-        raise St4rError(f"--model checkpoint not found: {path}")
+        raise St4rError(f"{option} checkpoint not found: {path}")
     if not path.is_file():
-        raise St4rError(f"--model {path} is not a regular file")
+        raise St4rError(f"{option} {path} is not a regular file")
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)
     except OSError as err:
-        raise St4rError(f"--model {path} cannot be read: {err.strerror or err}") from None
+        raise St4rError(f"{option} {path} cannot be read: {err.strerror or err}") from None
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -207,7 +207,7 @@ def check_checkpoint_file(path: str | os.PathLike[str]) -> None:
             with safe_open(str(path), framework="pt") as handle:
                 handle.metadata()
         except Exception as exc:  # noqa: BLE001 - any header failure is a bad file
-            raise St4rError(f"--model {path} is not a readable safetensors file: {exc}") from None
+            raise St4rError(f"{option} {path} is not a readable safetensors file: {exc}") from None
         return
     if zipfile.is_zipfile(path):
         import torch
@@ -217,14 +217,14 @@ def check_checkpoint_file(path: str | os.PathLike[str]) -> None:
         try:
             found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception as exc:  # noqa: BLE001 - a zip that is no torch checkpoint
-            raise St4rError(f"--model {path} is not a torch checkpoint ({type(exc).__name__}: "
+            raise St4rError(f"{option} {path} is not a torch checkpoint ({type(exc).__name__}: "
                             f"{' '.join(str(exc).split())[:160]})") from None
         allowed = {f"{g.__module__}.{g.__qualname__}" for g in torch_allowed_globals()}
         refused = sorted(set(found) - allowed)
         if refused:
-            raise St4rError(f"--model {path}: refused to load {', '.join(refused)} ({REFUSED_HINT})")
+            raise St4rError(f"{option} {path}: refused to load {', '.join(refused)} ({REFUSED_HINT})")
         return
     if head[:1] == b"\x80":  # a legacy (non-zip) torch pickle: load it with the safe loader
         read_checkpoint(path)
         return
-    raise St4rError(f"--model {path} is not a checkpoint (neither safetensors nor a torch file)")
+    raise St4rError(f"{option} {path} is not a checkpoint (neither safetensors nor a torch file)")

@@ -28,6 +28,7 @@ from st4r_cli.runs.config import RunConfig, load_config, save_config
 
 CONFIG_NAME = "config.yaml"
 STATUS_NAME = "run.json"
+RESERVED_NAMES = frozenset({CONFIG_NAME, STATUS_NAME, ".lock", "cache"})  # never an output
 
 
 class Run:
@@ -61,6 +62,10 @@ class Run:
             previous = run._read_status()
             run._check_cache_inside()
             stale = [run._inside(name, "delete") for name in _output_names(previous)]
+            for path in stale:
+                if path.name in RESERVED_NAMES or (path.is_dir() and not path.is_symlink()):
+                    raise St4rError(f"refusing to delete {path}: run.json lists it as an output, but it "
+                                    "is part of the run itself (run.json may have been edited)")
             for path in stale:
                 path.unlink(missing_ok=True)
         except BaseException:
