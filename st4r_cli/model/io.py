@@ -204,7 +204,7 @@ def check_checkpoint_file(path: str | os.PathLike[str], option: str = "--model")
         from safetensors import safe_open
 
         try:
-            with safe_open(str(path), framework="pt") as handle:
+            with safe_open(str(path), framework="numpy") as handle:  # the header only; no torch import
                 handle.metadata()
         except Exception as exc:  # noqa: BLE001 - any header failure is a bad file
             raise St4rError(f"{option} {path} is not a readable safetensors file: {exc}") from None

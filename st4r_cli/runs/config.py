@@ -273,6 +273,8 @@ def load_config(path: Path) -> RunConfig:
     """Read a run's `config.yaml` (or any YAML with the same sections)."""
     import yaml
 
+    if Path(path).exists() and not Path(path).is_file():
+        raise St4rError(f"config {path} is not a regular file")
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
