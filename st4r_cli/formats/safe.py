@@ -39,7 +39,7 @@ NUMPY_ARRAY_GLOBALS: frozenset[tuple[str, str]] = frozenset({
     ("numpy._core.numeric", "_frombuffer"),
 })
 
-REFUSED_HINT = "refused: it is not a plain data type; st4r never runs code from a file"
+REFUSED_HINT = "not plain data; st4r never runs code from a file"
 
 
 def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import adapt_args
+from security_helpers import adapt_args
 from st4r_cli.cli.app import run as cli_run
 from st4r_cli.runs import Run, RunConfig
 from st4r_cli.runs.cache import load_npz

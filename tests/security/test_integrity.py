@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import adapt_args, texture_frames
+from security_helpers import adapt_args, texture_frames
 from st4r_cli.cli.app import run as cli_run
 from st4r_cli.runs import Run
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REFUSED_NAMES, micro_model, payloads
+from security_helpers import REFUSED_NAMES, micro_model, payloads
 from st4r_cli.cli.app import run as cli_run
 from st4r_cli.errors import St4rError
 from st4r_cli.formats.scene import write_scene
