@@ -48,7 +48,8 @@ def command(
         raise St4rError(f"output path exists and is not a directory: {out_dir}")
     scene = read_scene(scene_path)
     config = ExportConfig(conf_quantile=conf_quantile, every=every)
-    written = export_scene(scene, out_dir, chosen, config, timestamps=_timestamps(run_dir, scene))
+    written = export_scene(scene, out_dir, chosen, config, timestamps=_timestamps(run_dir, scene),
+                           run_dir=None if run_dir.is_file() else run_dir)
     written += _export_pictures(run_dir, out_dir, video, maps)
     progress.log(f"[green]done[/green]: {len(written)} file(s) in {out_dir}")
 
