@@ -60,7 +60,10 @@ def top_view(view: ViewData, size_hw: tuple[int, int], max_points: int = 60_000)
     if len(points):
         px = np.round(to_px(points[:, [0, 2]])).astype(int)
         inside = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
-        image[px[inside, 1], px[inside, 0]] = colors[inside]
+        for dy in (0, 1):  # 2x2 dots
+            for dx in (0, 1):
+                ok = inside & (px[:, 0] + dx < w) & (px[:, 1] + dy < h)
+                image[px[ok, 1] + dy, px[ok, 0] + dx] = colors[ok]
     if "cam_c2w" in scene:
         cam_px = to_px(centres[:, [0, 2]])
         forward = scene["cam_c2w"][:, :3, 2][:, [0, 2]]
@@ -68,7 +71,7 @@ def top_view(view: ViewData, size_hw: tuple[int, int], max_points: int = 60_000)
         count = len(cam_px)
         for t in range(count):
             a = t / max(count - 1, 1)
-            color = (int(255 * a), 60, int(255 * (1 - a)))
+            color = (int(255 * a), 60, int(255 * (1 - a)))  # blue -> red
             p = tuple(int(round(v)) for v in cam_px[t])
             q = tuple(int(round(v)) for v in cam_px[t] + forward[t] * np.array([1, -1]) * 12)
             cv2.line(image, p, q, color, 1, cv2.LINE_AA)

@@ -71,7 +71,7 @@ def draw_tracks(frame: np.ndarray, tracks2d: np.ndarray, visible: np.ndarray, co
 
     h, w = frame.shape[:2]
     image = cv2.resize(frame, (w * scale, h * scale), interpolation=cv2.INTER_LINEAR) if scale > 1 else frame.copy()
-    radius = max(2, 2 * scale)
+    radius = int(np.clip(2 * scale, 2, 6))
     start = max(0, t - tail)
     to_px = lambda xy: ((xy + 0.5) * scale - 0.5)  # noqa: E731 - pixel centres stay pixel centres
     for n in range(len(tracks2d)):
