@@ -163,6 +163,14 @@ class Viewer:
         client.camera.look_at = target
 
     # -- per frame ------------------------------------------------------------------------------
+    def selected_points(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frame t's points and colours that pass the confidence slider and the static/dynamic choice."""
+        fp = self.frames[t]
+        keep = fp.conf_rank >= float(self.conf.value)
+        if self.which.value != "all":
+            keep &= fp.dynamic if self.which.value == "dynamic" else ~fp.dynamic
+        return fp.points[keep], fp.colors[keep]
+
     def set_frame(self, t: int) -> None:
         """Show frame t (points, trails, highlighted camera, input image)."""
         import numpy as np
@@ -170,12 +178,9 @@ class Viewer:
         with self._lock:
             t = int(np.clip(t, 0, self.view.num_frames - 1))
             previous, self.current = self.current, t
-            fp = self.frames[t]
-            keep = fp.conf_rank >= float(self.conf.value)
-            if self.which.value != "all":
-                keep &= fp.dynamic if self.which.value == "dynamic" else ~fp.dynamic
-            points = fp.points[keep] if keep.any() else np.zeros((1, 3), np.float32)
-            colors = fp.colors[keep] if keep.any() else np.zeros((1, 3), np.uint8)
+            points, colors = self.selected_points(t)
+            if not len(points):
+                points, colors = np.zeros((1, 3), np.float32), np.zeros((1, 3), np.uint8)
             with self.server.atomic():
                 self.server.scene.add_point_cloud("/points", points, colors, point_size=self.point_size,
                                                   point_shape="rounded")

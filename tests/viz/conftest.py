@@ -86,3 +86,41 @@ def chromium():
     if path is None:
         pytest.skip(reason)
     return path
+
+
+THREE_VERSION = "0.181.0"  # three.js for the GLB page (npm package, fetched at set-up, never committed)
+
+
+def three_dir_candidates():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    return [repo / ".venv" / "web" / "three", Path.home() / ".cache" / "st4r" / "web" / "three"]
+
+
+@pytest.fixture(scope="session")
+def three_dir():
+    """The unpacked `three` npm package (build/three.module.js + examples/jsm); fetched with
+    `npm pack` when missing (`make browser` does it at set-up)."""
+    import shutil
+    import subprocess
+    import tarfile
+
+    for candidate in three_dir_candidates():
+        if (candidate / "build" / "three.module.js").is_file():
+            return candidate
+    target = three_dir_candidates()[-1]
+    if not shutil.which("npm"):
+        pytest.skip("three.js is not installed (`make browser`) and npm is not available")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["npm", "pack", f"three@{THREE_VERSION}", "--silent"], cwd=target.parent,
+                            capture_output=True, text=True, timeout=300)
+    tarball = target.parent / f"three-{THREE_VERSION}.tgz"
+    if result.returncode != 0 or not tarball.is_file():
+        pytest.skip(f"could not fetch three.js with npm: {result.stderr.strip()[-200:]}")
+    with tarfile.open(tarball) as archive:
+        archive.extractall(target.parent / "unpack", filter="data")
+    shutil.rmtree(target, ignore_errors=True)
+    (target.parent / "unpack" / "package").rename(target)
+    tarball.unlink()
+    return target

@@ -1,0 +1,102 @@
+"""The viewer and the GLB in a real browser (headless Chromium, software WebGL): screenshots are not
+blank and are upright (the synthetic run's floor is green, its wall blue: floor below wall)."""
+
+import functools
+import http.server
+import math
+import threading
+
+import numpy as np
+import pytest
+from chromium_cdp import Browser
+from conftest import FOCAL, H, T, W, free_port
+
+from st4r_cli.stages.export import ExportConfig, export_scene
+
+
+def _classify(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean masks of blue-ish, green-ish and red-ish pixels (hue tests, robust to sRGB shading)."""
+    r, g, b = (image[..., i].astype(int) for i in range(3))
+    blue = (b > r + 60) & (b > g + 40)
+    green = (g > r + 60) & (g > b + 60)
+    red = (r > g + 100) & (r > b + 100)
+    return blue, green, red
+
+
+@pytest.fixture
+def browser(chromium):
+    instance = Browser(chromium, size=(1280, 800))
+    yield instance
+    instance.close()
+
+
+def test_viewer_shows_the_scene_upright(synthetic_run, browser):
+    from st4r_cli.viz.viewer import open_viewer
+
+    server, viewer = open_viewer(synthetic_run, "127.0.0.1", free_port())
+    try:
+        viewer.slider.value = T - 1
+        image = browser.screenshot(f"http://127.0.0.1:{server.get_port()}",
+                                   "document.querySelector('canvas') !== null", settle_s=5)
+    finally:
+        viewer.stop()
+        server.stop()
+    scene_area = image[170:, :930]  # leave out the GUI panel (right) and notifications (top left)
+    blue, green, red = _classify(scene_area)
+    assert blue.mean() > 0.02 and green.mean() > 0.005 and red.sum() > 200, "viewer screenshot is blank"
+    rows = np.arange(scene_area.shape[0])[:, None]
+    floor_row = (rows * green).sum() / green.sum()
+    wall_row = (rows * blue).sum() / blue.sum()
+    assert floor_row > wall_row + 20, "floor is not below the wall: the viewer is not upright"
+
+
+PAGE = """<!doctype html><html><body style="margin:0;background:#000">
+<script type="importmap">{"imports": {"three": "./three/build/three.module.js",
+                                      "three/addons/": "./three/examples/jsm/"}}</script>
+<script type="module">
+import * as THREE from 'three';
+import {GLTFLoader} from 'three/addons/loaders/GLTFLoader.js';
+const renderer = new THREE.WebGLRenderer({preserveDrawingBuffer: true});
+renderer.setSize(%(w)d, %(h)d);
+document.body.appendChild(renderer.domElement);
+const scene = new THREE.Scene();
+// three.js's default camera: at the origin, looking down -z, y up = st4r's first camera in glTF axes
+const camera = new THREE.PerspectiveCamera(%(fov)f, %(w)d / %(h)d, 0.01, 100);
+new GLTFLoader().load('scene.glb', (gltf) => {
+  gltf.scene.traverse((o) => { if (o.isPoints) { o.material.size = 4; o.material.sizeAttenuation = false; } });
+  scene.add(gltf.scene);
+  renderer.render(scene, camera);
+  window.__ready = true;
+}, undefined, (err) => { window.__error = String(err); window.__ready = true; });
+</script></body></html>
+"""
+
+
+def test_glb_is_upright_in_three_js(tmp_path, synthetic_run, browser, three_dir):
+    from st4r_cli.formats.scene import read_scene
+
+    site = tmp_path / "site"
+    site.mkdir()
+    export_scene(read_scene(synthetic_run / "scene.npz"), site, ["glb"], ExportConfig(conf_quantile=0.0))
+    (site / "three").symlink_to(three_dir)
+    width, height = 4 * W, 4 * H
+    fov = math.degrees(2 * math.atan(H / 2 / FOCAL))
+    (site / "index.html").write_text(PAGE % {"w": width, "h": height, "fov": fov})
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        image = browser.screenshot(f"http://127.0.0.1:{httpd.server_address[1]}/index.html",
+                                   "window.__ready === true", timeout_s=60, settle_s=0.5)
+        assert browser.evaluate("window.__error || ''") == ""
+    finally:
+        httpd.shutdown()
+    view = image[:height, :width]
+    blue, green, red = _classify(view)
+    assert blue.mean() > 0.3 and green.mean() > 0.05, "GLB page is blank (scene behind the camera?)"
+    # upright: the wall (blue) fills the top, the floor (green) the bottom rows, the red patch is up left
+    assert (blue | red)[: height // 3].mean() > 0.85 and green[-height // 10:].mean() > 0.8
+    ys, xs = np.nonzero(red)
+    assert len(ys) > 100 and ys.mean() < height / 2 and xs.mean() < width / 2
