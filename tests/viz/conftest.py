@@ -88,7 +88,7 @@ def chromium():
     return path
 
 
-THREE_VERSION = "0.181.0"  # three.js for the GLB page (npm package, fetched at set-up, never committed)
+THREE_VERSION = "0.181.0"  # three.js for the GLB page (npm package, fetched at set-up, never committed; = Makefile)
 
 
 def three_dir_candidates():
