@@ -48,6 +48,16 @@ class ViewData:
         return k_all[t] if k_all.ndim == 3 else k_all
 
 
+def pick_tracks(count: int, limit: int, seed: int = 0) -> np.ndarray:
+    """Indices of at most `limit` of `count` tracks, a fixed random subset (tracks come in grid order, so
+    every k-th would leave stripes), sorted."""
+    import numpy as np
+
+    if count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
+
+
 def scene_path_of(path: Path) -> Path:
     from st4r_cli.errors import St4rError
 

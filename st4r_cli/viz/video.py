@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
     from st4r_cli.viz.data import ViewData
 
-TAIL = 10           # frames of history drawn behind each track
-MAX_TRACKS = 400    # tracks drawn in tracks2d.mp4 (evenly picked)
+TAIL = 8            # frames of history drawn behind each track
+MAX_TRACKS = 256    # tracks drawn in tracks2d.mp4 (a fixed random subset)
 MIN_VIDEO_SIDE = 480  # overlays are upscaled so dots and tails stay readable
 
 
@@ -97,12 +97,9 @@ def draw_tracks(frame: np.ndarray, tracks2d: np.ndarray, visible: np.ndarray, co
 
 
 def _picked_tracks(view: ViewData, max_tracks: int = MAX_TRACKS) -> np.ndarray:
-    import numpy as np
+    from st4r_cli.viz.data import pick_tracks
 
-    count = len(view.scene["tracks2d"]) if "tracks2d" in view.scene else 0
-    if count <= max_tracks:
-        return np.arange(count)
-    return np.linspace(0, count - 1, max_tracks).round().astype(int)
+    return pick_tracks(len(view.scene["tracks2d"]) if "tracks2d" in view.scene else 0, max_tracks)
 
 
 def tracks_frames(view: ViewData) -> Iterable[np.ndarray]:

@@ -84,9 +84,10 @@ class Viewer:
         self.scale = scene_scale(view)
         k_mat = view.intrinsics_at(0)
         self.point_size = float(self.scale / k_mat[0, 0] * self.stride * 1.3)
-        count = len(view.scene["tracks3d"]) if "tracks3d" in view.scene else 0
-        self.track_idx = (np.arange(count) if count <= self.config.max_tracks
-                          else np.linspace(0, count - 1, self.config.max_tracks).round().astype(int))
+        from st4r_cli.viz.data import pick_tracks
+
+        self.track_idx = pick_tracks(len(view.scene["tracks3d"]) if "tracks3d" in view.scene else 0,
+                                     self.config.max_tracks)
         self.current = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
