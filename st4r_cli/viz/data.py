@@ -125,12 +125,15 @@ def camera_depth(scene: dict[str, np.ndarray]) -> np.ndarray:
     """(T, H, W) z of every pointmap point in its frame's camera (nan where not finite)."""
     import numpy as np
 
-    points = np.asarray(scene["pointmaps"], np.float64)
+    points = np.asarray(scene["pointmaps"], np.float32)
     if "cam_c2w" not in scene:
-        return points[..., 2].astype(np.float32)
+        return points[..., 2].copy()
     w2c = np.linalg.inv(np.asarray(scene["cam_c2w"], np.float64))
-    cam = np.einsum("tij,thwj->thwi", w2c[:, :3, :3], points) + w2c[:, None, None, :3, 3]
-    return np.where(np.isfinite(cam[..., 2]), cam[..., 2], np.nan).astype(np.float32)
+    num_frames = points.shape[0]
+    rows = w2c[:, 2, :3].astype(np.float32)                                   # (T, 3) third row of R
+    z = np.einsum("tpj,tj->tp", points.reshape(num_frames, -1, 3), rows) + w2c[:, 2, 3, None].astype(np.float32)
+    z = z.reshape(points.shape[:3])
+    return np.where(np.isfinite(z), z, np.nan).astype(np.float32)
 
 
 def track_dynamic(scene: dict[str, np.ndarray], depth: np.ndarray) -> np.ndarray:
@@ -154,7 +157,7 @@ def dynamic_mask_from_tracks(scene: dict[str, np.ndarray], track_dyn: np.ndarray
                              hw: tuple[int, int]) -> np.ndarray:
     """(T, H, W) bool: each pixel takes the label of the nearest visible track within ~1 track spacing."""
     import numpy as np
-    from scipy.spatial import cKDTree
+    from scipy.ndimage import distance_transform_edt
 
     num_frames = scene["pointmaps"].shape[0]
     h, w = hw
@@ -164,15 +167,17 @@ def dynamic_mask_from_tracks(scene: dict[str, np.ndarray], track_dyn: np.ndarray
     tracks2d = scene["tracks2d"]
     visible = scene["visible"] if "visible" in scene else np.isfinite(tracks2d).all(-1)
     radius = 1.5 * np.sqrt(h * w / max(int(visible[:, 0].sum()), 1))
-    ys, xs = np.mgrid[0:h, 0:w]
-    pixels = np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float64)
     for t in range(num_frames):
         seen = visible[:, t] & np.isfinite(tracks2d[:, t]).all(-1)
         if not (seen & track_dyn).any():
             continue
-        dist, nearest = cKDTree(tracks2d[seen, t]).query(pixels, distance_upper_bound=radius)
-        hit = np.isfinite(dist)
-        labels = np.zeros(len(pixels), bool)
-        labels[hit] = track_dyn[seen][nearest[hit]]
-        mask[t] = labels.reshape(h, w)
+        px = np.round(tracks2d[seen, t]).astype(int)
+        inside = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
+        px, labels = px[inside], track_dyn[seen][inside]
+        seeds = np.ones((h, w), bool)                      # distance_transform_edt measures to zeros
+        seeds[px[:, 1], px[:, 0]] = False
+        label_img = np.zeros((h, w), bool)
+        label_img[px[:, 1], px[:, 0]] = labels             # a pixel with several tracks: the last wins
+        dist, (rows, cols) = distance_transform_edt(seeds, return_indices=True)
+        mask[t] = label_img[rows, cols] & (dist <= radius)
     return mask
