@@ -65,6 +65,12 @@ const camera = new THREE.PerspectiveCamera(%(fov)f, %(w)d / %(h)d, 0.01, 100);
 new GLTFLoader().load('scene.glb', (gltf) => {
   gltf.scene.traverse((o) => { if (o.isPoints) { o.material.size = 4; o.material.sizeAttenuation = false; } });
   scene.add(gltf.scene);
+  const time = new URLSearchParams(location.search).get('t');
+  if (time !== null) {  // play the GLB's own animation to that time
+    const mixer = new THREE.AnimationMixer(gltf.scene);
+    mixer.clipAction(gltf.animations[0]).play();
+    mixer.setTime(parseFloat(time));
+  }
   renderer.render(scene, camera);
   window.__ready = true;
 }, undefined, (err) => { window.__error = String(err); window.__ready = true; });
@@ -87,10 +93,12 @@ def test_glb_is_upright_in_three_js(tmp_path, synthetic_run, browser, three_dir)
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/index.html"
     try:
-        image = browser.screenshot(f"http://127.0.0.1:{httpd.server_address[1]}/index.html",
-                                   "window.__ready === true", timeout_s=60, settle_s=0.5)
+        image = browser.screenshot(url, "window.__ready === true", timeout_s=60, settle_s=0.5)
         assert browser.evaluate("window.__error || ''") == ""
+        # the animation at the last frame's time (10 fps: the scene has no decode timestamps)
+        late = browser.screenshot(url + f"?t={(T - 1) / 10 + 0.05}", "window.__ready === true", settle_s=0.5)
     finally:
         httpd.shutdown()
     view = image[:height, :width]
@@ -100,3 +108,9 @@ def test_glb_is_upright_in_three_js(tmp_path, synthetic_run, browser, three_dir)
     assert (blue | red)[: height // 3].mean() > 0.85 and green[-height // 10:].mean() > 0.8
     ys, xs = np.nonzero(red)
     assert len(ys) > 100 and ys.mean() < height / 2 and xs.mean() < width / 2
+    # time is kept: in the last frame the camera has slid right and the patch moved right faster,
+    # so it appears further right; the floor is still at the bottom
+    late_blue, late_green, late_red = _classify(late[:height, :width])
+    _, late_xs = np.nonzero(late_red[: height // 2])
+    assert len(late_xs) > 100 and late_xs.mean() > xs.mean() + 10
+    assert late_green[-height // 10:].mean() > 0.8
