@@ -82,7 +82,7 @@ def export_scene(scene: dict[str, np.ndarray], out_dir: Path, formats: list[str]
         if fmt == "ply":
             written += export_ply(scene, out_dir / "ply", config)
         elif fmt == "glb":
-            written.append(export_glb(scene, out_dir / "scene.glb", config, fps=_run_fps(run_dir, timestamps)))
+            written.append(export_glb(scene, out_dir / "scene.glb", config, fps=_fps(timestamps)))
         elif fmt == "tum":
             written.append(export_tum(scene, out_dir / "trajectory_tum.txt", timestamps))
         elif fmt == "colmap":
@@ -94,9 +94,8 @@ def export_scene(scene: dict[str, np.ndarray], out_dir: Path, formats: list[str]
     return written
 
 
-def _run_fps(run_dir: Path | None, timestamps: np.ndarray | None) -> float:
-    import numpy as np
-
+def _fps(timestamps: np.ndarray | None) -> float:
+    """Frame rate from frame times in seconds (10 when unknown)."""
     if timestamps is not None and len(timestamps) > 1 and timestamps[-1] > timestamps[0]:
         return float((len(timestamps) - 1) / (timestamps[-1] - timestamps[0]))
     return 10.0
@@ -110,7 +109,7 @@ def _run_tracker(run_dir: Path | None) -> dict[str, np.ndarray] | None:
         from st4r_cli.runs import Run
 
         artifact = Run.open(run_dir).artifact("tracks")
-        return {"tracks_xy": artifact["tracks_xy"], "visible": artifact["visible"]}
+        return {"tracks_xy": artifact["tracks_xy"], "visible": artifact["visible"], "queries": artifact["queries"]}
     except Exception:  # noqa: BLE001 - the scene's tracks2d are the fallback
         return None
 
@@ -484,7 +483,7 @@ def colmap_points(scene: dict[str, np.ndarray], config: ExportConfig,
         return []
     tracks2d = scene["tracks2d"]
     visible = scene["visible"] if "visible" in scene else np.isfinite(tracks2d).all(-1)
-    if tracker is not None and tracker["tracks_xy"].shape == tracks2d.shape:
+    if tracker is not None and _same_tracks(tracker, scene):
         tracks2d, visible = tracker["tracks_xy"], tracker["visible"]
     k_all = np.asarray(scene["intrinsics"], np.float64)
     k_mat = k_all if k_all.ndim == 2 else k_all[0]
@@ -510,6 +509,17 @@ def colmap_points(scene: dict[str, np.ndarray], config: ExportConfig,
         rgb = _color_at(scene, int(frames[0]), xy[0])
         points.append({"xyz": point, "rgb": rgb, "frames": frames, "xy": xy, "errors": errors})
     return points
+
+
+def _same_tracks(tracker: dict[str, np.ndarray], scene: dict[str, np.ndarray]) -> bool:
+    """The tracker's tracks are the scene's, in the same order (same shape and queries)."""
+    import numpy as np
+
+    if tracker["tracks_xy"].shape != scene["tracks2d"].shape:
+        return False
+    if "queries" in tracker and "query_xy" in scene:
+        return bool(np.allclose(tracker["queries"][:, 1:], scene["query_xy"], atol=1e-3))
+    return True
 
 
 def export_colmap(scene: dict[str, np.ndarray], out_dir: Path, config: ExportConfig,

@@ -233,3 +233,23 @@ def test_missing_keys_are_a_user_error(tmp_path):
     scene = {k: v for k, v in _scene().items() if k != "cam_c2w"}
     with pytest.raises(St4rError, match="no cam_c2w"):
         export_scene(scene, tmp_path, ["tum"], ExportConfig())
+
+
+def test_colmap_observations_are_the_trackers_positions(tmp_path):
+    from st4r_cli.stages.export import export_colmap
+
+    scene = _moving_scene()
+    tracker = {"tracks_xy": scene["tracks2d"].copy(), "visible": scene["visible"].copy(),
+               "queries": np.concatenate([scene["query_t"][:, None], scene["query_xy"]], 1)}
+    scene["tracks2d"] = scene["tracks2d"] + 3.0  # e.g. the 3D tracks' projections, not what was tracked
+    export_colmap(scene, tmp_path / "a", ExportConfig(), tracker=tracker)
+    model = read_colmap_text(tmp_path / "a" / "sparse" / "0")
+    assert len(model["points"]) == 3
+    for image_id, image in model["images"].items():
+        for xy in image["xys"]:
+            assert np.min(np.linalg.norm(tracker["tracks_xy"][:3, image_id - 1] + 0.5 - xy, axis=1)) < 1e-3
+    tracker["queries"] = tracker["queries"][::-1].copy()  # another run's tracks: not used
+    export_colmap(scene, tmp_path / "b", ExportConfig(), tracker=tracker)
+    model = read_colmap_text(tmp_path / "b" / "sparse" / "0")
+    first = model["images"][1]["xys"]
+    assert np.min(np.linalg.norm(scene["tracks2d"][:3, 0] + 0.5 - first[0], axis=1)) < 1e-3
