@@ -469,7 +469,8 @@ def reprojection_errors(point: np.ndarray, xy: np.ndarray, w2c: np.ndarray, k_ma
 
 def colmap_points(scene: dict[str, np.ndarray], config: ExportConfig,
                   tracker: dict[str, np.ndarray] | None = None) -> list[dict]:
-    """Static points for COLMAP, in the scene's (decoded) pixels: [{xyz, rgb, obs [(t, x, y)], errors}].
+    """Static points for COLMAP, in the scene's (decoded) pixels: [{xyz (3,), rgb (3,), frames (K,),
+    xy (K, 2), errors (K,), residuals (K, 2) projection minus observation}].
 
     Each static track (see `static_track_mask`) is triangulated (DLT) from the tracker's 2D positions
     where it is visible (`tracker`: the tracks stage's `tracks_xy`/`visible` when it has one track per
@@ -507,7 +508,10 @@ def colmap_points(scene: dict[str, np.ndarray], config: ExportConfig,
             continue
         frames, xy, errors = frames[good], xy[good], errors[good]
         rgb = _color_at(scene, int(frames[0]), xy[0])
-        points.append({"xyz": point, "rgb": rgb, "frames": frames, "xy": xy, "errors": errors})
+        cam = np.einsum("kij,j->ki", w2c_all[frames][:, :3, :3], point) + w2c_all[frames][:, :3, 3]
+        residuals = cam[:, :2] / cam[:, 2:] * np.diag(k_mat)[:2] + k_mat[:2, 2] - xy
+        points.append({"xyz": point, "rgb": rgb, "frames": frames, "xy": xy, "errors": errors,
+                       "residuals": residuals})
     return points
 
 
@@ -568,7 +572,7 @@ def export_colmap(scene: dict[str, np.ndarray], out_dir: Path, config: ExportCon
             track.append(f"{t + 1} {len(observations[t])}")
             x, y = (xy + 0.5) * scale
             observations[t].append((float(x), float(y), pid))
-        error = float(np.mean(point["errors"] * np.sqrt(sx * sy)))
+        error = float(np.mean(np.linalg.norm(point["residuals"] * scale, axis=1)))  # output image pixels
         point_lines.append(_point_line(pid, point["xyz"], point["rgb"], track, error))
 
     w2c = np.linalg.inv(cam_c2w)
