@@ -72,3 +72,11 @@ def test_view_reports_a_missing_run(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code = cli_run(["view", str(tmp_path / "empty")])
     assert code != 0 and "no scene.npz" in capsys.readouterr().err
+
+
+def test_cli_import_does_not_load_viser_or_the_viz_code():
+    probe = ("import sys, st4r_cli.cli.app; print(sorted(m for m in sys.modules "
+             "if m.split('.')[0] in ('viser', 'av', 'cv2') or m.startswith('st4r_cli.viz')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
