@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from st4r_cli.viz.data import ViewData
 
 TAIL = 8            # frames of history drawn behind each track
-MAX_TRACKS = 256    # tracks drawn in tracks2d.mp4 (a fixed random subset)
+MAX_TRACKS = 256    # tracks drawn in tracks2d.mp4 (spread over the image)
 MIN_VIDEO_SIDE = 480  # overlays are upscaled so dots and tails stay readable
 
 
@@ -97,9 +97,15 @@ def draw_tracks(frame: np.ndarray, tracks2d: np.ndarray, visible: np.ndarray, co
 
 
 def _picked_tracks(view: ViewData, max_tracks: int = MAX_TRACKS) -> np.ndarray:
+    import numpy as np
+
     from st4r_cli.viz.data import pick_tracks
 
-    return pick_tracks(len(view.scene["tracks2d"]) if "tracks2d" in view.scene else 0, max_tracks)
+    if "tracks2d" not in view.scene:
+        return pick_tracks(np.zeros((0, 2)), max_tracks)
+    scene = view.scene
+    query_xy = scene["query_xy"] if "query_xy" in scene else scene["tracks2d"][:, 0]
+    return pick_tracks(query_xy, max_tracks)
 
 
 def tracks_frames(view: ViewData) -> Iterable[np.ndarray]:

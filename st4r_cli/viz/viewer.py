@@ -86,8 +86,9 @@ class Viewer:
         self.point_size = float(self.scale / k_mat[0, 0] * self.stride * 1.3)
         from st4r_cli.viz.data import pick_tracks
 
-        self.track_idx = pick_tracks(len(view.scene["tracks3d"]) if "tracks3d" in view.scene else 0,
-                                     self.config.max_tracks)
+        scene = view.scene
+        query_xy = scene.get("query_xy", np.zeros((len(scene["tracks3d"]) if "tracks3d" in scene else 0, 2)))
+        self.track_idx = pick_tracks(query_xy, self.config.max_tracks)
         self.current = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()

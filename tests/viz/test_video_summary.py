@@ -109,3 +109,19 @@ def test_dynamic_labels_from_track_motion_and_from_the_scene(tmp_path):
     assert view.mask_source == "scene" and np.array_equal(view.dynamic_mask, gt)
     assert np.allclose(view.depth[0][..., :], scene["pointmaps"][0][..., 2], atol=1e-5)
     assert FOCAL > 0
+
+
+def test_picked_tracks_are_spread_evenly():
+    from st4r_cli.viz.data import pick_tracks
+
+    gy, gx = np.mgrid[0:144:4.5, 0:256:8]  # a 32 x 32 grid with unequal steps (a tracker's grid)
+    grid = np.stack([gx.ravel(), gy.ravel()], -1)
+    idx = pick_tracks(grid, 256)
+    assert len(idx) == 256
+    assert len(np.unique(grid[idx, 0])) == 16 and len(np.unique(grid[idx, 1])) == 16  # every 2nd column/row
+    scattered = np.random.default_rng(0).uniform([0, 0], [256, 144], (2000, 2))
+    idx = pick_tracks(scattered, 100)
+    assert 50 <= len(idx) <= 100
+    counts, _, _ = np.histogram2d(scattered[idx, 0], scattered[idx, 1], bins=(4, 2))
+    assert counts.min() >= 4  # every part of the image keeps tracks
+    assert np.array_equal(pick_tracks(grid[:10], 256), np.arange(10))
