@@ -241,17 +241,15 @@ def open_viewer(path: Path, host: str = "127.0.0.1", port: int = 8080,
     return server, Viewer(server, view, config)
 
 
-def serve(path: Path, host: str, port: int, on_ready: Any = None) -> None:
-    """Run the viewer until Ctrl-C (or SIGTERM); prints the URL."""
+def serve(path: Path, host: str, port: int) -> None:
+    """Run the viewer until Ctrl-C (or SIGTERM), then stop cleanly; prints the URL on stdout."""
     from st4r_cli import progress
 
     server, viewer = open_viewer(path, host, port)
-    url = f"http://{host}:{server.get_port()}"
-    progress.log(f"viewer: [bold]{url}[/bold]  (Ctrl-C to stop)")
-    print(url, flush=True)
-    if on_ready is not None:
-        on_ready(url)
     try:
+        url = f"http://{host}:{server.get_port()}"
+        progress.log(f"viewer: [bold]{url}[/bold]  (Ctrl-C to stop)")
+        print(url, flush=True)
         while True:
             time.sleep(0.5)
     except KeyboardInterrupt:
