@@ -36,8 +36,8 @@ class ExportConfig:
     conf_quantile: float = 0.3        # per frame, drop this fraction of the least confident pixels
     every: int = 1                    # frame stride of the accumulated cloud / GLB points
     max_points: int = 2_000_000       # cap on the accumulated cloud (uniform random subsample)
-    glb_max_points: int = 300_000     # cap on the GLB's point cloud
-    glb_max_tracks: int = 2_000       # cap on the GLB's track polylines
+    glb_max_points: int = 500_000     # cap on the GLB's points (all frames together)
+    glb_max_tracks: int = 300         # cap on the GLB's track polylines (spread over the image)
     colmap_max_error_px: float = 4.0  # COLMAP: drop observations reprojecting farther (scene pixels)
     frustum_scale: float = 0.0        # frustum depth in world units; 0 -> 5% of the camera path length
     seed: int = 0
@@ -364,9 +364,11 @@ def export_glb(scene: dict[str, np.ndarray], path: Path, config: ExportConfig, f
             orange = np.tile(np.array([[255, 150, 0, 255]], np.uint8), (len(path_seg), 1))
             builder.node("camera_path", builder.mesh("camera_path", path_seg, orange, mode=1))
     if "tracks3d" in scene and scene["tracks3d"].shape[1] > 1:
+        from st4r_cli.viz.data import pick_tracks
+
         tracks = scene["tracks3d"]
-        if len(tracks) > config.glb_max_tracks:
-            tracks = tracks[np.linspace(0, len(tracks) - 1, config.glb_max_tracks).round().astype(int)]
+        query_xy = scene["query_xy"] if "query_xy" in scene else np.zeros((len(tracks), 2))
+        tracks = tracks[pick_tracks(query_xy, config.glb_max_tracks)]
         seg = np.stack([tracks[:, :-1], tracks[:, 1:]], 2)                       # (N, T-1, 2, 3)
         colors = np.repeat(_track_colors(len(tracks))[:, None, None], tracks.shape[1] - 1, 1).repeat(2, 2)
         good = np.isfinite(seg).all((2, 3))

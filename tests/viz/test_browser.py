@@ -62,6 +62,8 @@ document.body.appendChild(renderer.domElement);
 const scene = new THREE.Scene();
 // three.js's default camera: at the origin, looking down -z, y up = st4r's first camera in glTF axes
 const camera = new THREE.PerspectiveCamera(%(fov)f, %(w)d / %(h)d, 0.01, 100);
+const eye = new URLSearchParams(location.search).get("eye");  // optional x,y,z to look at 0,0,-1 from
+if (eye !== null) { camera.position.fromArray(eye.split(",").map(Number)); camera.lookAt(0, 0, -0.5); }
 new GLTFLoader().load('scene.glb', (gltf) => {
   gltf.scene.traverse((o) => { if (o.isPoints) { o.material.size = 4; o.material.sizeAttenuation = false; } });
   scene.add(gltf.scene);
