@@ -32,7 +32,7 @@ class ViewData:
     track_colors: np.ndarray           # (N, 3) uint8
     track_dynamic: np.ndarray          # (N,) bool
     dynamic_mask: np.ndarray           # (T, H, W) bool
-    mask_source: str                   # "scene" (dynamic_mask in scene.npz) or "tracks" (derived)
+    mask_source: str                   # "scene" (its dynamic_mask), else "track_static" or "motion" (from tracks)
     source: Path = field(default_factory=Path)
 
     @property
@@ -111,7 +111,8 @@ def load_view_data(path: Path) -> ViewData:
     if "dynamic_mask" in scene and scene["dynamic_mask"].shape == frames.shape[:3]:
         mask, mask_source = scene["dynamic_mask"].astype(bool), "scene"
     else:
-        mask, mask_source = dynamic_mask_from_tracks(scene, track_dyn, hw), "tracks"
+        mask = dynamic_mask_from_tracks(scene, track_dyn, hw)
+        mask_source = "track_static" if "track_static" in scene else "motion"
     return ViewData(scene=scene, frames=np.ascontiguousarray(frames), fps=fps, depth=depth,
                     track_colors=_colors(query_xy, hw), track_dynamic=track_dyn, dynamic_mask=mask,
                     mask_source=mask_source, source=scene_path)

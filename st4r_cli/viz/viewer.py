@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from st4r_cli.viz.data import ViewData
 
 
+MASK_SOURCES = {"scene": "the scene's dynamic_mask", "track_static": "the nearest tracks (refinement's labels)",
+                "motion": "the nearest tracks (3D motion)"}
+
+
 @dataclass
 class ViewerConfig:
     max_points: int = 25_000     # points per frame sent to the browser
@@ -142,7 +146,7 @@ class Viewer:
         self.which = gui.add_dropdown("points", ("all", "static", "dynamic"), initial_value="all")
         self.trails = gui.add_checkbox("track trails", True)
         self.frusta_box = gui.add_checkbox("cameras", True)
-        gui.add_markdown(f"static/dynamic from: {'scene dynamic_mask' if view.mask_source == 'scene' else '3D tracks'}")
+        gui.add_markdown(f"static/dynamic from: {MASK_SOURCES.get(view.mask_source, view.mask_source)}")
         self.slider.on_update(lambda _: self.set_frame(int(self.slider.value)))
         for handle in (self.conf, self.which, self.trails):
             handle.on_update(lambda _: self.set_frame(self.current))
@@ -161,7 +165,8 @@ class Viewer:
         forward, down = pose[:3, 2], pose[:3, 1]
         target = pose[:3, 3] + forward * self.scale
         client.camera.up_direction = -down
-        client.camera.position = pose[:3, 3] - forward * 0.5 * self.scale - down * 0.25 * self.scale
+        right = pose[:3, 0]  # behind, above and to the right of the first camera: its frustum stays aside
+        client.camera.position = pose[:3, 3] + (-0.6 * forward - 0.45 * down + 0.3 * right) * self.scale
         client.camera.look_at = target
 
     # -- per frame ------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def test_dynamic_labels_from_track_motion_and_from_the_scene(tmp_path):
     scene = synthetic_scene()
     write_scene(tmp_path / "scene.npz", scene)
     view = load_view_data(tmp_path)
-    assert view.mask_source == "tracks"
+    assert view.mask_source == "motion"
     assert np.array_equal(view.track_dynamic, scene["gt_dynamic"])
     gt = scene["gt_dynamic_mask"]
     overlap = (view.dynamic_mask & gt).sum() / gt.sum()
