@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 from chromium_cdp import Browser
-from conftest import FOCAL, H, T, W, free_port
+from viz_scene import FOCAL, H, T, W, free_port
 
 from st4r_cli.stages.export import ExportConfig, export_scene
 

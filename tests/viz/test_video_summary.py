@@ -5,7 +5,7 @@ import json
 
 import av
 import numpy as np
-from conftest import FOCAL, GREEN, H, RED, T, W, synthetic_scene
+from viz_scene import FOCAL, GREEN, H, RED, T, W, synthetic_scene
 from PIL import Image
 
 from st4r_cli.cli.app import run as cli_run

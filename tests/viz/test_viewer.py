@@ -8,7 +8,7 @@ import time
 import urllib.request
 
 import numpy as np
-from conftest import H, T, W, free_port, synthetic_scene
+from viz_scene import H, T, W, free_port, synthetic_scene
 
 from st4r_cli.cli.app import run as cli_run
 
