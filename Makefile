@@ -34,8 +34,7 @@ extras: setup            ## (re)install the CoTracker3 / MoGe code without their
 
 demo: setup             ## adapt on the example clip, export PLY/GLB/TUM/COLMAP/NPZ and the videos
 	$(BIN)/st4r adapt $(DEMO_CLIP) --out $(DEMO_RUN)
-	$(BIN)/st4r export $(DEMO_RUN)
-	$(BIN)/st4r export $(DEMO_RUN) --video
+	$(BIN)/st4r export $(DEMO_RUN) --ply --glb --tum --colmap --npz --video
 	@echo "look at it: $(DEMO_RUN)/summary.png, $(DEMO_RUN)/export/*.mp4; make view (or: st4r view $(DEMO_RUN))"
 
 view: setup             ## open the demo run in the browser viewer (Ctrl-C stops it)
