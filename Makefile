@@ -16,6 +16,7 @@ DEMO_CLIP ?= examples/feng.mp4
 DEMO_RUN ?= runs/feng
 VIEW_PORT ?= 8080
 THREE_VERSION := 0.181.0
+MODEL_VIEWER_VERSION := 4.4.0
 WEB := $(VENV)/web
 
 .PHONY: setup demo view test browser doctor extras clean-runs
@@ -40,7 +41,8 @@ demo: setup             ## adapt on the example clip, export PLY/GLB/TUM/COLMAP/
 view: setup             ## open the demo run in the browser viewer (Ctrl-C stops it)
 	$(BIN)/st4r view $(DEMO_RUN) --port $(VIEW_PORT)
 
-# The browser tests need Chromium and three.js (for the GLB page; fetched with npm, never committed).
+# The browser tests need Chromium, three.js and model-viewer (for the GLB pages; fetched with npm, never
+# committed).
 # Chromium comes from apt-get when missing and we are root (CI); otherwise those tests skip with the reason.
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
@@ -53,6 +55,11 @@ browser:
 	  && rm -rf three package && tar xzf three-$(THREE_VERSION).tgz && mv package three \
 	  && rm three-$(THREE_VERSION).tgz; } \
 	  || echo "note: three.js not fetched (npm); the GLB page test will try again or skip"
+	@test -f $(WEB)/model-viewer.min.js || { command -v npm >/dev/null 2>&1 \
+	  && mkdir -p $(WEB) && cd $(WEB) && npm pack --silent @google/model-viewer@$(MODEL_VIEWER_VERSION) >/dev/null \
+	  && tar xzf google-model-viewer-$(MODEL_VIEWER_VERSION).tgz package/dist/model-viewer.min.js \
+	  && mv package/dist/model-viewer.min.js . && rm -rf package google-model-viewer-$(MODEL_VIEWER_VERSION).tgz; } \
+	  || echo "note: model-viewer not fetched (npm); the model-viewer test will try again or skip"
 
 test: setup browser
 	$(BIN)/python -m pytest -q

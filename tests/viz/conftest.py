@@ -27,7 +27,8 @@ def chromium():
     return path
 
 
-THREE_VERSION = "0.181.0"  # three.js for the GLB page (npm package, fetched at set-up, never committed; = Makefile)
+THREE_VERSION = "0.181.0"          # three.js for the GLB page (npm, fetched at set-up, never committed; = Makefile)
+MODEL_VIEWER_VERSION = "4.4.0"     # @google/model-viewer (its dist/model-viewer.min.js bundles three; = Makefile)
 
 
 def three_dir_candidates():
@@ -61,5 +62,33 @@ def three_dir():
         archive.extractall(target.parent / "unpack", filter="data")
     shutil.rmtree(target, ignore_errors=True)
     (target.parent / "unpack" / "package").rename(target)
+    tarball.unlink()
+    return target
+
+
+@pytest.fixture(scope="session")
+def model_viewer_js():
+    """`model-viewer.min.js` of the @google/model-viewer npm package (`make browser` fetches it into
+    .venv/web; else `npm pack` into ~/.cache/st4r/web)."""
+    import shutil
+    import subprocess
+    import tarfile
+
+    for base in three_dir_candidates():
+        candidate = base.parent / "model-viewer.min.js"
+        if candidate.is_file():
+            return candidate
+    target = three_dir_candidates()[-1].parent / "model-viewer.min.js"
+    if not shutil.which("npm"):
+        pytest.skip("model-viewer is not installed (`make browser`) and npm is not available")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["npm", "pack", f"@google/model-viewer@{MODEL_VIEWER_VERSION}", "--silent"],
+                            cwd=target.parent, capture_output=True, text=True, timeout=300)
+    tarball = target.parent / f"google-model-viewer-{MODEL_VIEWER_VERSION}.tgz"
+    if result.returncode != 0 or not tarball.is_file():
+        pytest.skip(f"could not fetch model-viewer with npm: {result.stderr.strip()[-200:]}")
+    with tarfile.open(tarball) as archive:
+        member = archive.extractfile("package/dist/model-viewer.min.js")
+        target.write_bytes(member.read())
     tarball.unlink()
     return target

@@ -80,21 +80,31 @@ new GLTFLoader().load('scene.glb', (gltf) => {
 """
 
 
-def test_glb_is_upright_in_three_js(tmp_path, synthetic_run, browser, three_dir):
+def _serve(site):
+    """A local static web server for `site` (no internet needed)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def _site_with_glb(tmp_path, synthetic_run):
     from st4r_cli.formats.scene import read_scene
 
     site = tmp_path / "site"
     site.mkdir()
     export_scene(read_scene(synthetic_run / "scene.npz"), site, ["glb"], ExportConfig(conf_quantile=0.0))
+    return site
+
+
+def test_glb_is_upright_in_three_js(tmp_path, synthetic_run, browser, three_dir):
+    site = _site_with_glb(tmp_path, synthetic_run)
     (site / "three").symlink_to(three_dir)
     width, height = 4 * W, 4 * H
     fov = math.degrees(2 * math.atan(H / 2 / FOCAL))
     (site / "index.html").write_text(PAGE % {"w": width, "h": height, "fov": fov})
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    handler.log_message = lambda *args: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    httpd = _serve(site)
     url = f"http://127.0.0.1:{httpd.server_address[1]}/index.html"
     try:
         image = browser.screenshot(url, "window.__ready === true", timeout_s=60, settle_s=0.5)
@@ -116,3 +126,36 @@ def test_glb_is_upright_in_three_js(tmp_path, synthetic_run, browser, three_dir)
     _, late_xs = np.nonzero(late_red[: height // 2])
     assert len(late_xs) > 100 and late_xs.mean() > xs.mean() + 10
     assert late_green[-height // 10:].mean() > 0.8
+
+
+MODEL_VIEWER_PAGE = """<!doctype html><html><body style="margin:0;background:#000">
+<script type="module" src="./model-viewer.min.js"></script>
+<model-viewer id="mv" src="scene.glb" style="width:512px;height:384px;background:#000"
+  interaction-prompt="none" shadow-intensity="0" tone-mapping="neutral"></model-viewer>
+<script>
+const mv = document.getElementById('mv');
+mv.addEventListener('load', () => setTimeout(() => { window.__ready = true; }, 500));
+mv.addEventListener('error', (e) => { window.__error = 'load error'; window.__ready = true; });
+</script></body></html>
+"""
+
+
+def test_glb_is_upright_in_model_viewer(tmp_path, synthetic_run, browser, model_viewer_js):
+    """model-viewer's default camera (in front, slightly above, y up) sees the wall above the floor."""
+    site = _site_with_glb(tmp_path, synthetic_run)
+    (site / "model-viewer.min.js").symlink_to(model_viewer_js)
+    (site / "index.html").write_text(MODEL_VIEWER_PAGE)
+    httpd = _serve(site)
+    try:
+        image = browser.screenshot(f"http://127.0.0.1:{httpd.server_address[1]}/index.html",
+                                   "window.__ready === true", timeout_s=60, settle_s=0.5)
+        assert browser.evaluate("window.__error || ''") == ""
+    finally:
+        httpd.shutdown()
+    view = image[:384, :512].astype(int)
+    r, g, b = view[..., 0], view[..., 1], view[..., 2]
+    blue = (b > r + 30) & (b > g + 15)     # model-viewer draws 1-pixel points: dimmer colours
+    green = (g > r + 30) & (g > b + 30)
+    assert blue.sum() > 1000 and green.sum() > 300, "model-viewer shows nothing"
+    rows = np.arange(view.shape[0])[:, None]
+    assert (rows * green).sum() / green.sum() > (rows * blue).sum() / blue.sum() + 20, "upside down"
