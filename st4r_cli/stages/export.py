@@ -420,10 +420,11 @@ def original_frames(run_dir: Path) -> dict[str, np.ndarray] | None:
         cfg = dataclasses.replace(run.config.decode, long_side=int(max(orig_hw)), multiple=1, upscale=False)
         full = decode(Path(run.config.input), cfg)
     except Exception as err:  # noqa: BLE001 - the decoded frames are the fallback
-        progress.debug(f"colmap: original frames unavailable ({err}); using the decoded frames")
+        progress.log(f"colmap: the source frames are not available ({err}); images at the processing size")
         return None
     if (list(full["frame_indices"]) != list(decoded["frame_indices"])
             or tuple(full["frames"].shape[1:3]) != tuple(int(v) for v in orig_hw)):
+        progress.log("colmap: the input changed since the run; images at the processing size")
         return None
     return {"frames": full["frames"], "orig_hw": full["orig_hw"]}
 
