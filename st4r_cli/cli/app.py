@@ -19,7 +19,7 @@ import typer
 
 from st4r_cli import __version__, progress
 from st4r_cli.cli import (cmd_adapt, cmd_depth, cmd_doctor, cmd_eval, cmd_export, cmd_pretrain,
-                          cmd_synth, cmd_tracks, cmd_weights)
+                          cmd_synth, cmd_tracks, cmd_view, cmd_weights)
 from st4r_cli.errors import St4rError
 
 app = typer.Typer(
@@ -56,7 +56,7 @@ def _entry(module: ModuleType, name: str) -> Callable[..., Any]:
 
 
 def _register() -> None:
-    commands = [("adapt", cmd_adapt), ("export", cmd_export), ("eval", cmd_eval),
+    commands = [("adapt", cmd_adapt), ("export", cmd_export), ("view", cmd_view), ("eval", cmd_eval),
                 ("tracks", cmd_tracks), ("depth", cmd_depth), ("synth", cmd_synth),
                 ("pretrain", cmd_pretrain), ("doctor", cmd_doctor)]
     for name, module in commands:

@@ -78,6 +78,9 @@ def command(
     with Run.create(out_dir, run_config, force=force or []) as run:
         progress.log(f"run [bold]{out_dir}[/bold] on {resolved_device}")
         pipeline.run_pipeline(run, resolved_device, until=until)
+    if (out_dir / "scene.npz").is_file() and until is None:
+        from st4r_cli.viz.summary import write_summary
+        progress.log(f"summary picture: {write_summary(out_dir)}")
     progress.log(f"[green]done[/green]: {out_dir}")
 
 

@@ -1,4 +1,4 @@
-"""`st4r export RUN_DIR [--ply] [--glb] [--tum] [--colmap] [--npz]`: a run's scene in other tools' formats."""
+"""`st4r export RUN_DIR [--ply] [--glb] [--tum] [--colmap] [--npz] [--video] [--maps]`: a run's scene in other tools' formats."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ def command(
     tum: Annotated[bool, typer.Option("--tum", help="Camera trajectory in TUM format.")] = False,
     colmap: Annotated[bool, typer.Option("--colmap", help="COLMAP text model (+ images/).")] = False,
     npz: Annotated[bool, typer.Option("--npz", help="Compressed copy of scene.npz.")] = False,
+    video: Annotated[bool, typer.Option(
+        "--video", help="tracks2d.mp4 (tracks on the frames) and depth.mp4 (frame | depth | confidence).")] = False,
+    maps: Annotated[bool, typer.Option(
+        "--maps", help="Per-frame depth and confidence PNGs and 16-bit depth PNGs (maps/).")] = False,
     out: Annotated[Optional[Path], typer.Option(  # noqa: UP007
         "--out", "-o", help="Output directory (default: RUN_DIR/export).")] = None,
     conf_quantile: Annotated[float, typer.Option(
@@ -40,14 +44,37 @@ def command(
     scene_path = checked_run_output(scene_path)   # a run's scene: only when the run is complete
     if not scene_path.is_file():
         raise St4rError(f"{run_dir} has no scene.npz (run `st4r adapt` to completion first)")
-    chosen = [name for name, flag in zip(FORMATS, (ply, glb, tum, colmap, npz)) if flag] or list(FORMATS)
+    chosen = [name for name, flag in zip(FORMATS, (ply, glb, tum, colmap, npz)) if flag]
+    chosen = chosen or ([] if video or maps else list(FORMATS))
     out_dir = out if out is not None else (run_dir.parent if run_dir.is_file() else run_dir) / "export"
     if out_dir.exists() and not out_dir.is_dir():
         raise St4rError(f"output path exists and is not a directory: {out_dir}")
     scene = read_scene(scene_path)
     config = ExportConfig(conf_quantile=conf_quantile, every=every)
-    written = export_scene(scene, out_dir, chosen, config, timestamps=_timestamps(run_dir, scene))
+    written = export_scene(scene, out_dir, chosen, config, timestamps=_timestamps(run_dir, scene),
+                           run_dir=None if run_dir.is_file() else run_dir)
+    written += _export_pictures(run_dir, out_dir, video, maps)
     progress.log(f"[green]done[/green]: {len(written)} file(s) in {out_dir}")
+
+
+def _export_pictures(run_dir: Path, out_dir: Path, video: bool, maps: bool) -> list[Path]:
+    """--video / --maps (st4r_cli.viz.video)."""
+    if not (video or maps):
+        return []
+    from st4r_cli import progress
+    from st4r_cli.viz.data import load_view_data
+    from st4r_cli.viz.video import export_maps, export_videos
+
+    view = load_view_data(run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = export_videos(view, out_dir) if video else []
+    written += export_maps(view, out_dir) if maps else []
+    for path in written:
+        if path.suffix == ".mp4":
+            progress.log(f"[green]✓[/green] video: {path}")
+    if maps:
+        progress.log(f"[green]✓[/green] maps: {out_dir / 'maps'}")
+    return written
 
 
 def _timestamps(run_dir: Path, scene: dict) -> object:

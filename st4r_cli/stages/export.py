@@ -3,14 +3,15 @@
 - PLY: one coloured point cloud per frame (`ply/frame_00000.ply`) and the accumulated cloud of all
   frames (`ply/accumulated.ply`), binary little-endian, vertex x y z (float32), red green blue (uchar),
   confidence (float32); the least confident pixels of each frame are dropped.
-- GLB (glTF binary, via trimesh): the accumulated points, one wire frustum per camera and the 3D tracks
-  as polylines.
+- GLB (glTF binary, our own writer): glTF axes (y up, cameras look down -z: st4r's world with y and z
+  negated), one node per frame with its points and an animation that shows frame i at time i / fps,
+  the camera frusta, the camera path and the 3D tracks as polylines (`export_glb`).
 - TUM: camera-to-world trajectory, `timestamp tx ty tz qx qy qz qw` per line (evo reads it).
-- COLMAP text model: `cameras.txt` (one PINHOLE camera), `images.txt` (world-to-camera poses and the
-  2D observations), `points3D.txt` (the 3D tracks at their query frame, observed wherever they are
-  visible, plus a confident subsample of the pointmaps with their one observation) and `images/`
-  with the frames. COLMAP puts the centre of the top-left pixel at (0.5, 0.5), st4r at (0, 0): the
-  principal point and every 2D observation are shifted by +0.5 on the way out.
+- COLMAP text model `colmap/sparse/0/{cameras,images,points3D}.txt` + `colmap/images/` (the frames at
+  the source's resolution when the run's input is there): one PINHOLE camera, world-to-camera poses,
+  static tracks only (seen in >= 2 images) triangulated from the tracker's 2D positions, which are
+  the observations; ERROR is the real mean reprojection error. COLMAP puts the centre of the top-left
+  pixel at (0.5, 0.5), st4r at (0, 0): pixel coordinates are shifted (and rescaled) on the way out.
 - NPZ: a compressed copy of `scene.npz`.
 
 Every file is written to a temporary name and renamed into place.
@@ -35,9 +36,9 @@ class ExportConfig:
     conf_quantile: float = 0.3        # per frame, drop this fraction of the least confident pixels
     every: int = 1                    # frame stride of the accumulated cloud / GLB points
     max_points: int = 2_000_000       # cap on the accumulated cloud (uniform random subsample)
-    glb_max_points: int = 300_000     # cap on the GLB's point cloud
-    glb_max_tracks: int = 2_000       # cap on the GLB's track polylines
-    colmap_dense_points: int = 20_000  # pointmap points added to points3D.txt (0 disables)
+    glb_max_points: int = 500_000     # cap on the GLB's points (all frames together)
+    glb_max_tracks: int = 300         # cap on the GLB's track polylines (spread over the image)
+    colmap_max_error_px: float = 4.0  # COLMAP: drop observations reprojecting farther (scene pixels)
     frustum_scale: float = 0.0        # frustum depth in world units; 0 -> 5% of the camera path length
     seed: int = 0
 
@@ -45,6 +46,8 @@ class ExportConfig:
 def check_export_config(config: ExportConfig) -> None:
     from st4r_cli.errors import St4rError
 
+    if config.colmap_max_error_px <= 0:
+        raise St4rError("colmap_max_error_px must be > 0")
     if not 0.0 <= config.conf_quantile < 1.0:
         raise St4rError("--conf-quantile must be in [0, 1)")
     if config.every < 1:
@@ -54,8 +57,12 @@ def check_export_config(config: ExportConfig) -> None:
 
 
 def export_scene(scene: dict[str, np.ndarray], out_dir: Path, formats: list[str], config: ExportConfig,
-                 timestamps: np.ndarray | None = None) -> list[Path]:
-    """Write the requested formats of `scene` under `out_dir`; returns the written paths."""
+                 timestamps: np.ndarray | None = None, run_dir: Path | None = None) -> list[Path]:
+    """Write the requested formats of `scene` under `out_dir`; returns the written paths.
+
+    `run_dir` (optional): the run the scene comes from; COLMAP then uses the tracker's 2D tracks and
+    the source frames at their own resolution, and the GLB the video's frame rate.
+    """
     from st4r_cli import progress
     from st4r_cli.errors import St4rError
 
@@ -75,15 +82,36 @@ def export_scene(scene: dict[str, np.ndarray], out_dir: Path, formats: list[str]
         if fmt == "ply":
             written += export_ply(scene, out_dir / "ply", config)
         elif fmt == "glb":
-            written.append(export_glb(scene, out_dir / "scene.glb", config))
+            written.append(export_glb(scene, out_dir / "scene.glb", config, fps=_fps(timestamps)))
         elif fmt == "tum":
             written.append(export_tum(scene, out_dir / "trajectory_tum.txt", timestamps))
         elif fmt == "colmap":
-            written += export_colmap(scene, out_dir / "colmap", config)
+            written += export_colmap(scene, out_dir / "colmap", config, tracker=_run_tracker(run_dir),
+                                     original=original_frames(run_dir) if run_dir is not None else None)
         else:
             written.append(export_npz(scene, out_dir / "scene.npz"))
         progress.log(f"[green]✓[/green] {fmt}: {out_dir}")
     return written
+
+
+def _fps(timestamps: np.ndarray | None) -> float:
+    """Frame rate from frame times in seconds (10 when unknown)."""
+    if timestamps is not None and len(timestamps) > 1 and timestamps[-1] > timestamps[0]:
+        return float((len(timestamps) - 1) / (timestamps[-1] - timestamps[0]))
+    return 10.0
+
+
+def _run_tracker(run_dir: Path | None) -> dict[str, np.ndarray] | None:
+    """The tracks stage's tracks_xy / visible of a run, or None."""
+    if run_dir is None:
+        return None
+    try:
+        from st4r_cli.runs import Run
+
+        artifact = Run.open(run_dir).artifact("tracks")
+        return {"tracks_xy": artifact["tracks_xy"], "visible": artifact["visible"], "queries": artifact["queries"]}
+    except Exception:  # noqa: BLE001 - the scene's tracks2d are the fallback
+        return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,6 +201,9 @@ def export_ply(scene: dict[str, np.ndarray], out_dir: Path, config: ExportConfig
 # GLB
 # ----------------------------------------------------------------------------------------------
 
+GLTF_FROM_OPENCV = (1.0, -1.0, -1.0)  # x right, y down, z forward (OpenCV) -> x right, y up, z backward (glTF)
+
+
 def frustum_segments(cam_c2w: np.ndarray, intrinsics: np.ndarray, hw: tuple[int, int], depth: float
                      ) -> np.ndarray:
     """(T*8, 2, 3) line segments of camera frusta: 4 edges from the centre + the image rectangle at `depth`."""
@@ -203,42 +234,150 @@ def _track_colors(count: int) -> np.ndarray:
                      for i in range(count)], dtype=np.uint8)
 
 
-def export_glb(scene: dict[str, np.ndarray], path: Path, config: ExportConfig) -> Path:
-    """Points + camera frusta + track polylines as one glTF binary."""
+class _GltfBuilder:
+    """A minimal glTF 2.0 binary writer: point / line meshes with vertex colours, nodes, STEP animations."""
+
+    def __init__(self) -> None:
+        self.binary = bytearray()
+        self.doc: dict = {"asset": {"version": "2.0", "generator": "st4r"}, "scene": 0, "scenes": [{"nodes": []}],
+                          "nodes": [], "meshes": [], "accessors": [], "bufferViews": [], "buffers": [],
+                          "materials": [{"name": "unlit", "pbrMetallicRoughness": {"metallicFactor": 0.0,
+                                                                                    "roughnessFactor": 1.0},
+                                         "extensions": {"KHR_materials_unlit": {}}}],
+                          "extensionsUsed": ["KHR_materials_unlit"]}
+
+    def accessor(self, array: np.ndarray, kind: str, target: int | None = None, normalized: bool = False) -> int:
+        import numpy as np
+
+        component = {np.dtype(np.float32): 5126, np.dtype(np.uint8): 5121}[array.dtype]
+        while len(self.binary) % 4:
+            self.binary.append(0)
+        view = {"buffer": 0, "byteOffset": len(self.binary), "byteLength": array.nbytes}
+        if target is not None:
+            view["target"] = target
+        self.binary += np.ascontiguousarray(array).tobytes()
+        self.doc["bufferViews"].append(view)
+        acc = {"bufferView": len(self.doc["bufferViews"]) - 1, "componentType": component,
+               "count": int(array.shape[0]), "type": kind}
+        if normalized:
+            acc["normalized"] = True
+        if kind in ("VEC3", "SCALAR") and array.dtype == np.float32:
+            flat = array.reshape(len(array), -1)
+            acc["min"] = [float(v) for v in flat.min(0)]
+            acc["max"] = [float(v) for v in flat.max(0)]
+        self.doc["accessors"].append(acc)
+        return len(self.doc["accessors"]) - 1
+
+    def mesh(self, name: str, positions: np.ndarray, colors: np.ndarray, mode: int) -> int:
+        """mode 0 points, 1 lines; positions (M, 3) float32, colors (M, 4) uint8."""
+        attributes = {"POSITION": self.accessor(positions, "VEC3", 34962),
+                      "COLOR_0": self.accessor(colors, "VEC4", 34962, normalized=True)}
+        self.doc["meshes"].append({"name": name, "primitives": [{"attributes": attributes, "mode": mode,
+                                                                  "material": 0}]})
+        return len(self.doc["meshes"]) - 1
+
+    def node(self, name: str, mesh: int, scale: float = 1.0) -> int:
+        node = {"name": name, "mesh": mesh}
+        if scale != 1.0:
+            node["scale"] = [scale] * 3
+        self.doc["nodes"].append(node)
+        self.doc["scenes"][0]["nodes"].append(len(self.doc["nodes"]) - 1)
+        return len(self.doc["nodes"]) - 1
+
+    def visibility_animation(self, name: str, nodes: list[int], fps: float) -> None:
+        """Node i is shown (scale 1) during [i / fps, (i + 1) / fps) and hidden (scale 0) otherwise."""
+        import numpy as np
+
+        count = len(nodes)
+        channels, samplers = [], []
+        for i, node in enumerate(nodes):
+            times = sorted({0.0, i / fps, (i + 1) / fps, count / fps})
+            values = [1.0 if i / fps <= x < (i + 1) / fps or (i == count - 1 and x >= i / fps) else 0.0
+                      for x in times]
+            sampler = {"input": self.accessor(np.asarray(times, np.float32)[:, None], "SCALAR"),
+                       "output": self.accessor(np.repeat(np.asarray(values, np.float32)[:, None], 3, 1), "VEC3"),
+                       "interpolation": "STEP"}
+            samplers.append(sampler)
+            channels.append({"sampler": len(samplers) - 1, "target": {"node": node, "path": "scale"}})
+        self.doc.setdefault("animations", []).append({"name": name, "channels": channels, "samplers": samplers})
+
+    def glb(self) -> bytes:
+        import json
+        import struct
+
+        while len(self.binary) % 4:
+            self.binary.append(0)
+        self.doc["buffers"] = [{"byteLength": len(self.binary)}]
+        text = json.dumps(self.doc, separators=(",", ":")).encode("utf-8")
+        text += b" " * (-len(text) % 4)
+        total = 12 + 8 + len(text) + 8 + len(self.binary)
+        return (struct.pack("<III", 0x46546C67, 2, total) + struct.pack("<II", len(text), 0x4E4F534A) + text
+                + struct.pack("<II", len(self.binary), 0x004E4942) + bytes(self.binary))
+
+
+def export_glb(scene: dict[str, np.ndarray], path: Path, config: ExportConfig, fps: float = 10.0) -> Path:
+    """glTF binary in glTF axes (y up, cameras looking down -z): world = st4r's world (frame 0's OpenCV
+    camera) with y and z negated, so viewers show it upright and from the front.
+
+    Time is kept: one node per frame (`frame_00000`, ...) holding that frame's point cloud, and an
+    animation `time` (STEP) that shows frame i's node during [i / fps, (i + 1) / fps) (three.js,
+    model-viewer and Blender play it; viewers without animation show frame 0). Static nodes: the
+    camera frusta (`cameras`), the camera path (`camera_path`) and the 3D tracks as polylines
+    (`tracks`, one colour per track).
+    """
     import numpy as np
-    import trimesh
-    from trimesh.path.entities import Line
 
     from st4r_cli.runs.atomic import atomic_write_bytes
 
-    glb = trimesh.Scene()
-    xyz, rgb, _ = accumulated_points(scene, config, config.glb_max_points)
-    if len(xyz):
-        colors = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], 1)
-        glb.add_geometry(trimesh.PointCloud(xyz, colors=colors), geom_name="points")
+    flip = np.asarray(GLTF_FROM_OPENCV, np.float32)
+    builder = _GltfBuilder()
+    num_frames = scene["pointmaps"].shape[0]
+    per_frame = max(1, config.glb_max_points // num_frames)
+    rng = np.random.default_rng(config.seed)
+    frame_nodes = []
+    all_xyz = []
+    for t in range(num_frames):
+        xyz, rgb, _, _ = frame_points(scene, t, config.conf_quantile)
+        if len(xyz) > per_frame:
+            idx = np.sort(rng.choice(len(xyz), size=per_frame, replace=False))
+            xyz, rgb = xyz[idx], rgb[idx]
+        if not len(xyz):
+            xyz, rgb = np.zeros((1, 3), np.float32), np.zeros((1, 3), np.uint8)
+        xyz = np.asarray(xyz, np.float32) * flip
+        all_xyz.append(xyz)
+        colors = np.concatenate([rgb.astype(np.uint8), np.full((len(rgb), 1), 255, np.uint8)], 1)
+        mesh = builder.mesh(f"frame_{t:05d}", xyz, colors, mode=0)
+        frame_nodes.append(builder.node(f"frame_{t:05d}", mesh, scale=1.0 if t == 0 else 0.0))
     if "cam_c2w" in scene and "intrinsics" in scene:
-        centres = scene["cam_c2w"][:, :3, 3]
+        poses = scene["cam_c2w"].astype(np.float64)
+        centres = poses[:, :3, 3]
         path_len = float(np.linalg.norm(np.diff(centres, axis=0), axis=1).sum()) if len(centres) > 1 else 0.0
-        extent = float(np.median(np.linalg.norm(xyz, axis=1))) if len(xyz) else 1.0
-        depth = config.frustum_scale or max(0.05 * path_len, 0.02 * extent, 1e-3)
-        hw = scene["pointmaps"].shape[1:3]
-        segments = frustum_segments(scene["cam_c2w"].astype(np.float64), scene["intrinsics"].astype(np.float64),
-                                    hw, depth)
-        frusta = trimesh.load_path(segments)
-        frusta.colors = np.tile([255, 60, 60, 255], (len(frusta.entities), 1)).astype(np.uint8)
-        glb.add_geometry(frusta, geom_name="cameras")
+        pts = np.concatenate(all_xyz)
+        extent = float(np.median(np.linalg.norm(pts, axis=1))) if len(pts) else 1.0
+        depth = config.frustum_scale or max(0.05 * path_len, 0.03 * extent, 1e-3)
+        segments = frustum_segments(poses, scene["intrinsics"].astype(np.float64), scene["pointmaps"].shape[1:3],
+                                    depth).reshape(-1, 3).astype(np.float32) * flip
+        grey = np.tile(np.array([[255, 60, 60, 255]], np.uint8), (len(segments), 1))
+        builder.node("cameras", builder.mesh("cameras", segments, grey, mode=1))
+        if len(centres) > 1:
+            path_seg = np.stack([centres[:-1], centres[1:]], 1).reshape(-1, 3).astype(np.float32) * flip
+            orange = np.tile(np.array([[255, 150, 0, 255]], np.uint8), (len(path_seg), 1))
+            builder.node("camera_path", builder.mesh("camera_path", path_seg, orange, mode=1))
     if "tracks3d" in scene and scene["tracks3d"].shape[1] > 1:
+        from st4r_cli.viz.data import pick_tracks
+
         tracks = scene["tracks3d"]
-        if len(tracks) > config.glb_max_tracks:
-            idx = np.linspace(0, len(tracks) - 1, config.glb_max_tracks).round().astype(int)
-            tracks = tracks[idx]
-        num_frames = tracks.shape[1]
-        vertices = tracks.reshape(-1, 3).astype(np.float64)
-        entities = [Line(points=np.arange(n * num_frames, (n + 1) * num_frames)) for n in range(len(tracks))]
-        polylines = trimesh.path.Path3D(entities=entities, vertices=vertices, process=False)
-        polylines.colors = _track_colors(len(entities))
-        glb.add_geometry(polylines, geom_name="tracks")
-    atomic_write_bytes(Path(path), glb.export(file_type="glb"))
+        query_xy = scene["query_xy"] if "query_xy" in scene else np.zeros((len(tracks), 2))
+        tracks = tracks[pick_tracks(query_xy, config.glb_max_tracks)]
+        seg = np.stack([tracks[:, :-1], tracks[:, 1:]], 2)                       # (N, T-1, 2, 3)
+        colors = np.repeat(_track_colors(len(tracks))[:, None, None], tracks.shape[1] - 1, 1).repeat(2, 2)
+        good = np.isfinite(seg).all((2, 3))
+        if good.any():
+            builder.node("tracks", builder.mesh("tracks", seg[good].reshape(-1, 3).astype(np.float32) * flip,
+                                                colors[good].reshape(-1, 4), mode=1))
+    if num_frames > 1:
+        builder.visibility_animation("time", frame_nodes, fps)
+    atomic_write_bytes(Path(path), builder.glb())
     return Path(path)
 
 
@@ -265,59 +404,179 @@ def export_npz(scene: dict[str, np.ndarray], path: Path) -> Path:
 # COLMAP
 # ----------------------------------------------------------------------------------------------
 
-def export_colmap(scene: dict[str, np.ndarray], out_dir: Path, config: ExportConfig) -> list[Path]:
-    """COLMAP text model (+ `images/` with the frames) of the scene."""
+def original_frames(run_dir: Path) -> dict[str, np.ndarray] | None:
+    """The run's frames at the source's own resolution (re-decoded with the run's frame selection):
+    {'frames' (T, H0, W0, 3) uint8, 'orig_hw' (2,)}, or None when the input is gone or differs."""
+    import dataclasses
+
+    from st4r_cli import progress
+    from st4r_cli.runs import Run
+    from st4r_cli.stages.decode import decode
+
+    try:
+        run = Run.open(run_dir)
+        decoded = run.artifact("decode")
+        orig_hw = decoded["orig_hw"]
+        cfg = dataclasses.replace(run.config.decode, long_side=int(max(orig_hw)), multiple=1, upscale=False)
+        full = decode(Path(run.config.input), cfg)
+    except Exception as err:  # noqa: BLE001 - the decoded frames are the fallback
+        progress.log(f"colmap: the source frames are not available ({err}); images at the processing size")
+        return None
+    if (list(full["frame_indices"]) != list(decoded["frame_indices"])
+            or tuple(full["frames"].shape[1:3]) != tuple(int(v) for v in orig_hw)):
+        progress.log("colmap: the input changed since the run; images at the processing size")
+        return None
+    return {"frames": full["frames"], "orig_hw": full["orig_hw"]}
+
+
+def static_track_mask(scene: dict[str, np.ndarray], motion_rel: float = 0.05) -> np.ndarray:
+    """(N,) bool: tracks that stay put. The scene's `track_static` when present, else 3D motion below
+    `motion_rel` x the track's own frame-0 depth."""
     import numpy as np
 
+    tracks = np.asarray(scene["tracks3d"], np.float64)
+    if "track_static" in scene and len(scene["track_static"]) == len(tracks):
+        return scene["track_static"].astype(bool)
+    query_t = scene["query_t"].astype(int) if "query_t" in scene else np.zeros(len(tracks), int)
+    start = tracks[np.arange(len(tracks)), query_t]
+    motion = np.nanmax(np.linalg.norm(tracks - start[:, None], axis=-1), axis=1)
+    if "cam_c2w" in scene:
+        w2c = np.linalg.inv(np.asarray(scene["cam_c2w"], np.float64))[query_t]
+        depth = np.einsum("nij,nj->ni", w2c[:, :3, :3], start)[:, 2] + w2c[:, 2, 3]
+    else:
+        depth = start[:, 2]
+    return np.nan_to_num(motion, nan=np.inf) <= motion_rel * np.abs(depth)
+
+
+def triangulate(xy: np.ndarray, w2c: np.ndarray, k_mat: np.ndarray) -> np.ndarray:
+    """Linear (DLT) triangulation of one point from pixels xy (K, 2) seen by cameras w2c (K, 4, 4)."""
+    import numpy as np
+
+    proj = k_mat @ w2c[:, :3, :]                                   # (K, 3, 4)
+    rows = np.concatenate([xy[:, :1] * proj[:, 2] - proj[:, 0], xy[:, 1:] * proj[:, 2] - proj[:, 1]])
+    _, _, vt = np.linalg.svd(rows)
+    point = vt[-1]
+    return point[:3] / point[3] if abs(point[3]) > 1e-12 else np.full(3, np.nan)
+
+
+def reprojection_errors(point: np.ndarray, xy: np.ndarray, w2c: np.ndarray, k_mat: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(errors (K,) pixels, depths (K,)) of a world point against its observations."""
+    import numpy as np
+
+    cam = np.einsum("kij,j->ki", w2c[:, :3, :3], point) + w2c[:, :3, 3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = cam[:, :2] / cam[:, 2:] * np.diag(k_mat)[:2] + k_mat[:2, 2]
+    return np.linalg.norm(uv - xy, axis=1), cam[:, 2]
+
+
+def colmap_points(scene: dict[str, np.ndarray], config: ExportConfig,
+                  tracker: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """Static points for COLMAP, in the scene's (decoded) pixels: [{xyz (3,), rgb (3,), frames (K,),
+    xy (K, 2), errors (K,), residuals (K, 2) projection minus observation}].
+
+    Each static track (see `static_track_mask`) is triangulated (DLT) from the tracker's 2D positions
+    where it is visible (`tracker`: the tracks stage's `tracks_xy`/`visible` when it has one track per
+    scene track, else the scene's `tracks2d`/`visible`); observations reprojecting more than
+    `config.colmap_max_error_px` away are dropped, and points seen in fewer than 2 images or behind a
+    camera are left out.
+    """
+    import numpy as np
+
+    if "tracks3d" not in scene or "tracks2d" not in scene:
+        return []
+    tracks2d = scene["tracks2d"]
+    visible = scene["visible"] if "visible" in scene else np.isfinite(tracks2d).all(-1)
+    if tracker is not None and _same_tracks(tracker, scene):
+        tracks2d, visible = tracker["tracks_xy"], tracker["visible"]
+    k_all = np.asarray(scene["intrinsics"], np.float64)
+    k_mat = k_all if k_all.ndim == 2 else k_all[0]
+    w2c_all = np.linalg.inv(np.asarray(scene["cam_c2w"], np.float64))
+    static = static_track_mask(scene)
+    query_t = scene["query_t"].astype(int) if "query_t" in scene else np.zeros(len(tracks2d), int)
+    points = []
+    for n in np.flatnonzero(static):
+        frames = np.flatnonzero(visible[n] & np.isfinite(tracks2d[n]).all(-1))
+        if frames.size < 2:
+            continue
+        xy = tracks2d[n, frames].astype(np.float64)
+        w2c = w2c_all[frames]
+        point = triangulate(xy, w2c, k_mat)
+        errors, depths = reprojection_errors(point, xy, w2c, k_mat) if np.isfinite(point).all() else (None, None)
+        if errors is None or (depths <= 0).any():  # fall back to the scene's own 3D point
+            point = np.asarray(scene["tracks3d"][n, query_t[n]], np.float64)
+            errors, depths = reprojection_errors(point, xy, w2c, k_mat)
+        good = (errors <= config.colmap_max_error_px) & (depths > 0)
+        if good.sum() < 2:
+            continue
+        frames, xy, errors = frames[good], xy[good], errors[good]
+        rgb = _color_at(scene, int(frames[0]), xy[0])
+        cam = np.einsum("kij,j->ki", w2c_all[frames][:, :3, :3], point) + w2c_all[frames][:, :3, 3]
+        residuals = cam[:, :2] / cam[:, 2:] * np.diag(k_mat)[:2] + k_mat[:2, 2] - xy
+        points.append({"xyz": point, "rgb": rgb, "frames": frames, "xy": xy, "errors": errors,
+                       "residuals": residuals})
+    return points
+
+
+def _same_tracks(tracker: dict[str, np.ndarray], scene: dict[str, np.ndarray]) -> bool:
+    """The tracker's tracks are the scene's, in the same order (same shape and queries)."""
+    import numpy as np
+
+    if tracker["tracks_xy"].shape != scene["tracks2d"].shape:
+        return False
+    if "queries" in tracker and "query_xy" in scene:
+        return bool(np.allclose(tracker["queries"][:, 1:], scene["query_xy"], atol=1e-3))
+    return True
+
+
+def export_colmap(scene: dict[str, np.ndarray], out_dir: Path, config: ExportConfig,
+                  tracker: dict[str, np.ndarray] | None = None,
+                  original: dict[str, np.ndarray] | None = None) -> list[Path]:
+    """COLMAP text model `out_dir/sparse/0/{cameras,images,points3D}.txt` + `out_dir/images/`.
+
+    nerfstudio: `ns-train splatfacto colmap --data OUT_DIR --colmap-path sparse/0`. Images are written at
+    the source's resolution when `original` (see `original_frames`) is given, else at the scene's; the
+    camera and every observation are rescaled to them (pixel centres: st4r's (x, y) is COLMAP's
+    (x + 0.5, y + 0.5)). Points: static tracks only, seen in >= 2 images, at the tracker's positions;
+    ERROR is the point's mean reprojection error in those images' pixels.
+    """
+    import numpy as np
+
+    from st4r_cli.formats.scene import scene_image_hw
     from st4r_cli.formats.tum import rotation_to_quaternion_xyzw
     from st4r_cli.runs.atomic import atomic_write_text
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = out_dir / "sparse" / "0"
+    model_dir.mkdir(parents=True, exist_ok=True)
     cam_c2w = scene["cam_c2w"].astype(np.float64)
     num_frames = len(cam_c2w)
     k_all = scene["intrinsics"].astype(np.float64)
     k_mat = k_all if k_all.ndim == 2 else k_all[0]
-    from st4r_cli.formats.scene import scene_image_hw
-
     h, w = scene_image_hw(scene) or (int(2 * k_mat[1, 2] + 1), int(2 * k_mat[0, 2] + 1))
+    frames_out = scene.get("colors")
+    out_h, out_w = h, w
+    if original is not None and len(original["frames"]) == num_frames:
+        frames_out = original["frames"]
+        out_h, out_w = (int(v) for v in original["frames"].shape[1:3])
+    sx, sy = out_w / w, out_h / h
     names = [f"frame_{t:05d}.png" for t in range(num_frames)]
     cameras = ["# Camera list with one line of data per camera:",
                "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]",
                "# Number of cameras: 1",
-               f"1 PINHOLE {w} {h} {k_mat[0, 0]:.10g} {k_mat[1, 1]:.10g} {k_mat[0, 2] + 0.5:.10g} {k_mat[1, 2] + 0.5:.10g}"]
+               f"1 PINHOLE {out_w} {out_h} {k_mat[0, 0] * sx:.10g} {k_mat[1, 1] * sy:.10g} "
+               f"{(k_mat[0, 2] + 0.5) * sx:.10g} {(k_mat[1, 2] + 0.5) * sy:.10g}"]
 
-    # points: tracks (multi-view) then a confident pointmap subsample (one view each)
     observations: list[list[tuple[float, float, int]]] = [[] for _ in range(num_frames)]
     point_lines: list[str] = []
-    next_id = 1
-    if "tracks3d" in scene and "tracks2d" in scene:
-        tracks3d, tracks2d = scene["tracks3d"], scene["tracks2d"]
-        visible = scene["visible"] if "visible" in scene else np.isfinite(tracks2d).all(-1)
-        query_t = scene["query_t"].astype(int) if "query_t" in scene else np.zeros(len(tracks3d), int)
-        for n in range(len(tracks3d)):
-            frames_seen = np.flatnonzero(visible[n] & np.isfinite(tracks2d[n]).all(-1))
-            if frames_seen.size == 0:
-                continue
-            xyz = tracks3d[n, query_t[n]]
-            rgb = _color_at(scene, query_t[n], scene["query_xy"][n] if "query_xy" in scene else tracks2d[n, query_t[n]])
-            track = []
-            for t in frames_seen:
-                track.append(f"{t + 1} {len(observations[t])}")
-                observations[t].append((float(tracks2d[n, t, 0]), float(tracks2d[n, t, 1]), next_id))
-            point_lines.append(_point_line(next_id, xyz, rgb, track))
-            next_id += 1
-    if config.colmap_dense_points > 0 and "pointmaps" in scene:
-        per_frame = max(1, config.colmap_dense_points // num_frames)
-        rng = np.random.default_rng(config.seed)
-        for t in range(num_frames):
-            xyz, rgb, _, pixel = frame_points(scene, t, config.conf_quantile)
-            if len(xyz) > per_frame:
-                idx = np.sort(rng.choice(len(xyz), size=per_frame, replace=False))
-                xyz, rgb, pixel = xyz[idx], rgb[idx], pixel[idx]
-            for p, c, px in zip(xyz, rgb, pixel):
-                point_lines.append(_point_line(next_id, p, c, [f"{t + 1} {len(observations[t])}"]))
-                observations[t].append((float(px[0]), float(px[1]), next_id))
-                next_id += 1
+    scale = np.array([sx, sy])
+    for pid, point in enumerate(colmap_points(scene, config, tracker), start=1):
+        track = []
+        for t, xy in zip(point["frames"], point["xy"]):
+            track.append(f"{t + 1} {len(observations[t])}")
+            x, y = (xy + 0.5) * scale
+            observations[t].append((float(x), float(y), pid))
+        error = float(np.mean(np.linalg.norm(point["residuals"] * scale, axis=1)))  # output image pixels
+        point_lines.append(_point_line(pid, point["xyz"], point["rgb"], track, error))
 
     w2c = np.linalg.inv(cam_c2w)
     quats = rotation_to_quaternion_xyzw(w2c[:, :3, :3])  # (x, y, z, w)
@@ -329,22 +588,22 @@ def export_colmap(scene: dict[str, np.ndarray], out_dir: Path, config: ExportCon
         qx, qy, qz, qw = quats[t]
         tx, ty, tz = w2c[t, :3, 3]
         images.append(f"{t + 1} {qw:.12g} {qx:.12g} {qy:.12g} {qz:.12g} {tx:.12g} {ty:.12g} {tz:.12g} 1 {names[t]}")
-        images.append(" ".join(f"{x + 0.5:.6f} {y + 0.5:.6f} {pid}" for x, y, pid in observations[t]))
+        images.append(" ".join(f"{x:.4f} {y:.4f} {pid}" for x, y, pid in observations[t]))
     points = ["# 3D point list with one line of data per point:",
               "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)",
               f"# Number of points: {len(point_lines)}"] + point_lines
     written = []
     for name, lines in (("cameras.txt", cameras), ("images.txt", images), ("points3D.txt", points)):
-        atomic_write_text(out_dir / name, "\n".join(lines) + "\n")
-        written.append(out_dir / name)
-    if "colors" in scene:
-        written += _write_frames(scene["colors"], out_dir / "images", names)
+        atomic_write_text(model_dir / name, "\n".join(lines) + "\n")
+        written.append(model_dir / name)
+    if frames_out is not None:
+        written += _write_frames(frames_out, out_dir / "images", names)
     return written
 
 
-def _point_line(point_id: int, xyz: np.ndarray, rgb: np.ndarray, track: list[str]) -> str:
-    return (f"{point_id} {xyz[0]:.9g} {xyz[1]:.9g} {xyz[2]:.9g} {int(rgb[0])} {int(rgb[1])} {int(rgb[2])} 0 "
-            + " ".join(track))
+def _point_line(point_id: int, xyz: np.ndarray, rgb: np.ndarray, track: list[str], error: float) -> str:
+    return (f"{point_id} {xyz[0]:.9g} {xyz[1]:.9g} {xyz[2]:.9g} {int(rgb[0])} {int(rgb[1])} {int(rgb[2])} "
+            f"{error:.6g} " + " ".join(track))
 
 
 def _color_at(scene: dict[str, np.ndarray], t: int, xy: np.ndarray) -> np.ndarray:

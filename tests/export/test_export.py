@@ -64,21 +64,58 @@ def test_ply_round_trip(tmp_path):
     assert len(acc.vertices) == sum(len(frame_points(scene, t, 0.5)[0]) for t in range(T))
 
 
-def test_glb_round_trip(tmp_path):
+def _glb_json(path):
+    import json
+    import struct
+
+    data = path.read_bytes()
+    length, kind = struct.unpack("<II", data[12:20])
+    assert data[:4] == b"glTF" and kind == 0x4E4F534A
+    return json.loads(data[20:20 + length])
+
+
+def test_glb_is_in_gltf_axes_with_one_node_per_frame(tmp_path):
     scene = _scene()
     export_scene(scene, tmp_path, ["glb"], ExportConfig(conf_quantile=0.0))
     glb = trimesh.load(tmp_path / "scene.glb")
-    assert set(glb.geometry) == {"points", "cameras", "tracks"}
-    assert len(glb.geometry["points"].vertices) == T * H * W
+    names = set(glb.geometry)
+    assert {f"frame_{t:05d}" for t in range(T)} | {"cameras", "camera_path", "tracks"} == names
+    flip = np.array([1.0, -1.0, -1.0])  # OpenCV -> glTF axes
+    for t in range(T):
+        cloud = glb.geometry[f"frame_{t:05d}"]
+        assert len(cloud.vertices) == H * W
+        expected = scene["pointmaps"][t].reshape(-1, 3) * flip
+        assert np.allclose(np.sort(cloud.vertices, axis=0), np.sort(expected, axis=0), atol=1e-5)
+    # the scene lies in front of camera 0, which looks down -z in glTF
+    assert (glb.geometry["frame_00000"].vertices[:, 2] < 0).all()
     tracks = glb.geometry["tracks"]
-    assert len(tracks.vertices) == 3 * (T - 1) * 2  # glTF stores polylines as line segments
-    # every track vertex is one of the exported track positions
     assert np.allclose(np.unique(np.round(tracks.vertices, 5), axis=0),
-                       np.unique(np.round(scene["tracks3d"].reshape(-1, 3), 5), axis=0), atol=1e-5)
+                       np.unique(np.round(scene["tracks3d"].reshape(-1, 3) * flip, 5), axis=0), atol=1e-5)
     cams = glb.geometry["cameras"]
-    centres = scene["cam_c2w"][:, :3, 3]
-    for c in centres:  # each camera centre is a frustum vertex
+    for c in scene["cam_c2w"][:, :3, 3] * flip:  # each camera centre is a frustum vertex
         assert np.min(np.linalg.norm(cams.vertices - c, axis=1)) < 1e-5
+    # time: frame 0 shown by default, an animation shows frame t during [t / fps, (t + 1) / fps)
+    doc = _glb_json(tmp_path / "scene.glb")
+    nodes = {node["name"]: i for i, node in enumerate(doc["nodes"])}
+    assert doc["nodes"][nodes["frame_00001"]].get("scale") == [0.0, 0.0, 0.0]
+    assert "scale" not in doc["nodes"][nodes["frame_00000"]]
+    (animation,) = doc["animations"]
+    assert sorted(c["target"]["node"] for c in animation["channels"]) == sorted(nodes[f"frame_{t:05d}"] for t in range(T))
+    assert all(s["interpolation"] == "STEP" for s in animation["samplers"])
+
+
+def test_glb_floor_is_below_the_cameras_in_gltf(tmp_path):
+    """A floor 1 unit below the OpenCV cameras (y = +1, y down) must end up at y = -1 in glTF (y up)."""
+    scene = _scene()
+    pts = scene["pointmaps"].copy()
+    pts[..., 1] = 1.0
+    scene["pointmaps"] = pts
+    export_scene(scene, tmp_path, ["glb"], ExportConfig(conf_quantile=0.0))
+    glb = trimesh.load(tmp_path / "scene.glb")
+    floor_y = glb.geometry["frame_00000"].vertices[:, 1]
+    assert np.allclose(floor_y, -1.0)
+    camera_y = scene["cam_c2w"][:, 1, 3] * -1
+    assert (camera_y > floor_y.max()).all()
 
 
 def test_frustum_geometry():
@@ -98,10 +135,26 @@ def test_tum_round_trip(tmp_path):
     assert np.allclose(poses, scene["cam_c2w"], atol=1e-6)
 
 
-def test_colmap_round_trip_and_reprojection(tmp_path):
+def _moving_scene():
+    """_scene() plus a fourth track that moves in the world (its 2D track follows it)."""
     scene = _scene()
-    export_scene(scene, tmp_path, ["colmap"], ExportConfig(conf_quantile=0.0, colmap_dense_points=40))
-    model = read_colmap_text(tmp_path / "colmap")
+    moving = scene["tracks3d"][:1].astype(np.float64).copy()
+    moving[0] += np.arange(T)[:, None] * np.array([0.3, 0.1, 0.0])
+    tracks2d = np.zeros((1, T, 2))
+    for t in range(T):
+        w2c = np.linalg.inv(scene["cam_c2w"][t].astype(np.float64))
+        cam = moving[:, t] @ w2c[:3, :3].T + w2c[:3, 3]
+        tracks2d[:, t] = cam[:, :2] / cam[:, 2:] * K[0, 0] + K[:2, 2]
+    for key, extra in (("tracks3d", moving), ("tracks2d", tracks2d), ("visible", np.ones((1, T), bool)),
+                       ("query_xy", tracks2d[:, 0]), ("query_t", np.zeros(1)), ("sigma", np.ones((1, T)))):
+        scene[key] = np.concatenate([scene[key], extra.astype(scene[key].dtype)])
+    return scene
+
+
+def test_colmap_round_trip_static_points_only(tmp_path):
+    scene = _moving_scene()
+    export_scene(scene, tmp_path, ["colmap"], ExportConfig(conf_quantile=0.0))
+    model = read_colmap_text(tmp_path / "colmap" / "sparse" / "0")
     (cam_model, width, height, params), = model["cameras"].values()
     assert (cam_model, width, height) == ("PINHOLE", W, H)
     assert np.allclose(params, [K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5])  # COLMAP pixel centres
@@ -112,18 +165,37 @@ def test_colmap_round_trip_and_reprojection(tmp_path):
         w2c = np.linalg.inv(scene["cam_c2w"][image_id - 1].astype(np.float64))
         assert np.allclose(rot, w2c[:3, :3], atol=1e-6) and np.allclose(image["t"], w2c[:3, 3], atol=1e-6)
         assert (tmp_path / "colmap" / "images" / image["name"]).is_file()
-        # every observation is the COLMAP projection of its 3D point
-        for xy, pid in zip(image["xys"], image["point3d_ids"]):
-            cam = rot @ model["points"][pid]["xyz"] + image["t"]
-            proj = cam[:2] / cam[2] * params[:2] + params[2:]
-            assert np.allclose(proj, xy, atol=1e-3)
-    tracks = [p for p in model["points"].values() if len(p["track"]) > 1]
-    assert len(tracks) == 3
-    assert sorted(len(p["track"]) for p in tracks) == [3, 4, 4]  # track 2 is hidden in the last frame
-    assert len(model["points"]) == 3 + 40
-    for pid, point in model["points"].items():  # tracks refer back to the right observation slots
+        for xy, pid in zip(image["xys"], image["point3d_ids"]):  # observations = the tracker's positions
+            t = image_id - 1
+            assert np.min(np.linalg.norm(scene["tracks2d"][:3, t] + 0.5 - xy, axis=1)) < 1e-3
+    # the moving track is left out; the 3 static ones are seen in >= 2 images (track 2 hidden in frame 3)
+    assert len(model["points"]) == 3
+    assert sorted(len(p["track"]) for p in model["points"].values()) == [3, 4, 4]
+    for pid, point in model["points"].items():
+        assert point["error"] < 1e-3  # exact synthetic tracks reproject exactly
         for image_id, idx in point["track"]:
             assert model["images"][image_id]["point3d_ids"][idx] == pid
+
+
+def test_colmap_pycolmap_reads_it_with_real_errors_at_original_resolution(tmp_path):
+    pycolmap = pytest.importorskip("pycolmap")
+    scene = _moving_scene()
+    rng = np.random.default_rng(1)
+    scene["tracks2d"] = scene["tracks2d"] + rng.normal(0, 0.3, scene["tracks2d"].shape).astype(np.float32)
+    original = {"frames": np.zeros((T, 3 * H, 3 * W, 3), np.uint8), "orig_hw": np.array([3 * H, 3 * W])}
+    from st4r_cli.stages.export import export_colmap
+
+    export_colmap(scene, tmp_path / "colmap", ExportConfig(), original=original)
+    rec = pycolmap.Reconstruction(str(tmp_path / "colmap" / "sparse" / "0"))
+    cam = rec.cameras[1]
+    assert (cam.width, cam.height) == (3 * W, 3 * H)
+    assert np.allclose(cam.params, [3 * K[0, 0], 3 * K[1, 1], 3 * (K[0, 2] + 0.5), 3 * (K[1, 2] + 0.5)])
+    assert rec.num_points3D() == 3 and all(p.track.length() >= 2 for p in rec.points3D.values())
+    written = {pid: p.error for pid, p in rec.points3D.items()}
+    assert max(written.values()) > 0.05  # noisy tracks: real, non-zero errors
+    rec.update_point_3d_errors()  # pycolmap recomputes them from the cameras and observations
+    for pid, point in rec.points3D.items():
+        assert abs(point.error - written[pid]) < 1e-3 * max(1.0, written[pid]) + 2e-4
 
 
 def test_npz_round_trip(tmp_path):
@@ -145,7 +217,8 @@ def test_cli_exports_every_format_and_reports_errors(tmp_path, capsys):
     assert code == 0
     out = run_dir / "export"
     for name in ("ply/accumulated.ply", "ply/frame_00003.ply", "scene.glb", "trajectory_tum.txt",
-                 "colmap/cameras.txt", "colmap/images.txt", "colmap/points3D.txt", "scene.npz"):
+                 "colmap/sparse/0/cameras.txt", "colmap/sparse/0/images.txt", "colmap/sparse/0/points3D.txt",
+                 "scene.npz"):
         assert (out / name).is_file(), name
     assert not any(p.name.startswith(".") for p in out.rglob("*"))  # no temp files left behind
     code = cli_run(["export", str(run_dir), "--tum", "-o", str(tmp_path / "only_tum"), "-q"])
@@ -160,3 +233,23 @@ def test_missing_keys_are_a_user_error(tmp_path):
     scene = {k: v for k, v in _scene().items() if k != "cam_c2w"}
     with pytest.raises(St4rError, match="no cam_c2w"):
         export_scene(scene, tmp_path, ["tum"], ExportConfig())
+
+
+def test_colmap_observations_are_the_trackers_positions(tmp_path):
+    from st4r_cli.stages.export import export_colmap
+
+    scene = _moving_scene()
+    tracker = {"tracks_xy": scene["tracks2d"].copy(), "visible": scene["visible"].copy(),
+               "queries": np.concatenate([scene["query_t"][:, None], scene["query_xy"]], 1)}
+    scene["tracks2d"] = scene["tracks2d"] + 3.0  # e.g. the 3D tracks' projections, not what was tracked
+    export_colmap(scene, tmp_path / "a", ExportConfig(), tracker=tracker)
+    model = read_colmap_text(tmp_path / "a" / "sparse" / "0")
+    assert len(model["points"]) == 3
+    for image_id, image in model["images"].items():
+        for xy in image["xys"]:
+            assert np.min(np.linalg.norm(tracker["tracks_xy"][:3, image_id - 1] + 0.5 - xy, axis=1)) < 1e-3
+    tracker["queries"] = tracker["queries"][::-1].copy()  # another run's tracks: not used
+    export_colmap(scene, tmp_path / "b", ExportConfig(), tracker=tracker)
+    model = read_colmap_text(tmp_path / "b" / "sparse" / "0")
+    first = model["images"][1]["xys"]
+    assert np.min(np.linalg.norm(scene["tracks2d"][:3, 0] + 0.5 - first[0], axis=1)) < 1e-3
