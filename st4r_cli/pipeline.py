@@ -1,4 +1,5 @@
-"""The `st4r adapt` pipeline: decode -> tracks -> depth -> adapt (TTA) -> chain -> scene.npz.
+"""The `st4r adapt` pipeline: decode -> tracks -> depth -> adapt (TTA) -> predict -> cameras -> fuse
+-> scene.npz. This module is the only one that wires stages together: stages never import each other.
 
 Every stage goes through the run's cache (`Run.stage`): its key is the hash of its input content
 (upstream artifacts' digests, the input file's bytes), its config and its version, so a rerun reuses
@@ -20,13 +21,16 @@ from st4r_cli.runs import Artifact, Run, RunConfig, digest_file_or_missing, dige
 from st4r_cli.runs.config import keyed_fields
 from st4r_cli.stages.decode import DECODE_VERSION, check_decode_config, decode
 
-STAGES = ("decode", "tracks", "depth", "adapt", "chain")
+STAGES = ("decode", "tracks", "depth", "adapt", "predict", "cameras", "fuse")
+# Former stage names: `chain` (window inference + chaining + bundle adjustment) is now predict,
+# cameras and fuse. `--force chain` recomputes all three; `--until chain` stops after fuse.
+STAGE_ALIASES: dict[str, tuple[str, ...]] = {"chain": ("predict", "cameras", "fuse")}
 SCENE_FILE = "scene.npz"
 
 
 def check_force(force: list[str] | set[str] | tuple[str, ...]) -> None:
     """St4rError for --force values that name no stage."""
-    unknown = sorted(set(force) - set(STAGES) - {"all"})
+    unknown = sorted(set(force) - set(STAGES) - set(STAGE_ALIASES) - {"all"})
     if unknown:
         raise St4rError(f"--force: unknown stage(s) {', '.join(unknown)} "
                         f"(stages: {', '.join(STAGES)}, or all)")
@@ -34,8 +38,16 @@ def check_force(force: list[str] | set[str] | tuple[str, ...]) -> None:
 
 def check_until(until: str | None) -> None:
     """St4rError unless `until` is None or a stage name."""
-    if until is not None and until not in STAGES:
+    if until is not None and until not in STAGES and until not in STAGE_ALIASES:
         raise St4rError(f"--until: unknown stage '{until}' (stages: {', '.join(STAGES)})")
+
+
+def _expand_aliases(run: Run, until: str | None) -> str | None:
+    """Former stage names -> today's: in `run.force` (in place) and for `until`."""
+    for old, new in STAGE_ALIASES.items():
+        if old in run.force:
+            run.force.update(new)
+    return STAGE_ALIASES[until][-1] if until in STAGE_ALIASES else until
 
 
 def _config_with_seed(config: Any, seed: int) -> dict[str, Any]:
@@ -93,21 +105,151 @@ def run_depth(run: Run, decoded: Artifact, device: str) -> Artifact | None:
                      lambda: compute_depth(decoded["frames"], cfg, device))
 
 
-def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact | None:
-    """Test-time adaptation (`stages.adapt.run_adapt_stage`, owned by issue 6): adapted weight deltas."""
-    from st4r_cli.stages.adapt import run_adapt_stage
+def model_path(run: Run) -> Path:
+    """The run's checkpoint (St4rError when it is missing)."""
+    from st4r_cli.paths import resolve_model_path
 
-    return run_adapt_stage(run, artifacts, device)
+    path = Path(resolve_model_path(run.config.model))
+    if not path.is_file():
+        raise St4rError(f"model checkpoint not found: {run.config.model} (the embedded default is "
+                        "weights/st4r-tiny/model.safetensors; pass --model PATH)")
+    return path
 
 
-def run_chain(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact | None:
-    """Window inference + world-frame chaining (`stages.chain.run_chain_stage`, owned by issue 6).
+def model_digest(run: Run) -> str:
+    """Content digest of the run's checkpoint (a placeholder naming the path when it is missing)."""
+    from st4r_cli.paths import resolve_model_path
 
-    Its artifact holds the `scene.npz` arrays; `run_pipeline` publishes them as `<run>/scene.npz`.
+    return digest_file_or_missing(resolve_model_path(run.config.model))
+
+
+def _device_key(device: str) -> str:
+    return str(device).split(":")[0]
+
+
+def _optional(artifact: Artifact | None, missing: str) -> str:
+    return artifact.digest if artifact is not None else missing
+
+
+def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
+    """Test-time adaptation (`stages.adapt.adapt_model`): the adapted weights as deltas.
+
+    Inputs: decode, tracks, depth (when present) and the checkpoint's content digest; key: the adapt,
+    predict (windows, focal, batches) and visibility configs, the resolved device defaults, the seed.
     """
-    from st4r_cli.stages.chain import run_chain_stage
+    import dataclasses
 
-    return run_chain_stage(run, artifacts, device)
+    from st4r_cli.model.io import load_model
+    from st4r_cli.stages.adapt import ADAPT_VERSION, adapt_model, check_adapt_config, resolve
+    from st4r_cli.stages.predict import check_predict_config
+
+    cfg = run.config
+    check_adapt_config(cfg.adapt)
+    check_predict_config(cfg.predict)
+    decoded, tracks, depth = artifacts["decode"], artifacts.get("tracks"), artifacts.get("depth")
+    key = {"adapt": keyed_fields(cfg.adapt), "predict": keyed_fields(cfg.predict),
+           "visibility": keyed_fields(cfg.visibility),
+           "resolved": dataclasses.asdict(resolve(cfg.adapt, device, cfg.predict.batch_size)),
+           "seed": cfg.seed, "device": _device_key(device)}
+    inputs = [decoded.digest, _optional(tracks, "no-tracks"), _optional(depth, "no-depth"), model_digest(run)]
+
+    def compute() -> dict[str, Any]:
+        model = load_model(model_path(run), device)
+        return adapt_model(model, decoded["frames"], tracks.load() if tracks else None,
+                           depth.load() if depth else None, cfg.adapt, cfg.predict, cfg.visibility, device, cfg.seed)
+
+    return run.stage("adapt", ADAPT_VERSION, key, inputs, compute)
+
+
+def run_predict(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
+    """The (adapted) network over every window (`stages.predict.compute_predict`).
+
+    Inputs: decode, depth (its intrinsics may give the focal), adapt (weight deltas) and the checkpoint.
+    """
+    from st4r_cli.model.io import load_model
+    from st4r_cli.model.windows import apply_delta, batch_size_for
+    from st4r_cli.stages.predict import PREDICT_VERSION, check_predict_config, compute_predict
+
+    cfg = run.config.predict
+    check_predict_config(cfg)
+    decoded, depth, adapted = artifacts["decode"], artifacts.get("depth"), artifacts.get("adapt")
+    key = {"predict": keyed_fields(cfg), "batch_size": batch_size_for(cfg.batch_size, device),
+           "device": _device_key(device)}
+    inputs = [decoded.digest, _optional(depth, "no-depth"), _optional(adapted, "not-adapted"), model_digest(run)]
+
+    def compute() -> dict[str, Any]:
+        model = load_model(model_path(run), device)
+        if adapted is not None:
+            apply_delta(model, adapted.load())
+        return compute_predict(model, decoded["frames"], cfg, device, depth.load() if depth else None)
+
+    return run.stage("predict", PREDICT_VERSION, key, inputs, compute)
+
+
+def run_cameras(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
+    """Every frame's camera and the focal (`stages.cameras.compute_cameras`). Inputs: predict, tracks."""
+    from st4r_cli.stages.cameras import CAMERAS_VERSION, check_cameras_config, compute_cameras
+
+    cfg = run.config.cameras
+    check_cameras_config(cfg)
+    predicted, tracks = artifacts["predict"], artifacts.get("tracks")
+    inputs = [predicted.digest, _optional(tracks, "no-tracks")]
+    return run.stage("cameras", CAMERAS_VERSION, {"cameras": keyed_fields(cfg)}, inputs,
+                     lambda: compute_cameras(predicted.load(), tracks.load() if tracks else None, cfg))
+
+
+def run_fuse(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
+    """World 3D tracks, visibility and pointmaps (`stages.fuse.fuse_scene`): the `scene.npz` arrays,
+    which `run_pipeline` publishes as `<run>/scene.npz`. Inputs: decode, tracks, predict, cameras."""
+    import dataclasses
+
+    from st4r_cli.stages.fuse import FUSE_VERSION, check_fuse_config, fuse_scene
+
+    cfg = run.config.fuse
+    check_fuse_config(cfg)
+    decoded, tracks = artifacts["decode"], artifacts.get("tracks")
+    predicted, cameras = artifacts["predict"], artifacts["cameras"]
+    if tracks is None and cfg.queries == "tracks":
+        progress.log("[yellow]-[/yellow] fuse: no 2D tracks, 3D tracks start from a frame-0 grid")
+        cfg = dataclasses.replace(cfg, queries="grid")
+    key = {"fuse": keyed_fields(cfg), "cameras": keyed_fields(run.config.cameras),
+           "visibility": keyed_fields(run.config.visibility)}
+    inputs = [decoded.digest, _optional(tracks, "no-tracks"), predicted.digest, cameras.digest]
+    return run.stage("fuse", FUSE_VERSION, key, inputs,
+                     lambda: fuse_scene(decoded["frames"], tracks.load() if tracks else None, predicted.load(),
+                                        cameras.load(), cfg, run.config.cameras, run.config.visibility))
+
+
+# ----------------------------------------------------------------------------------------------
+# the same stages in memory, without a run directory (benchmarks: one set of tracks shared by many
+# settings, ground-truth tracks, ...). Same stage functions and configs as the cached stages above.
+# ----------------------------------------------------------------------------------------------
+
+def predict_in_memory(model: Any, frames: Any, tracks: dict[str, Any] | None, depth: dict[str, Any] | None,
+                      config: RunConfig, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """adapt -> predict on arrays: (adapt arrays, predict arrays). `model` is adapted in place."""
+    from st4r_cli.stages.adapt import adapt_model
+    from st4r_cli.stages.predict import compute_predict
+
+    adapted = adapt_model(model, frames, tracks, depth, config.adapt, config.predict, config.visibility, device,
+                          config.seed)
+    return adapted, compute_predict(model, frames, config.predict, device, depth)
+
+
+def scene_in_memory(frames: Any, tracks: dict[str, Any] | None, pred: dict[str, Any], config: RunConfig
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """cameras -> fuse on arrays: (the scene.npz arrays, the cameras arrays). `tracks` must hold the
+    tracks stage's arrays (with its camera_* tracks) or be None."""
+    import dataclasses
+
+    from st4r_cli.stages.cameras import compute_cameras
+    from st4r_cli.stages.fuse import fuse_scene
+
+    cameras = compute_cameras(pred, tracks, config.cameras)
+    fuse = config.fuse
+    if tracks is None and fuse.queries == "tracks":
+        fuse = dataclasses.replace(fuse, queries="grid")
+    return fuse_scene(frames, tracks, pred, cameras, fuse, config.cameras, config.visibility), cameras
 
 
 def check_run_config(config: RunConfig) -> None:
@@ -115,15 +257,19 @@ def check_run_config(config: RunConfig) -> None:
     a bad `--set` value fails at once, not after decoding and tracking (the stages check their own
     config again when they run)."""
     from st4r_cli.stages.adapt import check_adapt_config
-    from st4r_cli.stages.chain import check_chain_config
+    from st4r_cli.stages.cameras import check_cameras_config
     from st4r_cli.stages.depth import check_depth_config
+    from st4r_cli.stages.fuse import check_fuse_config
+    from st4r_cli.stages.predict import check_predict_config
     from st4r_cli.stages.tracks import check_tracks_config
 
     check_decode_config(config.decode)
     check_tracks_config(config.tracks)
     check_depth_config(config.depth)
     check_adapt_config(config.adapt)
-    check_chain_config(config.chain)
+    check_predict_config(config.predict)
+    check_cameras_config(config.cameras)
+    check_fuse_config(config.fuse)
 
 
 def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, Artifact]:
@@ -132,6 +278,7 @@ def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, A
     On any error the run is marked failed/interrupted (never complete) and the error propagates.
     """
     check_until(until)
+    until = _expand_aliases(run, until)
     stop_after = STAGES.index(until) if until else len(STAGES) - 1
     artifacts: dict[str, Artifact] = {}
     try:
@@ -140,14 +287,16 @@ def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, A
             ("tracks", lambda: run_tracks(run, artifacts["decode"], device)),
             ("depth", lambda: run_depth(run, artifacts["decode"], device)),
             ("adapt", lambda: run_adapt(run, artifacts, device)),
-            ("chain", lambda: run_chain(run, artifacts, device)),
+            ("predict", lambda: run_predict(run, artifacts, device)),
+            ("cameras", lambda: run_cameras(run, artifacts, device)),
+            ("fuse", lambda: run_fuse(run, artifacts, device)),
         ]
         for name, step in steps[:stop_after]:
             artifact = step()
             if artifact is not None:
                 artifacts[name] = artifact
-        if "chain" in artifacts:
-            run.publish(SCENE_FILE, artifacts["chain"].load())
+        if "fuse" in artifacts:
+            run.publish(SCENE_FILE, artifacts["fuse"].load())
     except KeyboardInterrupt:
         run.mark_failed("interrupted by the user", interrupted=True)
         raise

@@ -40,7 +40,7 @@ def command(
     max_frames: Annotated[Optional[int], typer.Option(  # noqa: UP007
         "--max-frames", help="Keep at most N frames.")] = None,
     until: Annotated[Optional[str], typer.Option(  # noqa: UP007
-        "--until", metavar="STAGE", help="Stop after this stage (decode, tracks, depth, adapt).")] = None,
+        "--until", metavar="STAGE", help="Stop after this stage (decode, tracks, depth, adapt, predict, cameras, fuse).")] = None,
     force: ForceOpt = None,
     device: DeviceOpt = Device.auto,
     seed: Annotated[Optional[int], typer.Option(  # noqa: UP007
@@ -48,7 +48,7 @@ def command(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Video -> 4D: decode, track, depth, test-time adapt, chain; writes RUN/scene.npz."""
+    """Video -> 4D: decode, track, depth, test-time adapt, predict, cameras, fuse; writes RUN/scene.npz."""
     set_verbosity(quiet, verbose)
     from st4r_cli import pipeline, progress
     from st4r_cli.cli.common import resolve_device

@@ -14,24 +14,14 @@ The config dataclass is a light import; torch/moge are imported inside the compu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from st4r_cli.configs import DepthConfig
 from st4r_cli.errors import St4rError
 
 DEPTH_VERSION = 1
 BACKENDS = ("none", "moge")
-
-
-@dataclass
-class DepthConfig:
-    backend: str = "none"             # none | moge
-    moge_weights: str = ""            # default: weights/moge-2-vitl-normal/model.pt (MoGe-1 files work too)
-    resolution_level: int = 9         # MoGe's 0..9 speed/detail knob
-    num_tokens: int = 0               # ViT tokens per frame (0: from resolution_level)
-    batch_size: int = 4               # frames per forward pass
-    fp16: bool = True                 # half precision on CUDA
 
 
 def input_files(cfg: DepthConfig) -> list[Path]:

@@ -159,7 +159,8 @@ def test_stage_contract_and_determinism() -> None:
     cfg = TracksConfig(grid_size=6)
     first = compute_tracks(frames, cfg, "cpu", seed=0)
     second = compute_tracks(frames, cfg, "cpu", seed=0)
-    assert set(first) == {"tracks_xy", "visible", "confidence", "queries"}
+    assert set(first) == {"tracks_xy", "visible", "confidence", "queries",
+                          "camera_queries", "camera_tracks_xy", "camera_visible"}
     assert first["tracks_xy"].shape == (36, NUM_FRAMES, 2) and first["tracks_xy"].dtype == np.float32
     assert first["visible"].shape == (36, NUM_FRAMES) and first["visible"].dtype == bool
     assert first["confidence"].shape == (36,) and first["confidence"].dtype == np.float32
@@ -167,3 +168,12 @@ def test_stage_contract_and_determinism() -> None:
     for key in first:
         assert np.array_equal(first[key], second[key])
     assert np.array_equal(first["tracks_xy"][:, 0], first["queries"][:, 1:])
+    # the camera solver's tracks: a 16x16 grid re-seeded every 8 frames after frame 0, same tracker
+    seeds = list(range(8, NUM_FRAMES - 1, 8))
+    assert first["camera_queries"].shape == (256 * len(seeds), 3)
+    assert sorted(set(first["camera_queries"][:, 0].tolist())) == seeds
+    assert first["camera_tracks_xy"].shape == (256 * len(seeds), NUM_FRAMES, 2)
+    rows = np.arange(len(first["camera_queries"]))
+    query_t = first["camera_queries"][:, 0].astype(int)
+    assert np.allclose(first["camera_tracks_xy"][rows, query_t], first["camera_queries"][:, 1:])
+    assert first["camera_visible"][rows, query_t].all()

@@ -1,4 +1,4 @@
-"""`st4r adapt` end to end (decode -> tracks -> adapt -> chain -> scene.npz) with a micro checkpoint, then
+"""`st4r adapt` end to end (decode -> tracks -> adapt -> predict -> cameras -> fuse -> scene.npz) with a micro checkpoint, then
 `st4r export`; a rerun reuses every stage."""
 
 import json
@@ -22,7 +22,7 @@ def test_adapt_then_export(tmp_path, make_clip, make_prefit_model, capsys):
     args = ["adapt", str(folder), "--out", str(run_dir), "--model", str(model_path), "--device", "cpu",
             "--long-side", "48", "-q",
             "--set", "tracks.grid_size=6", "--set", "adapt.iters=2", "--set", "adapt.frames_per_step=3",
-            "--set", "adapt.pnp_stride=2", "--set", "chain.window=5", "--set", "chain.overlap=2"]
+            "--set", "adapt.pnp_stride=2", "--set", "predict.window=5", "--set", "predict.overlap=2"]
     assert cli_run(args) == 0, capsys.readouterr().err
     scene = read_scene(run_dir / "scene.npz")
     assert scene["tracks3d"].shape == (36, 8, 3) and np.isfinite(scene["tracks3d"]).all()

@@ -1,0 +1,464 @@
+"""Fuse stage: world 3D tracks, 2D tracks, visibility and per-frame pointmaps -> the `scene.npz` arrays.
+
+Input artifacts: decode (frames, for colours), tracks, predict (window pointmaps) and cameras (each
+window's Sim(3) into the world, the network's and the solved cameras, the bundle points); config:
+`FuseConfig`, plus `VisibilityConfig` (z-buffer tolerance, sigma) and the `CamerasConfig` thresholds
+of the static test (`ba_dynamic_rel`, `ba_point_max_px`), which it shares with the cameras stage.
+
+1. Per-frame pointmaps and confidences come from the latest window containing the frame (its anchor
+   is the closest in time), mapped into the world by that window's Sim(3).
+2. 3D tracks. A track is carried by a window when its anchor pixel is known: the query pixel when the
+   query is on the anchor, else the 2D track's pixel at the anchor when the tracker sees it there, else
+   the projection of the track's 3D position at the anchor time (from the previous window) when the
+   z-buffer test says it is visible. The window then gives its 3D position at every frame: head 1 at
+   that pixel, mapped by its Sim(3). Where two windows overlap their estimates are blended with linear
+   ramps. Frames no window covers use head 2 at the 2D track where the tracker sees the point, else
+   linear interpolation in time (held at the ends), with sigma `sigma_fill_px`.
+3. 2D tracks are the 3D tracks projected into each camera; visibility is the tracker's for its own
+   tracks (`fuse.visibility=tracker`), else the z-buffer test against frame t's own pointmap
+   (`mask`, or `both`). The tracker's is the default: on 10 DAVIS clips the z-buffer test of the
+   tiny network's pointmaps called 55% of the points occluded where the annotation has 13% (OA 0.47
+   vs 0.84). For grid or dense queries, which the tracker did not track, the test's tolerance is
+   calibrated on the tracker's tracks: it accepts `visibility_quantile` of the points the tracker
+   sees (`visibility_eps_rel` in the scene). Sigma (pixels) comes from the head-1 confidence as in the
+   robust TTA loss.
+4. Re-lifting into the solved cameras (when the cameras stage ran its bundle adjustment). Each frame's
+   pointmap keeps its depth along each pixel's ray and moves with the new camera (when the bundle was
+   accepted). A 3D track (head 1) keeps its depth in camera t and moves onto the ray of its 2D track
+   wherever the tracker sees it (`fuse_tracks`); elsewhere its projection is shifted by the
+   tracker-minus-projection offset of the nearest frame where the tracker saw it. A track the network
+   sees static (the cameras stage's test, on head 1) stays at its query-frame position, as long as that
+   fixed point reprojects onto its 2D track (median within `cameras.ba_point_max_px`). That position
+   keeps the network's depth when it fits; when it does not, the bundle's triangulated point replaces
+   it if the cameras stage found it well fixed. Otherwise the track is treated as moving.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from st4r_cli.configs import CamerasConfig, FuseConfig, VisibilityConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from st4r_cli.geometry.chaining import Window
+
+__all__ = ["FUSE_VERSION", "FuseConfig", "check_fuse_config", "fuse_scene"]
+
+FUSE_VERSION = 1
+
+
+def check_fuse_config(config: FuseConfig) -> None:
+    """St4rError for invalid values."""
+    from st4r_cli.errors import St4rError
+
+    if config.queries not in ("tracks", "grid", "dense"):
+        raise St4rError(f"fuse.queries must be tracks, grid or dense, got '{config.queries}'")
+    if config.visibility not in ("mask", "tracker", "both"):
+        raise St4rError(f"fuse.visibility must be mask, tracker or both, got '{config.visibility}'")
+    if not 0 <= config.visibility_quantile < 1:
+        raise St4rError("fuse.visibility_quantile must be in [0, 1)")
+    if min(config.grid_size, config.dense_stride) < 1:
+        raise St4rError("fuse.grid_size and dense_stride must be >= 1")
+
+
+def fuse_scene(frames: np.ndarray, tracks: dict[str, np.ndarray] | None, pred: dict[str, np.ndarray],
+               cameras: dict[str, np.ndarray], config: FuseConfig, cameras_config: CamerasConfig,
+               visibility: VisibilityConfig) -> dict[str, np.ndarray]:
+    """The `scene.npz` arrays.
+
+    frames (T, H, W, 3) uint8; tracks: tracks-stage arrays (tracks_xy (N,T,2), visible (N,T), queries
+    (N,3)) or None; pred: predict-stage arrays; cameras: cameras-stage arrays.
+    Returns tracks3d (N,T,3), tracks2d (N,T,2), visible (N,T), query_xy (N,2), query_t (N,),
+    sigma (N,T), pointmaps (T,H,W,3), conf (T,H,W), colors (T,H,W,3), intrinsics (3,3),
+    cam_c2w (T,4,4), image_hw (2,), window_start (W,), window_sim3_scale (W,), track_source (N,T),
+    visibility_eps_rel (); after a bundle adjustment also ba_initial_residual_px, ba_residual_px,
+    ba_accepted and track_static (N,).
+    """
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import project_tracks, surface_depths
+    from st4r_cli.geometry.chaining import frame_owner, gauges_from_arrays, windows_from_predictions, world_frames
+
+    check_fuse_config(config)
+    num_frames, h, w = frames.shape[:3]
+    k_mat = np.asarray(cameras["network_intrinsics"], dtype=np.float64)
+    windows = windows_from_predictions(pred)
+    gauges = gauges_from_arrays(cameras)
+    for win, gauge in zip(windows, gauges):
+        win.gauge = gauge
+    owner = frame_owner(windows, num_frames)
+    cam_c2w = np.asarray(cameras["network_cam_c2w"], np.float64)
+    pointmaps, conf = world_frames(windows, owner, (h, w))
+    w2c_world = np.linalg.inv(cam_c2w)
+    surface_z = surface_depths(pointmaps, w2c_world)
+
+    query_t, query_xy = _queries(tracks, config, (h, w))
+    own = tracks if config.queries == "tracks" else None
+    tracks3d, sigma, source = _chain_tracks(windows, owner, query_t, query_xy, own, k_mat, w2c_world, surface_z,
+                                            config, visibility, (h, w), num_frames)
+    tracks2d, z = project_tracks(tracks3d, w2c_world, k_mat)
+    eps_rel = visibility.mask_eps_rel
+    if config.queries != "tracks" and tracks is not None and config.visibility == "tracker":
+        eps_rel = _calibrated_eps_rel(windows, owner, tracks, k_mat, w2c_world, surface_z, config, visibility, (h, w))
+    visible = _visibility(tracks2d, z, surface_z, own, config.visibility, eps_rel, (h, w))
+    scene = {
+        "tracks3d": tracks3d.astype(np.float32), "tracks2d": tracks2d.astype(np.float32),
+        "visible": visible, "query_xy": query_xy.astype(np.float32), "query_t": query_t.astype(np.int32),
+        "sigma": sigma.astype(np.float32), "pointmaps": pointmaps, "conf": conf,
+        "colors": np.asarray(frames, dtype=np.uint8), "intrinsics": k_mat.astype(np.float32),
+        "cam_c2w": cam_c2w.astype(np.float32), "image_hw": np.asarray([h, w], np.int32),
+        "window_start": np.asarray([win.start for win in windows], np.int64),
+        "window_sim3_scale": np.asarray([g.scale for g in gauges], np.float64),
+        "track_source": source.astype(np.uint8), "visibility_eps_rel": np.float32(eps_rel),
+    }
+    if "ba_accepted" in cameras:
+        scene = _relift(scene, own, cameras, config, cameras_config, (h, w))
+    return scene
+
+
+def _relift(scene: dict[str, np.ndarray], own: dict[str, np.ndarray] | None, cameras: dict[str, np.ndarray],
+            config: FuseConfig, cameras_config: CamerasConfig, hw: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Step 4 of the module doc: the scene in the cameras stage's cameras."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import surface_depths
+
+    k_mat = np.asarray(scene["intrinsics"], np.float64)
+    cam_w2c = np.linalg.inv(np.asarray(scene["cam_c2w"], np.float64))
+    out = dict(scene)
+    out.update(ba_initial_residual_px=np.float32(cameras["ba_initial_residual_px"]),
+               ba_residual_px=np.float32(cameras["ba_residual_px"]), ba_accepted=np.bool_(cameras["ba_accepted"]))
+    if not bool(cameras["ba_accepted"]):
+        # the 3D tracks still follow the 2D tracks, in the network's cameras
+        out.update(_relift_tracks(scene, own, cam_w2c, k_mat, config, cameras_config, None, None,
+                                  surface_depths(scene["pointmaps"], cam_w2c), hw))
+        return out
+    new_k = np.asarray(cameras["intrinsics"], np.float64)
+    new_w2c = np.asarray(cameras["cam_w2c"], np.float64)
+    out["intrinsics"] = new_k.astype(np.float32)
+    out["cam_c2w"] = np.linalg.inv(new_w2c).astype(np.float32)
+    out["pointmaps"] = _relift_pointmaps(scene["pointmaps"], cam_w2c, new_w2c, new_k)
+    count = len(scene["tracks3d"])
+    shared = own is not None and len(cameras["track_bundle_points"]) == count
+    surface_z = surface_depths(out["pointmaps"], new_w2c)
+    out.update(_relift_tracks(scene, own, new_w2c, new_k, config, cameras_config,
+                              np.asarray(cameras["track_bundle_points"]) if shared else None,
+                              np.asarray(cameras["track_bundle_fixed"], bool) if shared else None, surface_z, hw))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# tracks
+# ----------------------------------------------------------------------------------------------
+
+def _queries(tracks: dict[str, np.ndarray] | None, config: FuseConfig, hw: tuple[int, int]
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(query_t (N,), query_xy (N, 2)) for the configured query mode."""
+    import numpy as np
+
+    from st4r_cli.errors import St4rError
+
+    h, w = hw
+    if config.queries == "tracks":
+        if tracks is None:
+            raise St4rError("fuse.queries=tracks needs the tracks stage; use fuse.queries=grid or dense")
+        queries = np.asarray(tracks["queries"], dtype=np.float64)
+        return np.rint(queries[:, 0]).astype(np.int64), queries[:, 1:3]
+    if config.queries == "grid":
+        n = config.grid_size
+        xs = (np.arange(n) + 0.5) * w / n - 0.5
+        ys = (np.arange(n) + 0.5) * h / n - 0.5
+    else:
+        xs = np.arange(0, w, config.dense_stride, dtype=np.float64)
+        ys = np.arange(0, h, config.dense_stride, dtype=np.float64)
+    gx, gy = np.meshgrid(xs, ys)
+    xy = np.stack([gx.ravel(), gy.ravel()], -1)
+    return np.zeros(len(xy), np.int64), xy
+
+
+def _ramp(win: Window, windows: list[Window]) -> dict[int, float]:
+    """Blend weight of `win` at each of its frames: linear ramps on the overlaps with its neighbours."""
+    weights = {t: 1.0 for t in win.frames}
+    if win.index > 0:
+        prev = windows[win.index - 1]
+        shared = [t for t in win.frames if t in prev.frames]
+        for k, t in enumerate(shared):
+            weights[t] *= (k + 1) / (len(shared) + 1)
+    if win.index + 1 < len(windows):
+        nxt = windows[win.index + 1]
+        shared = [t for t in win.frames if t in nxt.frames]
+        for k, t in enumerate(shared):
+            weights[t] *= 1.0 - (k + 1) / (len(shared) + 1)
+    return weights
+
+
+def _chain_tracks(windows: list[Window], owner: np.ndarray, query_t: np.ndarray, query_xy: np.ndarray,
+                  tracks: dict[str, np.ndarray] | None, k_mat: np.ndarray, w2c_world: np.ndarray,
+                  surface_z: np.ndarray, config: FuseConfig, vis: VisibilityConfig, hw: tuple[int, int],
+                  num_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World 3D tracks (N, T, 3), sigma (N, T) and source (N, T): 1 head 1, 2 head 2, 3 filled."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import in_image, project_world, sample_bilinear, sigma_from_confidence
+
+    count = len(query_t)
+    num = np.zeros((count, num_frames, 3))
+    den = np.zeros((count, num_frames))
+    sig_num = np.zeros((count, num_frames))
+    focal = float(k_mat[0, 0])
+    for win in windows:
+        anchor = win.start
+        ramp = _ramp(win, windows)
+        pixel = np.full((count, 2), np.nan)
+        at_anchor = query_t == anchor
+        pixel[at_anchor] = query_xy[at_anchor]
+        if tracks is not None:
+            seen = (query_t < anchor) & tracks["visible"][:, anchor].astype(bool) & in_image(tracks["tracks_xy"][:, anchor], hw)
+            pixel[seen] = tracks["tracks_xy"][seen, anchor]
+        # Carry tracks the previous windows placed at this anchor time, when visible from the anchor.
+        todo = np.flatnonzero((query_t < anchor) & ~np.isfinite(pixel).all(1) & (den[:, anchor] > 0))
+        if todo.size:
+            pos = num[todo, anchor] / den[todo, anchor, None]
+            proj, z = project_world(pos, w2c_world[anchor], k_mat)
+            ok = in_image(proj, hw) & (z > 0)
+            z_surf = np.full(len(todo), np.nan)
+            z_surf[ok] = surface_z[anchor][np.rint(proj[ok, 1]).astype(int), np.rint(proj[ok, 0]).astype(int)]
+            ok &= z <= z_surf * (1.0 + vis.mask_eps_rel)
+            pixel[todo[ok]] = proj[ok]
+        carried = np.flatnonzero(np.isfinite(pixel).all(1))
+        if carried.size == 0:
+            continue
+        anchor_depth = win.recon_pts(0)[..., 2]
+        scene_depth = float(np.median(np.abs(anchor_depth))) * win.gauge.scale
+        for slot, t in enumerate(win.frames):
+            live = carried[query_t[carried] <= t]
+            if live.size == 0:
+                continue
+            local = sample_bilinear(win.track_pts(slot), pixel[live]).astype(np.float64)
+            world = win.gauge.points(local)
+            c = sample_bilinear(win.track_conf(slot), pixel[live])
+            depth = world @ w2c_world[t, 2, :3] + w2c_world[t, 2, 3]
+            weight = ramp[t]
+            num[live, t] += weight * world
+            den[live, t] += weight
+            sig_num[live, t] += weight * sigma_from_confidence(c, depth, scene_depth, focal, vis.conf_alpha,
+                                                                      vis.sigma_floor_px)
+    known = den > 0
+    tracks3d = np.where(known[..., None], num / np.where(known, den, 1.0)[..., None], np.nan)
+    sigma = np.where(known, sig_num / np.where(known, den, 1.0), np.nan)
+    source = known.astype(np.uint8)
+    _fill_from_head2(windows, owner, query_t, query_xy, tracks, tracks3d, sigma, source, k_mat, vis, hw)
+    _fill_by_interpolation(tracks3d, sigma, source, config.sigma_fill_px)
+    return tracks3d, sigma, source
+
+
+def _fill_from_head2(windows: list[Window], owner: np.ndarray, query_t: np.ndarray, query_xy: np.ndarray,
+                     tracks: dict[str, np.ndarray] | None, tracks3d: np.ndarray, sigma: np.ndarray,
+                     source: np.ndarray, k_mat: np.ndarray, vis: VisibilityConfig, hw: tuple[int, int]) -> None:
+    """Unknown positions where the point is seen (query frame; tracker-visible frames): head 2 there."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import in_image, sample_bilinear, sigma_from_confidence
+
+    num_frames = tracks3d.shape[1]
+    for t in range(num_frames):
+        win = windows[owner[t]]
+        slot = win.frames.index(t)
+        need = ~np.isfinite(tracks3d[:, t]).all(1)
+        pixel = np.full((len(query_t), 2), np.nan)
+        at_query = need & (query_t == t)
+        pixel[at_query] = query_xy[at_query]
+        if tracks is not None:
+            seen = need & (query_t <= t) & tracks["visible"][:, t].astype(bool) & in_image(tracks["tracks_xy"][:, t], hw)
+            pixel[seen] = tracks["tracks_xy"][seen, t]
+        idx = np.flatnonzero(np.isfinite(pixel).all(1) & in_image(pixel, hw))
+        if idx.size == 0:
+            continue
+        world = win.gauge.points(sample_bilinear(win.recon_pts(slot), pixel[idx]).astype(np.float64))
+        tracks3d[idx, t] = world
+        c = sample_bilinear(win.recon_conf(slot), pixel[idx])
+        depth = np.abs(sample_bilinear(win.recon_pts(slot)[..., 2], pixel[idx])) * win.gauge.scale
+        scene_depth = float(np.median(np.abs(win.recon_pts(slot)[..., 2]))) * win.gauge.scale
+        sigma[idx, t] = sigma_from_confidence(c, depth, scene_depth, float(k_mat[0, 0]), vis.conf_alpha,
+                                              vis.sigma_floor_px)
+        source[idx, t] = 2
+
+
+def _fill_by_interpolation(tracks3d: np.ndarray, sigma: np.ndarray, source: np.ndarray, sigma_fill: float) -> None:
+    """Linear interpolation in time of the remaining gaps (held constant before/after the known span)."""
+    import numpy as np
+
+    times = np.arange(tracks3d.shape[1], dtype=np.float64)
+    for n in range(tracks3d.shape[0]):
+        known = np.isfinite(tracks3d[n]).all(1)
+        if known.all():
+            continue
+        gaps = ~known
+        if not known.any():
+            tracks3d[n] = 0.0
+            sigma[n] = sigma_fill
+            source[n] = 3
+            continue
+        for axis in range(3):
+            tracks3d[n, gaps, axis] = np.interp(times[gaps], times[known], tracks3d[n, known, axis])
+        sigma[n, gaps] = sigma_fill
+        source[n, gaps] = 3
+
+
+def _calibrated_eps_rel(windows: list[Window], owner: np.ndarray, tracks: dict[str, np.ndarray], k_mat: np.ndarray,
+                        w2c_world: np.ndarray, surface_z: np.ndarray, config: FuseConfig, vis: VisibilityConfig,
+                        hw: tuple[int, int]) -> float:
+    """z-buffer tolerance for queries the tracker did not track: the `visibility_quantile` of the
+    relative depth gap z / z_surface - 1 over the tracker's own tracks where it sees them (at least
+    `mask_eps_rel`). The tiny network's two heads disagree by far more than 5% on real video, so a
+    fixed tolerance calls most visible points occluded."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import in_image, project_tracks, surface_z_at
+
+    if config.visibility_quantile <= 0:
+        return vis.mask_eps_rel
+    queries = np.asarray(tracks["queries"], np.float64)
+    query_t = np.rint(queries[:, 0]).astype(np.int64)
+    tracks3d, _, _ = _chain_tracks(windows, owner, query_t, queries[:, 1:3], tracks, k_mat, w2c_world, surface_z,
+                                   config, vis, hw, surface_z.shape[0])
+    xy, z = project_tracks(tracks3d, w2c_world, k_mat)
+    seen = tracks["visible"].astype(bool) & in_image(xy, hw) & (z > 0)
+    z_surf = surface_z_at(xy, surface_z, hw)[seen]
+    gap = z[seen] / np.where(z_surf > 0, z_surf, np.nan) - 1.0
+    gap = gap[np.isfinite(gap)]
+    if gap.size < 20:
+        return vis.mask_eps_rel
+    return max(vis.mask_eps_rel, float(np.quantile(gap, config.visibility_quantile)))
+
+
+def _visibility(tracks2d: np.ndarray, z: np.ndarray, surface_z: np.ndarray, tracks: dict[str, np.ndarray] | None,
+                mode: str, eps_rel: float, hw: tuple[int, int]) -> np.ndarray:
+    """(N, T) visibility: z-buffer test (mode mask), the tracker's flags (tracker), or both."""
+    from st4r_cli.geometry.camera_np import zbuffer_visible
+
+    mask = zbuffer_visible(tracks2d, z, surface_z, eps_rel, hw)
+    if mode == "mask" or tracks is None:
+        return mask
+    tracker = tracks["visible"].astype(bool)
+    return tracker if mode == "tracker" else (mask & tracker)
+
+
+def _relift_pointmaps(pointmaps: np.ndarray, old_w2c: np.ndarray, new_w2c: np.ndarray, new_k: np.ndarray
+                      ) -> np.ndarray:
+    """(T, H, W, 3) f32: each pixel at its old depth along its ray, in the new camera."""
+    import numpy as np
+
+    num_frames, h, w = pointmaps.shape[:3]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    ray = np.stack([(xs - new_k[0, 2]) / new_k[0, 0], (ys - new_k[1, 2]) / new_k[1, 1], np.ones_like(xs)], -1)
+    out = np.empty_like(pointmaps, dtype=np.float32)
+    new_c2w = np.linalg.inv(new_w2c)
+    for t in range(num_frames):
+        depth = pointmaps[t].astype(np.float64) @ old_w2c[t, 2, :3] + old_w2c[t, 2, 3]
+        cam = ray * depth[..., None]
+        out[t] = cam @ new_c2w[t, :3, :3].T + new_c2w[t, :3, 3]
+    return out
+
+
+def _static_tracks(tracks3d: np.ndarray, query_t: np.ndarray, rel: float) -> np.ndarray:
+    """(N,) bool: scene tracks whose network trajectory (head 1) stays put (threshold as in module doc)."""
+    import numpy as np
+
+    from st4r_cli.geometry.motion import static_by_motion
+
+    start = tracks3d[np.arange(len(tracks3d)), query_t]                    # (N, 3)
+    motion = np.linalg.norm(tracks3d - start[:, None], axis=-1)             # (N, T)
+    motion[np.arange(tracks3d.shape[1])[None] < query_t[:, None]] = np.nan
+    scene_depth = float(np.median(np.abs(start[:, 2]))) if len(start) else 1.0
+    return static_by_motion(motion, scene_depth, rel)
+
+
+def _relift_tracks(scene: dict[str, np.ndarray], tracks: dict[str, np.ndarray] | None, new_w2c: np.ndarray,
+                   new_k: np.ndarray, config: FuseConfig, cameras: CamerasConfig, bundle_points: np.ndarray | None,
+                   use_bundle: np.ndarray | None, surface_z: np.ndarray, hw: tuple[int, int]
+                   ) -> dict[str, np.ndarray]:
+    """tracks3d / tracks2d / visible of the scene's tracks under the refined cameras (module doc, 4).
+
+    bundle_points (N, 3) and use_bundle (N,) refer to the scene's own tracks (the first N bundle
+    tracks) or are None; surface_z (T, H, W) is each frame's depth map in its refined camera.
+    """
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import in_image, project_tracks
+
+    tracks3d = np.asarray(scene["tracks3d"], np.float64)                   # (N, T, 3)
+    query_t = np.rint(np.asarray(scene["query_t"])).astype(np.int64)
+    count, num_frames = tracks3d.shape[:2]
+    tracker_xy = tracker_seen = None
+    if tracks is not None and config.fuse_tracks and len(tracks["tracks_xy"]) == count:
+        tracker_xy = np.asarray(tracks["tracks_xy"], np.float64)
+        tracker_seen = np.asarray(tracks["visible"], bool) & in_image(tracker_xy, hw)
+        tracker_seen &= np.arange(num_frames)[None] >= query_t[:, None]
+        tracker_seen[np.arange(count), query_t] = True
+        tracker_xy = tracker_xy.copy()
+        tracker_xy[np.arange(count), query_t] = np.asarray(scene["query_xy"], np.float64)
+    if tracker_xy is not None:
+        tracks3d = _fuse(tracks3d, tracker_xy, tracker_seen, new_w2c, new_k)
+    static = _static_tracks(np.asarray(scene["tracks3d"], np.float64), query_t, cameras.ba_dynamic_rel)
+    start = tracks3d[np.arange(count), query_t]
+    if tracker_xy is not None:  # the 2D track must agree: a point that stays put reprojects onto it
+        fits = _fits_static(start, tracker_xy, tracker_seen, new_w2c, new_k, cameras.ba_point_max_px)
+        if bundle_points is not None and use_bundle is not None:
+            # the network's depth where it fits the 2D track, else the bundle's triangulated point
+            swap = static & use_bundle & ~fits
+            start = np.where(swap[:, None], bundle_points, start)
+            fits |= swap & _fits_static(bundle_points, tracker_xy, tracker_seen, new_w2c, new_k,
+                                        cameras.ba_point_max_px)
+        static &= fits
+    tracks3d = np.where(static[:, None, None], start[:, None, :], tracks3d)
+    tracks2d, z = project_tracks(tracks3d, new_w2c, new_k)
+    eps_rel = float(scene["visibility_eps_rel"])   # calibrated in `fuse_scene`
+    visible = _visibility(tracks2d, z, surface_z, tracks, config.visibility, eps_rel, hw)
+    return {"tracks3d": tracks3d.astype(np.float32), "tracks2d": tracks2d.astype(np.float32), "visible": visible,
+            "track_static": static}
+
+
+def _fits_static(points: np.ndarray, tracker_xy: np.ndarray, tracker_seen: np.ndarray, w2c: np.ndarray,
+                 k_mat: np.ndarray, max_px: float) -> np.ndarray:
+    """(N,) bool: fixed world points (N, 3) reproject within `max_px` (median) of their 2D tracks."""
+    import numpy as np
+
+    from st4r_cli.geometry.motion import row_nanmedian
+
+    cam = np.einsum("tij,nj->nti", w2c[:, :3, :3], points) + w2c[None, :, :3, 3]
+    with np.errstate(all="ignore"):
+        xy = k_mat[0, 0] * cam[..., :2] / cam[..., 2:3] + k_mat[[0, 1], [2, 2]]
+        err = np.where(tracker_seen & (cam[..., 2] > 0), np.linalg.norm(xy - tracker_xy, axis=-1), np.nan)
+    typical = row_nanmedian(err)
+    return ~(typical > max_px) & (np.isfinite(err).sum(1) > 0)
+
+
+def _fuse(tracks3d: np.ndarray, tracker_xy: np.ndarray, tracker_seen: np.ndarray, w2c: np.ndarray,
+          k_mat: np.ndarray) -> np.ndarray:
+    """(N, T, 3): each point moved, at its depth in camera t, onto the ray of its 2D track.
+
+    Where the tracker does not see the point, the pixel is the point's own projection shifted by the
+    tracker-minus-projection offset at the nearest frame (in time) where it was seen.
+    """
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import project_tracks
+
+    own_xy, depth = project_tracks(tracks3d, w2c, k_mat)                      # (N, T, 2), (N, T)
+    usable = tracker_seen & np.isfinite(own_xy).all(-1) & (depth > 0)
+    pixel = own_xy.copy()
+    times = np.arange(tracks3d.shape[1])
+    for n in np.flatnonzero(usable.any(1)):
+        seen = np.flatnonzero(usable[n])
+        offset = tracker_xy[n, seen] - own_xy[n, seen]                         # (S, 2)
+        nearest = np.abs(times[:, None] - seen[None, :]).argmin(axis=1)         # (T,) index into seen
+        pixel[n] = own_xy[n] + offset[nearest]
+        pixel[n, seen] = tracker_xy[n, seen]
+    ray = np.concatenate([(pixel - k_mat[[0, 1], [2, 2]]) / k_mat[0, 0], np.ones(depth.shape + (1,))], -1)
+    c2w = np.linalg.inv(w2c)
+    moved = np.einsum("tij,ntj->nti", c2w[:, :3, :3], ray * depth[..., None]) + c2w[None, :, :3, 3]
+    ok = np.isfinite(moved).all(-1) & (depth > 0)
+    return np.where(ok[..., None], moved, tracks3d)
