@@ -194,9 +194,10 @@ def _bundle_points(result: Any, bundle: dict[str, np.ndarray], principal: tuple[
     """(B, 3) world points of the bundle tracks at the solution."""
     import numpy as np
 
-    ray = np.concatenate([(bundle["query_xy"] - np.asarray(principal)) / result.focal,
-                          np.ones((len(bundle["query_t"]), 1))], 1)
-    cam = ray / result.inv_depth[:, None]
+    from st4r_cli.geometry.camera_np import pixel_rays
+
+    k_mat = np.array([[result.focal, 0.0, principal[0]], [0.0, result.focal, principal[1]], [0.0, 0.0, 1.0]])
+    cam = pixel_rays(bundle["query_xy"], k_mat) / result.inv_depth[:, None]
     rot, trans = new_w2c[bundle["query_t"], :3, :3], new_w2c[bundle["query_t"], :3, 3]
     return np.einsum("kji,kj->ki", rot, cam - trans)
 
@@ -215,8 +216,12 @@ def _rotation_free_parallax_deg(result: Any, bundle: dict[str, np.ndarray], foca
     """
     import numpy as np
 
+    from st4r_cli.geometry.camera_np import pixel_rays
+
+    k_mat = np.array([[focal, 0.0, principal[0]], [0.0, focal, principal[1]], [0.0, 0.0, 1.0]])
+
     def bearings(xy: np.ndarray) -> np.ndarray:
-        ray = np.concatenate([(xy - np.asarray(principal)) / focal, np.ones((len(xy), 1))], 1)
+        ray = pixel_rays(xy, k_mat)
         return ray / np.linalg.norm(ray, axis=1, keepdims=True)
 
     query_t = bundle["query_t"][result.obs_track]

@@ -201,7 +201,8 @@ def _chain_tracks(windows: list[Window], owner: np.ndarray, query_t: np.ndarray,
     """World 3D tracks (N, T, 3), sigma (N, T) and source (N, T): 1 head 1, 2 head 2, 3 filled."""
     import numpy as np
 
-    from st4r_cli.geometry.camera_np import in_image, project_world, sample_bilinear, sigma_from_confidence
+    from st4r_cli.geometry.camera_np import (in_image, project_world, sample_bilinear, sigma_from_confidence,
+                                             zbuffer_visible)
 
     count = len(query_t)
     num = np.zeros((count, num_frames, 3))
@@ -222,10 +223,7 @@ def _chain_tracks(windows: list[Window], owner: np.ndarray, query_t: np.ndarray,
         if todo.size:
             pos = num[todo, anchor] / den[todo, anchor, None]
             proj, z = project_world(pos, w2c_world[anchor], k_mat)
-            ok = in_image(proj, hw) & (z > 0)
-            z_surf = np.full(len(todo), np.nan)
-            z_surf[ok] = surface_z[anchor][np.rint(proj[ok, 1]).astype(int), np.rint(proj[ok, 0]).astype(int)]
-            ok &= z <= z_surf * (1.0 + vis.mask_eps_rel)
+            ok = zbuffer_visible(proj[:, None], z[:, None], surface_z[anchor][None], vis.mask_eps_rel, hw)[:, 0]
             pixel[todo[ok]] = proj[ok]
         carried = np.flatnonzero(np.isfinite(pixel).all(1))
         if carried.size == 0:
@@ -351,9 +349,10 @@ def _relift_pointmaps(pointmaps: np.ndarray, old_w2c: np.ndarray, new_w2c: np.nd
     """(T, H, W, 3) f32: each pixel at its old depth along its ray, in the new camera."""
     import numpy as np
 
+    from st4r_cli.geometry.camera_np import pixel_grid, pixel_rays
+
     num_frames, h, w = pointmaps.shape[:3]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    ray = np.stack([(xs - new_k[0, 2]) / new_k[0, 0], (ys - new_k[1, 2]) / new_k[1, 1], np.ones_like(xs)], -1)
+    ray = pixel_rays(pixel_grid((h, w)), new_k)
     out = np.empty_like(pointmaps, dtype=np.float32)
     new_c2w = np.linalg.inv(new_w2c)
     for t in range(num_frames):
@@ -426,12 +425,12 @@ def _fits_static(points: np.ndarray, tracker_xy: np.ndarray, tracker_seen: np.nd
     """(N,) bool: fixed world points (N, 3) reproject within `max_px` (median) of their 2D tracks."""
     import numpy as np
 
+    from st4r_cli.geometry.camera_np import project_static
     from st4r_cli.geometry.motion import row_nanmedian
 
-    cam = np.einsum("tij,nj->nti", w2c[:, :3, :3], points) + w2c[None, :, :3, 3]
+    xy, z = project_static(points, w2c, k_mat)                                 # NaN where z <= 0
     with np.errstate(all="ignore"):
-        xy = k_mat[0, 0] * cam[..., :2] / cam[..., 2:3] + k_mat[[0, 1], [2, 2]]
-        err = np.where(tracker_seen & (cam[..., 2] > 0), np.linalg.norm(xy - tracker_xy, axis=-1), np.nan)
+        err = np.where(tracker_seen & (z > 0), np.linalg.norm(xy - tracker_xy, axis=-1), np.nan)
     typical = row_nanmedian(err)
     return ~(typical > max_px) & (np.isfinite(err).sum(1) > 0)
 
@@ -445,7 +444,7 @@ def _fuse(tracks3d: np.ndarray, tracker_xy: np.ndarray, tracker_seen: np.ndarray
     """
     import numpy as np
 
-    from st4r_cli.geometry.camera_np import project_tracks
+    from st4r_cli.geometry.camera_np import project_tracks, unproject
 
     own_xy, depth = project_tracks(tracks3d, w2c, k_mat)                      # (N, T, 2), (N, T)
     usable = tracker_seen & np.isfinite(own_xy).all(-1) & (depth > 0)
@@ -457,8 +456,7 @@ def _fuse(tracks3d: np.ndarray, tracker_xy: np.ndarray, tracker_seen: np.ndarray
         nearest = np.abs(times[:, None] - seen[None, :]).argmin(axis=1)         # (T,) index into seen
         pixel[n] = own_xy[n] + offset[nearest]
         pixel[n, seen] = tracker_xy[n, seen]
-    ray = np.concatenate([(pixel - k_mat[[0, 1], [2, 2]]) / k_mat[0, 0], np.ones(depth.shape + (1,))], -1)
     c2w = np.linalg.inv(w2c)
-    moved = np.einsum("tij,ntj->nti", c2w[:, :3, :3], ray * depth[..., None]) + c2w[None, :, :3, 3]
+    moved = np.einsum("tij,ntj->nti", c2w[:, :3, :3], unproject(pixel, depth, k_mat)) + c2w[None, :, :3, 3]
     ok = np.isfinite(moved).all(-1) & (depth > 0)
     return np.where(ok[..., None], moved, tracks3d)
