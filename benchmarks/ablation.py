@@ -371,7 +371,9 @@ def main() -> None:
     progress.set_verbosity(quiet=True)
     torch.set_num_threads(args.threads)
     model = load_model(args.model, "cpu")
-    args.header = {"model": args.model, "frames": args.frames, "adapt": adapt_header(args),
+    args.header = {"provenance": provenance(),
+                   "config": variant_config(args, {}, "tracks", 0).to_dict(),
+                   "model": args.model, "frames": args.frames, "adapt": adapt_header(args),
                    "pipeline": ("defaults: cameras.refine ba, fuse.fuse_tracks on (full pipeline)" if args.refine
                                 else "cameras.refine none, fuse.fuse_tracks off, fuse.visibility mask (TTA comparison)"),
                    "threads": args.threads, "variants": args.variants, "depth_backend": "none",
@@ -395,14 +397,17 @@ def merge_results(parts: list[str], out: str) -> None:
     `out`, with the summary recomputed over all clips."""
     results = [json.loads(Path(p).read_text()) for p in parts]
     def header_of(res: dict) -> dict:  # the settings (files written before a fix also hold clip rows, "x/0")
-        return {k: v for k, v in res.items() if k not in (*GROUPS, "summary", "seeds") and "/" not in k}
+        return {k: v for k, v in res.items()
+                if k not in (*GROUPS, "summary", "seeds", "provenance", "merged_provenance") and "/" not in k}
 
     header = header_of(results[0])
     for part, res in zip(parts, results):
         if header_of(res) != header:
             raise SystemExit(f"ablation.py: error: {part} was run with other settings than {parts[0]}")
-    merged: dict = {**header, "seeds": sorted({s for r in results for s in r.get("seeds", [])}),
-                    "merged_from": [Path(p).name for p in parts]}
+    merged: dict = {"provenance": provenance(), **header,
+                    "seeds": sorted({s for r in results for s in r.get("seeds", [])}),
+                    "merged_from": [Path(p).name for p in parts],
+                    "merged_provenance": [r.get("provenance") for r in results]}
     for group in GROUPS:
         rows = {name: row for res in results for name, row in res.get(group, {}).items()}
         if rows:
@@ -412,6 +417,17 @@ def merge_results(parts: list[str], out: str) -> None:
     Path(out).write_text(json.dumps(merged, indent=2) + "\n")
     print_comparisons(merged["summary"])
     print("->", out)
+
+
+def provenance() -> dict:
+    """benchmarks/_provenance.py's record (commit, command, date), loaded by path: this script also runs
+    as a module of the tests, where benchmarks/ is not on the import path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("st4r_bench_provenance", Path(__file__).with_name("_provenance.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.provenance()
 
 
 def print_comparisons(summary: dict) -> None:

@@ -139,8 +139,11 @@ def main() -> None:
     progress.set_verbosity(quiet=True)
     torch.set_num_threads(1)
     model = load_model(args.model, "cpu")
-    args.header = {"model": args.model, "frames": args.frames, "tta": args.tta, "seeds": args.seeds,
-                   "threads": 1, "depth_backend": "none"}
+    from ablation import provenance
+    from st4r_cli.runs.config import RunConfig
+
+    args.header = {"provenance": provenance(), "config": RunConfig().to_dict(), "model": args.model,
+                   "frames": args.frames, "tta": args.tta, "seeds": args.seeds, "threads": 1, "depth_backend": "none"}
     args.partial = {}
     if args.presets:
         synthetic(model, args)
