@@ -96,12 +96,20 @@ def fuse_scene(frames: np.ndarray, tracks: dict[str, np.ndarray] | None, pred: d
 
     query_t, query_xy = _queries(tracks, config, (h, w))
     own = tracks if config.queries == "tracks" else None
-    tracks3d, sigma, source = _chain_tracks(windows, owner, query_t, query_xy, own, k_mat, w2c_world, surface_z,
+    count = len(query_t)
+    calibrate = (config.queries != "tracks" and tracks is not None and config.visibility == "tracker"
+                 and config.visibility_quantile > 0)
+    if calibrate:  # the tracker's tracks, for the z-buffer tolerance, go through the same pass (rows are independent)
+        rows_t, rows_xy, rows_tracks = _with_tracker_tracks(query_t, query_xy, tracks)
+    else:
+        rows_t, rows_xy, rows_tracks = query_t, query_xy, own
+    tracks3d, sigma, source = _chain_tracks(windows, owner, rows_t, rows_xy, rows_tracks, k_mat, w2c_world, surface_z,
                                             config, visibility, (h, w), num_frames)
     tracks2d, z = project_tracks(tracks3d, w2c_world, k_mat)
     eps_rel = visibility.mask_eps_rel
-    if config.queries != "tracks" and tracks is not None and config.visibility == "tracker":
-        eps_rel = _calibrated_eps_rel(windows, owner, tracks, k_mat, w2c_world, surface_z, config, visibility, (h, w))
+    if calibrate:
+        eps_rel = _calibrated_eps_rel(tracks2d[count:], z[count:], tracks, surface_z, config, visibility, (h, w))
+        tracks3d, sigma, source, tracks2d, z = (a[:count] for a in (tracks3d, sigma, source, tracks2d, z))
     visible = _visibility(tracks2d, z, surface_z, own, config.visibility, eps_rel, (h, w))
     scene = {
         "tracks3d": tracks3d.astype(np.float32), "tracks2d": tracks2d.astype(np.float32),
@@ -305,24 +313,32 @@ def _fill_by_interpolation(tracks3d: np.ndarray, sigma: np.ndarray, source: np.n
         source[n, gaps] = 3
 
 
-def _calibrated_eps_rel(windows: list[Window], owner: np.ndarray, tracks: dict[str, np.ndarray], k_mat: np.ndarray,
-                        w2c_world: np.ndarray, surface_z: np.ndarray, config: FuseConfig, vis: VisibilityConfig,
-                        hw: tuple[int, int]) -> float:
-    """z-buffer tolerance for queries the tracker did not track: the `visibility_quantile` of the
-    relative depth gap z / z_surface - 1 over the tracker's own tracks where it sees them (at least
-    `mask_eps_rel`). The tiny network's two heads disagree by far more than 5% on real video, so a
-    fixed tolerance calls most visible points occluded."""
+def _with_tracker_tracks(query_t: np.ndarray, query_xy: np.ndarray, tracks: dict[str, np.ndarray]
+                         ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The queries (Q,) / (Q, 2) followed by the tracker's own tracks, and tracks arrays for all rows in
+    which the queries' rows are never seen (as when chained without tracks)."""
     import numpy as np
 
-    from st4r_cli.geometry.camera_np import in_image, project_tracks, surface_z_at
-
-    if config.visibility_quantile <= 0:
-        return vis.mask_eps_rel
     queries = np.asarray(tracks["queries"], np.float64)
-    query_t = np.rint(queries[:, 0]).astype(np.int64)
-    tracks3d, _, _ = _chain_tracks(windows, owner, query_t, queries[:, 1:3], tracks, k_mat, w2c_world, surface_z,
-                                   config, vis, hw, surface_z.shape[0])
-    xy, z = project_tracks(tracks3d, w2c_world, k_mat)
+    num, num_frames = len(query_t), tracks["tracks_xy"].shape[1]
+    padded = {"tracks_xy": np.concatenate([np.zeros((num, num_frames, 2), tracks["tracks_xy"].dtype),
+                                           tracks["tracks_xy"]]),
+              "visible": np.concatenate([np.zeros((num, num_frames), bool), np.asarray(tracks["visible"], bool)])}
+    return (np.concatenate([query_t, np.rint(queries[:, 0]).astype(np.int64)]),
+            np.concatenate([query_xy, queries[:, 1:3]]), padded)
+
+
+def _calibrated_eps_rel(xy: np.ndarray, z: np.ndarray, tracks: dict[str, np.ndarray], surface_z: np.ndarray,
+                        config: FuseConfig, vis: VisibilityConfig, hw: tuple[int, int]) -> float:
+    """z-buffer tolerance for queries the tracker did not track: the `visibility_quantile` of the
+    relative depth gap z / z_surface - 1 over the tracker's own tracks (their chained 3D tracks
+    projected: xy (N, T, 2), z (N, T)) where it sees them (at least `mask_eps_rel`). The tiny network's
+    two heads disagree by far more than 5% on real video, so a fixed tolerance calls most visible
+    points occluded."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import in_image, surface_z_at
+
     seen = tracks["visible"].astype(bool) & in_image(xy, hw) & (z > 0)
     z_surf = surface_z_at(xy, surface_z, hw)[seen]
     gap = z[seen] / np.where(z_surf > 0, z_surf, np.nan) - 1.0
