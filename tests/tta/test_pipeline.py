@@ -57,8 +57,9 @@ def _recomputed(run_dir) -> list[str]:
 
 def test_a_setting_recomputes_only_its_stage_and_later_ones(tmp_path, make_clip, make_prefit_model, capsys):
     """The cache keys follow the stage boundaries: a camera-solver knob re-runs cameras and fuse (not the
-    network: predict is reused), a fusion knob only fuse, the threads knob nothing, and `--force chain`
-    (the former stage name) the three stages that replaced it."""
+    network: predict is reused), a fusion knob only fuse, the threads knob nothing, `--force adapt` only
+    adapt (same deltas, same digest), and `--force chain` (the former stage name) the three stages that
+    replaced it."""
     frames, _ = make_clip(num_frames=8)
     folder = _write_frames(tmp_path, frames)
     model_path = save_model(make_prefit_model(), tmp_path / "micro.safetensors")
@@ -77,6 +78,10 @@ def test_a_setting_recomputes_only_its_stage_and_later_ones(tmp_path, make_clip,
     assert cli_run(base + ["--set", "predict.cpu_threads=2"]) == 0
     assert _recomputed(run_dir) == []
     np.testing.assert_array_equal(read_scene(run_dir / "scene.npz")["tracks3d"], first["tracks3d"])
+    # adapt's artifact holds only its arrays (no timings): recomputed with the same result, its digest is
+    # unchanged and nothing after it reruns
+    assert cli_run(base + ["--force", "adapt"]) == 0
+    assert _recomputed(run_dir) == ["adapt"]
     assert cli_run(base + ["--force", "chain"]) == 0
     assert _recomputed(run_dir) == ["predict", "cameras", "fuse"]
     np.testing.assert_array_equal(read_scene(run_dir / "scene.npz")["tracks3d"], first["tracks3d"])
