@@ -35,3 +35,20 @@ def test_config_module_is_a_leaf():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_every_config_field_is_defined_once_per_section_and_moved_fields_exist():
+    """docs/architecture.md's map of the former chain/adapt settings points at real fields, and no
+    section repeats a field of the visibility section (shared by the TTA loss and fusion)."""
+    import dataclasses
+
+    from st4r_cli.configs import MOVED_FIELDS, SECTIONS
+
+    fields = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in SECTIONS.items()}
+    for old, new in MOVED_FIELDS.items():
+        section, field = new.split(".")
+        assert field in fields[section], f"{old} -> {new}: no such field"
+        assert old.split(".")[0] not in SECTIONS or field not in fields[old.split(".")[0]], f"{old} still exists"
+    shared = fields["visibility"]
+    for name, names in fields.items():
+        assert name == "visibility" or not (names & shared), f"{name} repeats {names & shared}"
