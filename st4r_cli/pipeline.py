@@ -17,7 +17,7 @@ from typing import Any
 
 from st4r_cli import progress
 from st4r_cli.errors import St4rError
-from st4r_cli.runs import Artifact, Run, RunConfig, digest_file_or_missing, digest_path
+from st4r_cli.runs import Artifact, Run, RunConfig, digest_arrays, digest_file_or_missing, digest_path
 from st4r_cli.runs.config import keyed_fields
 from st4r_cli.stages.decode import DECODE_VERSION, check_decode_config, decode
 
@@ -131,6 +131,19 @@ def _optional(artifact: Artifact | None, missing: str) -> str:
     return artifact.digest if artifact is not None else missing
 
 
+# The tracks stage's arrays the network adapts on; its camera_* tracks are the camera solver's only.
+ADAPT_TRACK_ARRAYS = ("tracks_xy", "visible", "confidence", "queries")
+
+
+def _adapt_tracks_digest(tracks: Artifact | None) -> str:
+    """Content digest of the tracks adapt reads, so a camera-track setting (`tracks.camera_*`) re-runs
+    tracks, cameras and fuse but not the network."""
+    if tracks is None:
+        return "no-tracks"
+    arrays = tracks.load()
+    return digest_arrays({name: arrays[name] for name in ADAPT_TRACK_ARRAYS if name in arrays})
+
+
 def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
     """Test-time adaptation (`stages.adapt.adapt_model`): the adapted weights as deltas.
 
@@ -151,7 +164,7 @@ def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact
            "visibility": keyed_fields(cfg.visibility),
            "resolved": dataclasses.asdict(resolve(cfg.adapt, device, cfg.predict.batch_size)),
            "seed": cfg.seed, "device": _device_key(device)}
-    inputs = [decoded.digest, _optional(tracks, "no-tracks"), _optional(depth, "no-depth"), model_digest(run)]
+    inputs = [decoded.digest, _adapt_tracks_digest(tracks), _optional(depth, "no-depth"), model_digest(run)]
 
     def compute() -> dict[str, Any]:
         model = load_model(model_path(run), device)

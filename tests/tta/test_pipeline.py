@@ -57,7 +57,8 @@ def _recomputed(run_dir) -> list[str]:
 
 def test_a_setting_recomputes_only_its_stage_and_later_ones(tmp_path, make_clip, make_prefit_model, capsys):
     """The cache keys follow the stage boundaries: a camera-solver knob re-runs cameras and fuse (not the
-    network: predict is reused), a fusion knob only fuse, the threads knob nothing, `--force adapt` only
+    network: predict is reused), the camera solver's extra tracks tracks, cameras and fuse (the network's
+    tracks are unchanged, so adapt and predict are reused), a fusion knob only fuse, the threads knob nothing, `--force adapt` only
     adapt (same deltas, same digest), and `--force chain` (the former stage name) the three stages that
     replaced it."""
     frames, _ = make_clip(num_frames=8)
@@ -73,6 +74,8 @@ def test_a_setting_recomputes_only_its_stage_and_later_ones(tmp_path, make_clip,
 
     assert cli_run(base + ["--set", "cameras.ba_accept_px=3.5"]) == 0
     assert _recomputed(run_dir) == ["cameras", "fuse"]
+    assert cli_run(base + ["--set", "tracks.camera_every_k=3"]) == 0        # the camera solver's tracks only
+    assert _recomputed(run_dir) == ["tracks", "cameras", "fuse"]
     assert cli_run(base + ["--set", "fuse.sigma_fill_px=8.0"]) == 0
     assert _recomputed(run_dir) == ["fuse"]
     assert cli_run(base + ["--set", "predict.cpu_threads=2"]) == 0
