@@ -177,3 +177,23 @@ def test_stage_contract_and_determinism() -> None:
     query_t = first["camera_queries"][:, 0].astype(int)
     assert np.allclose(first["camera_tracks_xy"][rows, query_t], first["camera_queries"][:, 1:])
     assert first["camera_visible"][rows, query_t].all()
+
+
+def test_a_point_that_leaves_the_image_is_invisible_and_not_clamped_to_the_border():
+    """The scene slides right by 4 px a frame: points near the right edge leave the image."""
+    texture = _texture(3, (SIZE_HW[0] + 120, SIZE_HW[1] + 160))
+    velocity = np.array([4.0, 0.0])
+    frames = np.stack([_shifted(texture, velocity * t) for t in range(NUM_FRAMES)]).astype(np.uint8)
+    query_xy = np.array([[x, y] for x in (120.0, 140.0, 150.0) for y in (40.0, 60.0, 80.0)])
+    queries = np.column_stack([np.zeros(len(query_xy)), query_xy]).astype(np.float32)
+    out = track_points(frames, queries)
+    true_x = query_xy[:, 0:1] + velocity[0] * np.arange(NUM_FRAMES)[None]
+    inside = true_x <= SIZE_HW[1] - 1.5                      # a margin for the sub-pixel boundary
+    outside = true_x >= SIZE_HW[1] + 0.5
+    x, visible = out["tracks_xy"][..., 0], out["visible"]
+    assert outside.sum() > 20
+    assert (x[visible] <= SIZE_HW[1] - 0.5).all()            # visible only where it is on the image
+    assert visible[outside].mean() < 0.05                     # (one late false match is tolerated)
+    assert visible[inside & (true_x < SIZE_HW[1] - 8)].mean() > 0.9
+    # positions past the edge are extrapolated beyond it, not held on the border
+    assert (x[outside & ~visible] > SIZE_HW[1] - 0.5).all()
