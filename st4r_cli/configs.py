@@ -57,12 +57,17 @@ class TracksConfig:
 
 @dataclass
 class DepthConfig:
-    backend: str = "none"             # none | moge
+    backend: str = "multiview"        # multiview (from the solved cameras) | moge | none
     moge_weights: str = ""            # default: weights/moge-2-vitl-normal/model.pt (MoGe-1 files work too)
     resolution_level: int = 9         # MoGe's 0..9 speed/detail knob
     num_tokens: int = 0               # ViT tokens per frame (0: from resolution_level)
     batch_size: int = 4               # frames per forward pass
     fp16: bool = True                 # half precision on CUDA
+    # multiview (st4r_cli/depth/multiview.py)
+    mv_offsets: tuple[int, ...] = (-16, -8, -4, 4, 8, 16)  # neighbour frames j = i + o
+    mv_min_parallax_deg: float = 1.0  # a frame pair gives depth only above this triangulation angle
+    mv_consistency_rel: float = 0.1   # pairs agree within this fraction of the median depth
+    mv_max_fb_px: float = 1.0         # forward-backward flow consistency (px)
 
 
 @dataclass
@@ -132,14 +137,14 @@ class PredictConfig:
 
 @dataclass
 class CamerasConfig:
-    """The camera solver: PnP per window, Sim(3) chaining, bundle adjustment on the 2D tracks."""
+    """The camera solver: bundle adjustment on the 2D tracks alone, before depth and TTA."""
 
-    pnp_stride: int = 4               # every k-th pixel of head 2 for each camera's PnP
-    sim3_stride: int = 4              # every k-th pixel of the overlap pointmaps for the Sim(3)
-    refine: str = "ba"                # ba (bundle-adjust the cameras on the 2D tracks) | none
+    refine: str = "ba"                # ba (solve the cameras on the 2D tracks) | none (the network's)
+    focal_init: float = 0.0           # focal in pixels of the decoded frames; 0 -> predict.focal, else the
+                                      # un-adapted network's frame-0 estimate
     ba_chunk: int = 8                 # frames join the bundle adjustment in chunks of this size
-    ba_dynamic_rel: float = 0.05      # a track moving more than this x the scene depth is dynamic
-    ba_accept_px: float = 4.0         # the refined cameras are kept when the median reprojection is below
+    ba_dynamic_rel: float = 0.05      # fuse: a network track moving more than this x the scene depth is dynamic
+    ba_accept_px: float = 4.0         # the solved cameras are kept when the median reprojection is below
     ba_refine_focal: bool = False     # also refine the focal (needs rotation and parallax to be observable)
     ba_point_max_px: float = 2.0      # static tracks become bundle points below this median residual ...
     ba_min_parallax_deg: float = 6.0  # ... and above this parallax at the bundle's solution ...
@@ -149,6 +154,12 @@ class CamerasConfig:
 @dataclass
 class FuseConfig:
     """World 3D tracks, 2D tracks and visibility from the windows' predictions and the cameras."""
+
+    pnp_stride: int = 4               # every k-th pixel of head 2 for each window camera's PnP
+    sim3_stride: int = 4              # every k-th pixel of the overlap pointmaps for the windows' Sim(3)
+    multiview: bool = True            # static pixels and tracks from the multi-view depth when present
+    static_spread_rel: float = 0.05   # a track is static when its lifted points agree within this x depth
+    fill_radius_px: float = 16.0      # non-moving pixels this close to a multi-view one take its depth
 
     queries: str = "tracks"           # tracks (the tracks stage's queries) | grid | dense (frame 0)
     grid_size: int = 32               # points per side for queries=grid
@@ -165,11 +176,11 @@ class FuseConfig:
 SECTIONS: dict[str, type] = {
     "decode": DecodeConfig,
     "tracks": TracksConfig,
+    "cameras": CamerasConfig,
     "depth": DepthConfig,
     "visibility": VisibilityConfig,
     "adapt": AdaptConfig,
     "predict": PredictConfig,
-    "cameras": CamerasConfig,
     "fuse": FuseConfig,
 }
 
@@ -177,7 +188,8 @@ SECTIONS: dict[str, type] = {
 MOVED_FIELDS: dict[str, str] = {
     **{f"chain.{name}": f"predict.{name}" for name in ("window", "overlap")},
     **{f"adapt.{name}": f"predict.{name}" for name in ("focal", "use_depth_intrinsics", "batch_size", "cpu_threads")},
-    **{f"chain.{name}": f"cameras.{name}" for name in ("pnp_stride", "sim3_stride", "refine", "ba_chunk",
+    **{f"{section}.{name}": f"fuse.{name}" for section in ("chain", "cameras") for name in ("pnp_stride", "sim3_stride")},
+    **{f"chain.{name}": f"cameras.{name}" for name in ("refine", "ba_chunk",
                                                       "ba_dynamic_rel", "ba_accept_px", "ba_refine_focal",
                                                       "ba_point_max_px", "ba_min_parallax_deg",
                                                       "ba_min_parallax_2d_deg")},

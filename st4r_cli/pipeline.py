@@ -1,5 +1,6 @@
-"""The `st4r adapt` pipeline: decode -> tracks -> depth -> adapt (TTA) -> predict -> cameras -> fuse
--> scene.npz. This module is the only one that wires stages together: stages never import each other.
+"""The `st4r adapt` pipeline: decode -> tracks -> cameras -> depth -> adapt (TTA) -> predict -> fuse
+-> scene.npz. The cameras come first, from the 2D tracks alone; the multi-view depth uses them, the TTA
+uses that depth, and the fuse stage puts the adapted network's geometry into those cameras. This module is the only one that wires stages together: stages never import each other.
 
 Every stage goes through the run's cache (`Run.stage`): its key is the hash of its input content
 (upstream artifacts' digests, the input file's bytes), its config and its version, so a rerun reuses
@@ -21,10 +22,10 @@ from st4r_cli.runs import Artifact, Run, RunConfig, digest_arrays, digest_file_o
 from st4r_cli.runs.config import keyed_fields
 from st4r_cli.stages.decode import DECODE_VERSION, check_decode_config, decode
 
-STAGES = ("decode", "tracks", "depth", "adapt", "predict", "cameras", "fuse")
+STAGES = ("decode", "tracks", "cameras", "depth", "adapt", "predict", "fuse")
 # Former stage names: `chain` (window inference + chaining + bundle adjustment) is now predict,
 # cameras and fuse. `--force chain` recomputes all three; `--until chain` stops after fuse.
-STAGE_ALIASES: dict[str, tuple[str, ...]] = {"chain": ("predict", "cameras", "fuse")}
+STAGE_ALIASES: dict[str, tuple[str, ...]] = {"chain": ("cameras", "predict", "fuse")}
 SCENE_FILE = "scene.npz"
 
 
@@ -64,11 +65,16 @@ def tracks_cache_key(cfg: Any, seed: int, decoded: Artifact) -> tuple[dict[str, 
     return _config_with_seed(cfg, seed), [decoded.digest, *map(digest_file_or_missing, input_files(cfg))]
 
 
-def depth_cache_key(cfg: Any, decoded: Artifact) -> tuple[dict[str, Any], list[str]]:
-    """(config, inputs) keying the depth stage: frames, checkpoint contents, config."""
+def depth_cache_key(cfg: Any, decoded: Artifact, cameras: Artifact | None = None
+                    ) -> tuple[dict[str, Any], list[str]]:
+    """(config, inputs) keying the depth stage: frames, checkpoint contents (moge) or the solved cameras
+    (multiview), config."""
     from st4r_cli.stages.depth import input_files
 
-    return {"config": keyed_fields(cfg)}, [decoded.digest, *map(digest_file_or_missing, input_files(cfg))]
+    inputs = [decoded.digest, *map(digest_file_or_missing, input_files(cfg))]
+    if cfg.backend == "multiview":
+        inputs.append(_optional(cameras, "no-cameras"))
+    return {"config": keyed_fields(cfg)}, inputs
 
 
 def run_decode(run: Run) -> Artifact:
@@ -92,17 +98,51 @@ def run_tracks(run: Run, decoded: Artifact, device: str) -> Artifact:
                      lambda: compute_tracks(decoded["frames"], cfg, device, seed))
 
 
-def run_depth(run: Run, decoded: Artifact, device: str) -> Artifact | None:
-    """Per-frame mono-depth (`stages.depth.compute_depth`); skipped with `depth.backend: none`."""
+def run_cameras(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
+    """Every frame's camera from the 2D tracks alone (`stages.cameras.compute_cameras`), starting from the
+    focal of `cameras.focal_init`, `predict.focal`, or the un-adapted network's frame-0 pointmap.
+    Inputs: tracks, the frames (and the checkpoint when the network gives the focal)."""
+    from st4r_cli.stages.cameras import CAMERAS_VERSION, check_cameras_config, compute_cameras
+
+    cfg = run.config.cameras
+    check_cameras_config(cfg)
+    decoded, tracks = artifacts["decode"], artifacts.get("tracks")
+    given = cfg.focal_init or run.config.predict.focal
+    inputs = [decoded.digest, _optional(tracks, "no-tracks"), "given-focal" if given else model_digest(run)]
+
+    def compute() -> dict[str, Any]:
+        frames = decoded["frames"]
+        focal = given
+        if not focal and cfg.refine == "ba":
+            from st4r_cli.model.io import load_model
+            from st4r_cli.model.windows import network_focal, torch_threads
+
+            with torch_threads(run.config.predict.cpu_threads, device):
+                focal = network_focal(load_model(model_path(run), device), frames, device)
+        return compute_cameras(tracks.load() if tracks else None, frames.shape[1:3], frames.shape[0], cfg, focal)
+
+    key = {"cameras": keyed_fields(cfg), "focal": float(given)}
+    return run.stage("cameras", CAMERAS_VERSION, key, inputs, compute)
+
+
+def run_depth(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact | None:
+    """Per-frame depth (`stages.depth.compute_depth`); skipped with `depth.backend: none`, and (said so)
+    with `multiview` when the cameras stage did not solve the cameras."""
     cfg = run.config.depth
     if getattr(cfg, "backend", None) == "none":
         progress.debug("depth: backend none, skipped")
         return None
     from st4r_cli.stages.depth import DEPTH_VERSION, compute_depth
 
-    key_config, inputs = depth_cache_key(cfg, decoded)
+    decoded, cameras = artifacts["decode"], artifacts.get("cameras")
+    if cfg.backend == "multiview" and (cameras is None or not bool(cameras["ba_accepted"])):
+        status = str(cameras["camera_status"]) if cameras is not None else "no cameras stage"
+        progress.log(f"[yellow]-[/yellow] depth (multiview): skipped, the cameras were not solved ({status}); "
+                     "the TTA runs without depth")
+        return None
+    key_config, inputs = depth_cache_key(cfg, decoded, cameras)
     return run.stage("depth", DEPTH_VERSION, key_config, inputs,
-                     lambda: compute_depth(decoded["frames"], cfg, device))
+                     lambda: compute_depth(decoded["frames"], cfg, device, cameras.load() if cameras else None))
 
 
 def model_path(run: Run) -> Path:
@@ -199,44 +239,52 @@ def run_predict(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifa
     return run.stage("predict", PREDICT_VERSION, key, inputs, compute)
 
 
-def run_cameras(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
-    """Every frame's camera and the focal (`stages.cameras.compute_cameras`). Inputs: predict, tracks."""
-    from st4r_cli.stages.cameras import CAMERAS_VERSION, check_cameras_config, compute_cameras
-
-    cfg = run.config.cameras
-    check_cameras_config(cfg)
-    predicted, tracks = artifacts["predict"], artifacts.get("tracks")
-    inputs = [predicted.digest, _optional(tracks, "no-tracks")]
-    return run.stage("cameras", CAMERAS_VERSION, {"cameras": keyed_fields(cfg)}, inputs,
-                     lambda: compute_cameras(predicted.load(), tracks.load() if tracks else None, cfg))
-
-
 def run_fuse(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
     """World 3D tracks, visibility and pointmaps (`stages.fuse.fuse_scene`): the `scene.npz` arrays,
-    which `run_pipeline` publishes as `<run>/scene.npz`. Inputs: decode, tracks, predict, cameras."""
+    which `run_pipeline` publishes as `<run>/scene.npz`. Inputs: decode, tracks, cameras, depth, predict."""
     import dataclasses
 
     from st4r_cli.stages.fuse import FUSE_VERSION, check_fuse_config, fuse_scene
 
     cfg = run.config.fuse
     check_fuse_config(cfg)
-    decoded, tracks = artifacts["decode"], artifacts.get("tracks")
+    decoded, tracks, depth = artifacts["decode"], artifacts.get("tracks"), artifacts.get("depth")
     predicted, cameras = artifacts["predict"], artifacts["cameras"]
     if tracks is None and cfg.queries == "tracks":
         progress.log("[yellow]-[/yellow] fuse: no 2D tracks, 3D tracks start from a frame-0 grid")
         cfg = dataclasses.replace(cfg, queries="grid")
     key = {"fuse": keyed_fields(cfg), "cameras": keyed_fields(run.config.cameras),
            "visibility": keyed_fields(run.config.visibility)}
-    inputs = [decoded.digest, _optional(tracks, "no-tracks"), predicted.digest, cameras.digest]
+    inputs = [decoded.digest, _optional(tracks, "no-tracks"), predicted.digest, cameras.digest,
+              _optional(depth, "no-depth")]
     return run.stage("fuse", FUSE_VERSION, key, inputs,
                      lambda: fuse_scene(decoded["frames"], tracks.load() if tracks else None, predicted.load(),
-                                        cameras.load(), cfg, run.config.cameras, run.config.visibility))
+                                        cameras.load(), cfg, run.config.cameras, run.config.visibility,
+                                        depth.load() if depth else None))
 
 
 # ----------------------------------------------------------------------------------------------
 # the same stages in memory, without a run directory (benchmarks: one set of tracks shared by many
 # settings, ground-truth tracks, ...). Same stage functions and configs as the cached stages above.
 # ----------------------------------------------------------------------------------------------
+
+def geometry_in_memory(model: Any, frames: Any, tracks: dict[str, Any] | None, config: RunConfig, device: str
+                       ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """cameras -> depth on arrays: (cameras arrays, depth arrays or None). `tracks` must hold the tracks
+    stage's arrays (with its camera_* tracks) or be None; `model`: the un-adapted network (its frame-0
+    focal starts the camera solver unless the config gives one)."""
+    from st4r_cli.model.windows import network_focal
+    from st4r_cli.stages.cameras import compute_cameras
+    from st4r_cli.stages.depth import compute_depth
+
+    num_frames, h, w = frames.shape[:3]
+    focal = config.cameras.focal_init or config.predict.focal or network_focal(model, frames, device)
+    cameras = compute_cameras(tracks, (h, w), num_frames, config.cameras, focal)
+    depth = None
+    if config.depth.backend == "multiview" and bool(cameras["ba_accepted"]):
+        depth = compute_depth(frames, config.depth, device, cameras)
+    return cameras, depth
+
 
 def predict_in_memory(model: Any, frames: Any, tracks: dict[str, Any] | None, depth: dict[str, Any] | None,
                       config: RunConfig, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -249,20 +297,17 @@ def predict_in_memory(model: Any, frames: Any, tracks: dict[str, Any] | None, de
     return adapted, compute_predict(model, frames, config.predict, device, depth)
 
 
-def scene_in_memory(frames: Any, tracks: dict[str, Any] | None, pred: dict[str, Any], config: RunConfig
-                    ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """cameras -> fuse on arrays: (the scene.npz arrays, the cameras arrays). `tracks` must hold the
-    tracks stage's arrays (with its camera_* tracks) or be None."""
+def scene_in_memory(frames: Any, tracks: dict[str, Any] | None, pred: dict[str, Any], cameras: dict[str, Any],
+                    depth: dict[str, Any] | None, config: RunConfig) -> dict[str, Any]:
+    """fuse on arrays: the scene.npz arrays."""
     import dataclasses
 
-    from st4r_cli.stages.cameras import compute_cameras
     from st4r_cli.stages.fuse import fuse_scene
 
-    cameras = compute_cameras(pred, tracks, config.cameras)
     fuse = config.fuse
     if tracks is None and fuse.queries == "tracks":
         fuse = dataclasses.replace(fuse, queries="grid")
-    return fuse_scene(frames, tracks, pred, cameras, fuse, config.cameras, config.visibility), cameras
+    return fuse_scene(frames, tracks, pred, cameras, fuse, config.cameras, config.visibility, depth)
 
 
 def check_run_config(config: RunConfig) -> None:
@@ -298,10 +343,10 @@ def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, A
         artifacts["decode"] = run_decode(run)
         steps: list[tuple[str, Callable[[], Artifact | None]]] = [
             ("tracks", lambda: run_tracks(run, artifacts["decode"], device)),
-            ("depth", lambda: run_depth(run, artifacts["decode"], device)),
+            ("cameras", lambda: run_cameras(run, artifacts, device)),
+            ("depth", lambda: run_depth(run, artifacts, device)),
             ("adapt", lambda: run_adapt(run, artifacts, device)),
             ("predict", lambda: run_predict(run, artifacts, device)),
-            ("cameras", lambda: run_cameras(run, artifacts, device)),
             ("fuse", lambda: run_fuse(run, artifacts, device)),
         ]
         for name, step in steps[:stop_after]:

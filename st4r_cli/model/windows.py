@@ -166,3 +166,15 @@ def apply_delta(model: Any, adapted: dict[str, np.ndarray]) -> None:
                     raise St4rError(f"adapted weights do not match the model (no parameter {name}); "
                                     "rerun with --force adapt")
                 params[name].add_(torch.as_tensor(value, device=params[name].device, dtype=params[name].dtype))
+
+
+def network_focal(model: Any, frames: np.ndarray, device: str) -> float:
+    """The focal (pixels of `frames (T, H, W, 3) uint8`) that the network's frame-0 pointmap implies: the
+    pair (0, 0), head 1, as the predict stage estimates K (`geometry.camera.intrinsics_from_pointmap`)."""
+    import torch
+
+    from st4r_cli.geometry.camera import intrinsics_from_pointmap
+    from st4r_cli.model.inference import predict_pairs
+
+    out = predict_pairs(model, frames[:1], [(0, 0)], batch_size=1, device=device, amp=False)
+    return float(intrinsics_from_pointmap(torch.as_tensor(out["track_pts"][0]))[0, 0])
