@@ -106,8 +106,19 @@ def compute_tracks(frames: Any, cfg: TracksConfig, device: str = "cpu", seed: in
     num_frames, height, width = frames.shape[:3]
     queries = make_queries(cfg.query_mode, num_frames, (height, width), cfg.grid_size,
                            cfg.query_every_k, cfg.query_file)
-    out = _run_tracker(frames, queries, cfg, device, seed)
-    camera = camera_tracks(frames, cfg, device, seed)
+    if cfg.backend == "builtin":
+        # one pass for both sets: the built-in tracker follows every point on its own (one flow field
+        # per frame pair, per-point LK), so the stage's tracks are the same as tracked alone
+        cam_queries = camera_queries(num_frames, (height, width), cfg)
+        both = _run_tracker(frames, np.concatenate([np.asarray(queries, np.float32), cam_queries.astype(np.float32)]),
+                            cfg, device, seed)
+        count = len(queries)
+        out = {key: both[key][:count] for key in ("tracks_xy", "visible", "confidence")}
+        camera = {"camera_queries": cam_queries, "camera_tracks_xy": np.asarray(both["tracks_xy"][count:], np.float32),
+                  "camera_visible": np.asarray(both["visible"][count:], bool)}
+    else:  # a learned tracker attends across its points: the camera tracks must not change the stage's
+        out = _run_tracker(frames, queries, cfg, device, seed)
+        camera = camera_tracks(frames, cfg, device, seed)
     return {"tracks_xy": np.asarray(out["tracks_xy"], dtype=np.float32),
             "visible": np.asarray(out["visible"], dtype=bool),
             "confidence": np.clip(np.asarray(out["confidence"], dtype=np.float32), 0.0, 1.0),
@@ -127,17 +138,27 @@ def camera_tracks(frames: Any, cfg: TracksConfig, device: str = "cpu", seed: int
     video has tracks that start in it."""
     import numpy as np
 
-    from st4r_cli.tracking.queries import grid_queries
-
     num_frames, height, width = frames.shape[:3]
-    seeds = list(range(cfg.camera_every_k, num_frames - 1, cfg.camera_every_k)) if cfg.camera_every_k else []
-    if not seeds:
-        return {"camera_queries": np.zeros((0, 3)), "camera_tracks_xy": np.zeros((0, num_frames, 2), np.float32),
+    queries = camera_queries(num_frames, (height, width), cfg)
+    if not len(queries):
+        return {"camera_queries": queries, "camera_tracks_xy": np.zeros((0, num_frames, 2), np.float32),
                 "camera_visible": np.zeros((0, num_frames), bool)}
-    queries = grid_queries(cfg.camera_grid_size, (height, width), seeds).astype(np.float64)
     out = _run_tracker(frames, queries.astype(np.float32), cfg, device, seed, "camera tracks")
     return {"camera_queries": queries, "camera_tracks_xy": np.asarray(out["tracks_xy"], np.float32),
             "camera_visible": np.asarray(out["visible"], bool)}
+
+
+def camera_queries(num_frames: int, hw: tuple[int, int], cfg: TracksConfig) -> Any:
+    """(B, 3) float64 (t, x, y): the `camera_grid_size` grid on every `camera_every_k`-th frame after
+    frame 0 and before the last (B = 0 with camera_every_k 0 or a short video)."""
+    import numpy as np
+
+    from st4r_cli.tracking.queries import grid_queries
+
+    seeds = list(range(cfg.camera_every_k, num_frames - 1, cfg.camera_every_k)) if cfg.camera_every_k else []
+    if not seeds:
+        return np.zeros((0, 3))
+    return grid_queries(cfg.camera_grid_size, hw, seeds).astype(np.float64)
 
 
 def builtin_params(cfg: TracksConfig):  # -> BuiltinTrackerParams

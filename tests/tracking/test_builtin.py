@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from st4r_cli.stages.tracks import TracksConfig, compute_tracks
+from st4r_cli.stages.tracks import TracksConfig, camera_tracks, compute_tracks
 from st4r_cli.tracking.builtin import BuiltinTrackerParams, track_points
 
 SIZE_HW = (120, 160)
@@ -177,6 +177,14 @@ def test_stage_contract_and_determinism() -> None:
     query_t = first["camera_queries"][:, 0].astype(int)
     assert np.allclose(first["camera_tracks_xy"][rows, query_t], first["camera_queries"][:, 1:])
     assert first["camera_visible"][rows, query_t].all()
+    # tracked in one pass with the stage's own queries, yet the same as tracked alone (per-point tracker)
+    alone = compute_tracks(frames, TracksConfig(grid_size=6, camera_every_k=0), "cpu", seed=0)
+    assert len(alone["camera_queries"]) == 0
+    for key in ("tracks_xy", "visible", "confidence", "queries"):
+        assert np.array_equal(first[key], alone[key])
+    camera_alone = camera_tracks(frames, cfg)
+    for key in ("camera_queries", "camera_tracks_xy", "camera_visible"):
+        assert np.array_equal(first[key], camera_alone[key])
 
 
 def test_a_point_that_leaves_the_image_is_invisible_and_not_clamped_to_the_border():
