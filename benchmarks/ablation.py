@@ -6,11 +6,11 @@
     python benchmarks/ablation.py --merge part_a.json part_b.json --out results.json
 
 Per clip, the 2D pseudo-tracks (built-in tracker, 32x32 grid on frame 0) are computed once and shared by
-every variant; each variant starts from the same checkpoint, adapts (`stages.adapt.adapt_model`),
-predicts every window and chains them (`stages.chain`; its camera bundle adjustment and track fusion
-are off, so the rows differ by the adapted network only, unless `--refine` asks for the full
-pipeline as `st4r adapt` runs it), and the resulting scene is scored with
-`st4r_cli.eval.evaluate_clip`:
+every variant; each variant starts from the same checkpoint and runs the pipeline's stages in memory
+(`st4r_cli.pipeline.predict_in_memory`: adapt, predict; `scene_in_memory`: cameras, fuse) with a
+`RunConfig` (the cameras stage's bundle adjustment and the fusion of 3D tracks with the 2D tracks are
+off, so the rows differ by the adapted network only, unless `--refine` asks for the full pipeline as
+`st4r adapt` runs it), and the resulting scene is scored with `st4r_cli.eval.evaluate_clip`:
 - synthetic presets (`st4r synth`, exact ground truth): world-track APD/EPE, ATE, RPE, AbsRel, 2D metrics;
 - TAP-Vid DAVIS clips (../shared/benchmarks/tapvid-davis-32, first `--davis` clips): the scene's 3D tracks
   are started at the human-annotated queries (tracked in 2D by the built-in tracker, lifted and carried
@@ -18,7 +18,7 @@ pipeline as `st4r adapt` runs it), and the resulting scene is scored with
 - 7-Scenes redkitchen clips (real RGB-D): ATE, RPE, AbsRel, world-track APD from the static-scene
   derivation, with COLMAP (pycolmap: SIFT, exhaustive matching, incremental mapping) beside it (`--colmap`).
 No mono-depth backend has weights here, so the depth term of the TTA loss is off in every variant.
-Seconds per frame = (adapt + window inference + chaining) / frames; peak memory = the process's peak
+Seconds per frame = (adapt + predict + cameras + fuse) / frames; peak memory = the process's peak
 resident set growth while the variant runs. Writes benchmarks/results/ablation.json (or `--out`).
 On 2 cores, run one process per preset group and join their files with `--merge` (same settings
 required; the summary is recomputed over all clips).
@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from st4r_cli.stages.adapt import AdaptConfig
+    from st4r_cli.configs import AdaptConfig
+    from st4r_cli.runs.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "ablation.json"
@@ -96,23 +97,18 @@ def _rss_mib() -> float:
 
 def run_variant(model, frames, tracks_tta, tracks_out, variant: dict, args, seed: int) -> tuple[dict, dict]:
     """(scene arrays, stats) of one variant on one clip."""
-    from st4r_cli.stages.adapt import adapt_model, predict_windows
-    from st4r_cli.stages.chain import chain_windows
+    from st4r_cli.pipeline import predict_in_memory, scene_in_memory
 
-    cfg = replace(args.adapt_config, cpu_threads=args.threads, **variant)
-    queries = "tracks" if tracks_out is not None else "grid"
-    chain = full_chain_config(queries=queries) if args.refine else tta_chain_config(queries=queries)
-    chain = replace(chain, **args.chain_overrides)
+    config = variant_config(args, variant, "tracks" if tracks_out is not None else "grid", seed)
     net = copy.deepcopy(model)
     with PeakRss() as mem:
         start = time.perf_counter()
-        adapted = adapt_model(net, frames, tracks_tta, None, cfg, chain, "cpu", seed)
-        t_adapt = time.perf_counter() - start
-        pred = predict_windows(net, frames, cfg, chain, "cpu")
-        scene = chain_windows(pred, frames, tracks_out, chain)
+        adapted, pred = predict_in_memory(net, frames, tracks_tta, None, config, "cpu")
+        t_network = time.perf_counter() - start
+        scene, _ = scene_in_memory(frames, tracks_out, pred, config)
         total = time.perf_counter() - start
     hist = adapted["loss_history"]
-    stats = {"seconds_adapt": round(t_adapt, 2), "seconds_total": round(total, 2),
+    stats = {"seconds_network": round(t_network, 2), "seconds_total": round(total, 2),
              "seconds_per_frame": round(total / len(frames), 3), "peak_mem_mib": round(mem.growth_mib, 1),
              "rollbacks": int(adapted["rollbacks"]),
              "loss_first": float(np.nanmean(hist[:3])) if hist.size else None,
@@ -120,24 +116,27 @@ def run_variant(model, frames, tracks_tta, tracks_out, variant: dict, args, seed
     return scene, stats
 
 
-def tta_chain_config(**kw):
-    """ChainConfig for the TTA comparison: the chain stage's own refinements (camera bundle adjustment,
-    3D tracks fused with the 2D tracks) off and visibility from the z-buffer test, so the rows differ
-    by the adapted network only."""
-    import dataclasses
+def variant_config(args, variant: dict, queries: str, seed: int) -> RunConfig:
+    """The RunConfig of one variant: defaults; for the TTA comparison (no `--refine`) the cameras stage's
+    bundle adjustment and the fusion with the 2D tracks off and visibility from the z-buffer test (OA
+    then scores the network too); `--threads`; every `--set SECTION.FIELD=VALUE`; the shared TTA flags
+    (--iters, --lr, --params, --prior-weight); the variant's adapt fields."""
+    from st4r_cli.runs.config import RunConfig, apply_overrides
 
-    from st4r_cli.stages.chain import ChainConfig
+    config = RunConfig(seed=seed)
+    config.fuse = replace(config.fuse, queries=queries)
+    if not args.refine:
+        config.cameras = replace(config.cameras, refine="none")
+        config.fuse = replace(config.fuse, fuse_tracks=False, visibility="mask")
+    config.predict = replace(config.predict, cpu_threads=args.threads)
+    apply_overrides(config, list(args.set))
+    config.adapt = replace(config.adapt, **_adapt_flags(args), **variant)
+    return config
 
-    fields = {f.name for f in dataclasses.fields(ChainConfig)}
-    off = {"refine": "none", "fuse_tracks": False, "visibility": "mask"}  # OA then scores the network too
-    return ChainConfig(**kw, **{k: v for k, v in off.items() if k in fields})
 
-
-def full_chain_config(**kw):
-    """ChainConfig as `st4r adapt` runs it (camera bundle adjustment and track fusion on)."""
-    from st4r_cli.stages.chain import ChainConfig
-
-    return ChainConfig(**kw)
+def _adapt_flags(args) -> dict:
+    shared = {"iters": args.iters, "lr": args.lr, "params": args.params, "prior_weight": args.prior_weight}
+    return {k: v for k, v in shared.items() if v is not None}
 
 
 def grid_tracks(frames: np.ndarray, seed: int) -> dict:
@@ -341,13 +340,13 @@ def main() -> None:
     parser.add_argument("--prior-weight", type=float, default=None,
                         help="self-distillation prior weight, shared by every TTA variant (default: AdaptConfig's)")
     parser.add_argument("--refine", action="store_true",
-                        help="score the full pipeline (chain refinement on) instead of the adapted network alone")
+                        help="score the full pipeline (camera bundle adjustment and track fusion on) instead of the adapted network alone")
     parser.add_argument("--oracle-tracks", action="store_true",
                         help="synthetic presets: adapt on the ground-truth 2D tracks instead of the tracker's "
                              "(outputs keep the tracker's queries and visibility)")
-    parser.add_argument("--set", action="append", default=[], metavar="adapt.FIELD=VALUE",
-                        help="override an adapt.* or chain.* setting for every variant (repeatable), "
-                             "e.g. --set adapt.prior_kind=anchor")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a run config setting (adapt.*, predict.*, cameras.*, fuse.*, ...) for "
+                             "every variant (repeatable), e.g. --set adapt.prior_kind=anchor")
     parser.add_argument("--merge", nargs="+", metavar="PART.json",
                         help="run nothing: merge result files of one setting run in parallel (e.g. one per "
                              "preset) into --out, recomputing the summary")
@@ -356,14 +355,11 @@ def main() -> None:
     if args.merge:
         merge_results(args.merge, args.out)
         return
-    bad = [s for s in args.set if not s.startswith(("adapt.", "chain."))]
-    if bad:
-        parser.error(f"--set takes adapt.* or chain.* settings, got {bad[0]}")
     from st4r_cli.errors import St4rError
 
     try:
         args.adapt_config = shared_adapt_config(args)
-        args.chain_overrides = chain_overrides(args.set)
+        variant_config(args, {}, "tracks", 0)   # every --set checked before any work
     except St4rError as err:
         parser.error(str(err))
 
@@ -375,9 +371,11 @@ def main() -> None:
     progress.set_verbosity(quiet=True)
     torch.set_num_threads(args.threads)
     model = load_model(args.model, "cpu")
-    args.header = {"model": args.model, "frames": args.frames, "adapt": adapt_header(args),
-                   "chain": ("defaults: refine ba, fuse_tracks on (full pipeline)" if args.refine
-                             else "refine none, fuse_tracks off (TTA comparison)"),
+    args.header = {"provenance": provenance(),
+                   "config": variant_config(args, {}, "tracks", 0).to_dict(),
+                   "model": args.model, "frames": args.frames, "adapt": adapt_header(args),
+                   "pipeline": ("defaults: cameras.refine ba, fuse.fuse_tracks on (full pipeline)" if args.refine
+                                else "cameras.refine none, fuse.fuse_tracks off, fuse.visibility mask (TTA comparison)"),
                    "threads": args.threads, "variants": args.variants, "depth_backend": "none",
                    "tta_tracks": "ground truth (--oracle-tracks)" if args.oracle_tracks else "built-in tracker",
                    "seeds": args.seeds, "overrides": args.set}
@@ -399,14 +397,17 @@ def merge_results(parts: list[str], out: str) -> None:
     `out`, with the summary recomputed over all clips."""
     results = [json.loads(Path(p).read_text()) for p in parts]
     def header_of(res: dict) -> dict:  # the settings (files written before a fix also hold clip rows, "x/0")
-        return {k: v for k, v in res.items() if k not in (*GROUPS, "summary", "seeds") and "/" not in k}
+        return {k: v for k, v in res.items()
+                if k not in (*GROUPS, "summary", "seeds", "provenance", "merged_provenance") and "/" not in k}
 
     header = header_of(results[0])
     for part, res in zip(parts, results):
         if header_of(res) != header:
             raise SystemExit(f"ablation.py: error: {part} was run with other settings than {parts[0]}")
-    merged: dict = {**header, "seeds": sorted({s for r in results for s in r.get("seeds", [])}),
-                    "merged_from": [Path(p).name for p in parts]}
+    merged: dict = {"provenance": provenance(), **header,
+                    "seeds": sorted({s for r in results for s in r.get("seeds", [])}),
+                    "merged_from": [Path(p).name for p in parts],
+                    "merged_provenance": [r.get("provenance") for r in results]}
     for group in GROUPS:
         rows = {name: row for res in results for name, row in res.get(group, {}).items()}
         if rows:
@@ -416,6 +417,17 @@ def merge_results(parts: list[str], out: str) -> None:
     Path(out).write_text(json.dumps(merged, indent=2) + "\n")
     print_comparisons(merged["summary"])
     print("->", out)
+
+
+def provenance() -> dict:
+    """benchmarks/_provenance.py's record (commit, command, date), loaded by path: this script also runs
+    as a module of the tests, where benchmarks/ is not on the import path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("st4r_bench_provenance", Path(__file__).with_name("_provenance.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.provenance()
 
 
 def print_comparisons(summary: dict) -> None:
@@ -439,7 +451,7 @@ def adapt_header(args) -> dict:
     from st4r_cli.stages.adapt import resolve
 
     cfg = args.adapt_config
-    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("loss", "cpu_threads")}
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "loss"}
     out.update(dataclasses.asdict(resolve(cfg, "cpu")))
     return out
 
@@ -450,17 +462,7 @@ def shared_adapt_config(args) -> AdaptConfig:
     from st4r_cli.runs.config import RunConfig, apply_overrides
 
     cfg = apply_overrides(RunConfig(), [s for s in args.set if s.startswith("adapt.")]).adapt
-    shared = {"iters": args.iters, "lr": args.lr, "params": args.params, "prior_weight": args.prior_weight}
-    return replace(cfg, **{k: v for k, v in shared.items() if v is not None})
-
-
-def chain_overrides(overrides: list[str]) -> dict:
-    """The `--set chain.*` values, checked against ChainConfig (applied on top of each run's chain config)."""
-    from st4r_cli.runs.config import RunConfig, apply_overrides
-
-    chain = apply_overrides(RunConfig(), [s for s in overrides if s.startswith("chain.")]).chain
-    names = {s.split("=", 1)[0].split(".", 1)[1].strip() for s in overrides if s.startswith("chain.")}
-    return {name: getattr(chain, name) for name in names}
+    return replace(cfg, **_adapt_flags(args))
 
 
 def summarize(results: dict) -> dict:

@@ -1,16 +1,18 @@
-"""The chain stage's refinement (bundle-adjusted cameras + 3D tracks fused with the 2D tracks) on and off.
+"""The camera refinement (cameras stage: bundle adjustment) and track fusion (fuse stage) on and off.
 
     python benchmarks/refine.py [--presets easy occlusion fast-motion static-scene] [--seeds 0 1 2]
         [--davis 10] [--sevenscenes] [--tta none robust] [--frames 24] [--out benchmarks/results/refine.json]
 
 Per clip the network (shipped st4r-tiny) predicts every window once per TTA setting (`--tta`: `none`
-= no adaptation, `robust` = the default `st4r adapt` TTA), and the same predictions are chained twice:
-`chain.refine=none` (the network's own cameras and head-1 tracks, as the TTA ablation scores them) and
-`chain.refine=ba` (the default of `st4r adapt`). Scored with `st4r_cli.eval.evaluate_clip` like
+= no adaptation, `robust` = the default `st4r adapt` TTA; `st4r_cli.pipeline.predict_in_memory`), and
+the same predictions go through the cameras and fuse stages twice (`pipeline.scene_in_memory`):
+`cameras.refine=none` (the network's own cameras and head-1 tracks, as the TTA ablation scores them) and
+`cameras.refine=ba` (the default of `st4r adapt`). Scored with `st4r_cli.eval.evaluate_clip` like
 benchmarks/ablation.py: synthetic presets (exact ground truth), TAP-Vid DAVIS (2D metrics of the scene's
 reprojected tracks, started at the human queries), 7-Scenes redkitchen (ATE/RPE, depth, world tracks from
 the static-scene derivation; COLMAP's numbers are in benchmarks/results/colmap_7scenes.json).
-`seconds_refine` is the refinement's own time (bundle tracks + bundle adjustment + re-lifting), 1 thread.
+`seconds_chain` is the cameras + fuse stages' time (bundle adjustment + re-lifting), 1 thread; the
+camera solver's extra tracks are part of the tracks (computed once per clip).
 Writes benchmarks/results/refine.json (partial results after every clip).
 """
 
@@ -43,22 +45,20 @@ OUT = ROOT / "benchmarks" / "results" / "refine.json"
 
 def clip_rows(model, frames, tracks_tta, tracks_out, clip, args, seed: int) -> dict:
     """{tta}/{refine} -> headline metrics for one clip."""
-    from st4r_cli.stages.adapt import AdaptConfig, adapt_model, predict_windows
-    from st4r_cli.stages.chain import ChainConfig, chain_windows
+    from st4r_cli.pipeline import predict_in_memory, scene_in_memory
+    from st4r_cli.runs.config import RunConfig
 
     rows = {}
-    chain_base = ChainConfig(queries="tracks")
     for tta in args.tta:
-        net = copy.deepcopy(model)
-        cfg = AdaptConfig(loss=tta, cpu_threads=1)
+        config = RunConfig(seed=seed)
+        config.adapt = replace(config.adapt, loss=tta)
         start = time.perf_counter()
-        if tta != "none":
-            adapt_model(net, frames, tracks_tta, None, cfg, chain_base, "cpu", seed)
-        pred = predict_windows(net, frames, cfg, chain_base, "cpu")
+        _, pred = predict_in_memory(copy.deepcopy(model), frames, tracks_tta, None, config, "cpu")
         seconds_net = time.perf_counter() - start
         for refine in ("none", "ba"):
+            config.cameras = replace(config.cameras, refine=refine)
             start = time.perf_counter()
-            scene = chain_windows(pred, frames, tracks_out, replace(chain_base, refine=refine))
+            scene, _ = scene_in_memory(frames, tracks_out, pred, config)
             row = {**score(scene, clip), "seconds_network": round(seconds_net, 2),
                    "seconds_chain": round(time.perf_counter() - start, 2)}
             if refine == "ba":
@@ -139,8 +139,11 @@ def main() -> None:
     progress.set_verbosity(quiet=True)
     torch.set_num_threads(1)
     model = load_model(args.model, "cpu")
-    args.header = {"model": args.model, "frames": args.frames, "tta": args.tta, "seeds": args.seeds,
-                   "threads": 1, "depth_backend": "none"}
+    from ablation import provenance
+    from st4r_cli.runs.config import RunConfig
+
+    args.header = {"provenance": provenance(), "config": RunConfig().to_dict(), "model": args.model,
+                   "frames": args.frames, "tta": args.tta, "seeds": args.seeds, "threads": 1, "depth_backend": "none"}
     args.partial = {}
     if args.presets:
         synthetic(model, args)

@@ -1,4 +1,6 @@
-"""The `st4r adapt` pipeline: decode -> tracks -> depth -> adapt (TTA) -> chain -> scene.npz.
+"""The `st4r adapt` pipeline: decode -> tracks -> cameras -> depth -> adapt (TTA) -> predict -> fuse
+-> scene.npz. The cameras come first, from the 2D tracks alone; the multi-view depth uses them, the TTA
+uses that depth, and the fuse stage puts the adapted network's geometry into those cameras. This module is the only one that wires stages together: stages never import each other.
 
 Every stage goes through the run's cache (`Run.stage`): its key is the hash of its input content
 (upstream artifacts' digests, the input file's bytes), its config and its version, so a rerun reuses
@@ -16,17 +18,20 @@ from typing import Any
 
 from st4r_cli import progress
 from st4r_cli.errors import St4rError
-from st4r_cli.runs import Artifact, Run, RunConfig, digest_file_or_missing, digest_path
+from st4r_cli.runs import Artifact, Run, RunConfig, digest_arrays, digest_file_or_missing, digest_path
 from st4r_cli.runs.config import keyed_fields
 from st4r_cli.stages.decode import DECODE_VERSION, check_decode_config, decode
 
-STAGES = ("decode", "tracks", "depth", "adapt", "chain")
+STAGES = ("decode", "tracks", "cameras", "depth", "adapt", "predict", "fuse")
+# Former stage names: `chain` (window inference + chaining + bundle adjustment) is now predict,
+# cameras and fuse. `--force chain` recomputes all three; `--until chain` stops after fuse.
+STAGE_ALIASES: dict[str, tuple[str, ...]] = {"chain": ("cameras", "predict", "fuse")}
 SCENE_FILE = "scene.npz"
 
 
 def check_force(force: list[str] | set[str] | tuple[str, ...]) -> None:
     """St4rError for --force values that name no stage."""
-    unknown = sorted(set(force) - set(STAGES) - {"all"})
+    unknown = sorted(set(force) - set(STAGES) - set(STAGE_ALIASES) - {"all"})
     if unknown:
         raise St4rError(f"--force: unknown stage(s) {', '.join(unknown)} "
                         f"(stages: {', '.join(STAGES)}, or all)")
@@ -34,8 +39,16 @@ def check_force(force: list[str] | set[str] | tuple[str, ...]) -> None:
 
 def check_until(until: str | None) -> None:
     """St4rError unless `until` is None or a stage name."""
-    if until is not None and until not in STAGES:
+    if until is not None and until not in STAGES and until not in STAGE_ALIASES:
         raise St4rError(f"--until: unknown stage '{until}' (stages: {', '.join(STAGES)})")
+
+
+def _expand_aliases(run: Run, until: str | None) -> str | None:
+    """Former stage names -> today's: in `run.force` (in place) and for `until`."""
+    for old, new in STAGE_ALIASES.items():
+        if old in run.force:
+            run.force.update(new)
+    return STAGE_ALIASES[until][-1] if until in STAGE_ALIASES else until
 
 
 def _config_with_seed(config: Any, seed: int) -> dict[str, Any]:
@@ -52,11 +65,16 @@ def tracks_cache_key(cfg: Any, seed: int, decoded: Artifact) -> tuple[dict[str, 
     return _config_with_seed(cfg, seed), [decoded.digest, *map(digest_file_or_missing, input_files(cfg))]
 
 
-def depth_cache_key(cfg: Any, decoded: Artifact) -> tuple[dict[str, Any], list[str]]:
-    """(config, inputs) keying the depth stage: frames, checkpoint contents, config."""
+def depth_cache_key(cfg: Any, decoded: Artifact, cameras: Artifact | None = None
+                    ) -> tuple[dict[str, Any], list[str]]:
+    """(config, inputs) keying the depth stage: frames, checkpoint contents (moge) or the solved cameras
+    (multiview), config."""
     from st4r_cli.stages.depth import input_files
 
-    return {"config": keyed_fields(cfg)}, [decoded.digest, *map(digest_file_or_missing, input_files(cfg))]
+    inputs = [decoded.digest, *map(digest_file_or_missing, input_files(cfg))]
+    if cfg.backend == "multiview":
+        inputs.append(_optional(cameras, "no-cameras"))
+    return {"config": keyed_fields(cfg)}, inputs
 
 
 def run_decode(run: Run) -> Artifact:
@@ -80,34 +98,216 @@ def run_tracks(run: Run, decoded: Artifact, device: str) -> Artifact:
                      lambda: compute_tracks(decoded["frames"], cfg, device, seed))
 
 
-def run_depth(run: Run, decoded: Artifact, device: str) -> Artifact | None:
-    """Per-frame mono-depth (`stages.depth.compute_depth`); skipped with `depth.backend: none`."""
+def run_cameras(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
+    """Every frame's camera from the 2D tracks alone (`stages.cameras.compute_cameras`), starting from the
+    focal of `cameras.focal_init`, `predict.focal`, or the un-adapted network's frame-0 pointmap.
+    Inputs: tracks, the frames (and the checkpoint when the network gives the focal)."""
+    from st4r_cli.stages.cameras import CAMERAS_VERSION, check_cameras_config, compute_cameras
+
+    cfg = run.config.cameras
+    check_cameras_config(cfg)
+    decoded, tracks = artifacts["decode"], artifacts.get("tracks")
+    given = cfg.focal_init or run.config.predict.focal
+    inputs = [decoded.digest, _optional(tracks, "no-tracks"), "given-focal" if given else model_digest(run)]
+
+    def compute() -> dict[str, Any]:
+        frames = decoded["frames"]
+        focal = given
+        if not focal and cfg.refine == "ba":
+            from st4r_cli.model.io import load_model
+            from st4r_cli.model.windows import network_focal, torch_threads
+
+            with torch_threads(run.config.predict.cpu_threads, device):
+                focal = network_focal(load_model(model_path(run), device), frames, device)
+        return compute_cameras(tracks.load() if tracks else None, frames.shape[1:3], frames.shape[0], cfg, focal)
+
+    key = {"cameras": keyed_fields(cfg), "focal": float(given)}
+    return run.stage("cameras", CAMERAS_VERSION, key, inputs, compute)
+
+
+def run_depth(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact | None:
+    """Per-frame depth (`stages.depth.compute_depth`); skipped with `depth.backend: none`, and (said so)
+    with `multiview` when the cameras stage did not solve the cameras."""
     cfg = run.config.depth
     if getattr(cfg, "backend", None) == "none":
         progress.debug("depth: backend none, skipped")
         return None
     from st4r_cli.stages.depth import DEPTH_VERSION, compute_depth
 
-    key_config, inputs = depth_cache_key(cfg, decoded)
+    decoded, cameras = artifacts["decode"], artifacts.get("cameras")
+    if cfg.backend == "multiview" and (cameras is None or not bool(cameras["ba_accepted"])):
+        status = str(cameras["camera_status"]) if cameras is not None else "no cameras stage"
+        progress.log(f"[yellow]-[/yellow] depth (multiview): skipped, the cameras were not solved ({status}); "
+                     "the TTA runs without depth")
+        return None
+    key_config, inputs = depth_cache_key(cfg, decoded, cameras)
     return run.stage("depth", DEPTH_VERSION, key_config, inputs,
-                     lambda: compute_depth(decoded["frames"], cfg, device))
+                     lambda: compute_depth(decoded["frames"], cfg, device, cameras.load() if cameras else None))
 
 
-def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact | None:
-    """Test-time adaptation (`stages.adapt.run_adapt_stage`, owned by issue 6): adapted weight deltas."""
-    from st4r_cli.stages.adapt import run_adapt_stage
+def model_path(run: Run) -> Path:
+    """The run's checkpoint (St4rError when it is missing)."""
+    from st4r_cli.paths import resolve_model_path
 
-    return run_adapt_stage(run, artifacts, device)
+    path = Path(resolve_model_path(run.config.model))
+    if not path.is_file():
+        raise St4rError(f"model checkpoint not found: {run.config.model} (the embedded default is "
+                        "weights/st4r-tiny/model.safetensors; pass --model PATH)")
+    return path
 
 
-def run_chain(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact | None:
-    """Window inference + world-frame chaining (`stages.chain.run_chain_stage`, owned by issue 6).
+def model_digest(run: Run) -> str:
+    """Content digest of the run's checkpoint (a placeholder naming the path when it is missing)."""
+    from st4r_cli.paths import resolve_model_path
 
-    Its artifact holds the `scene.npz` arrays; `run_pipeline` publishes them as `<run>/scene.npz`.
+    return digest_file_or_missing(resolve_model_path(run.config.model))
+
+
+def _device_key(device: str) -> str:
+    return str(device).split(":")[0]
+
+
+def _optional(artifact: Artifact | None, missing: str) -> str:
+    return artifact.digest if artifact is not None else missing
+
+
+# The tracks stage's arrays the network adapts on; its camera_* tracks are the camera solver's only.
+ADAPT_TRACK_ARRAYS = ("tracks_xy", "visible", "confidence", "queries")
+
+
+def _adapt_tracks_digest(tracks: Artifact | None) -> str:
+    """Content digest of the tracks adapt reads, so a camera-track setting (`tracks.camera_*`) re-runs
+    tracks, cameras and fuse but not the network."""
+    if tracks is None:
+        return "no-tracks"
+    arrays = tracks.load()
+    return digest_arrays({name: arrays[name] for name in ADAPT_TRACK_ARRAYS if name in arrays})
+
+
+def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
+    """Test-time adaptation (`stages.adapt.adapt_model`): the adapted weights as deltas.
+
+    Inputs: decode, tracks, depth (when present) and the checkpoint's content digest; key: the adapt,
+    predict (windows, focal, batches) and visibility configs, the resolved device defaults, the seed.
     """
-    from st4r_cli.stages.chain import run_chain_stage
+    import dataclasses
 
-    return run_chain_stage(run, artifacts, device)
+    from st4r_cli.model.io import load_model
+    from st4r_cli.stages.adapt import ADAPT_VERSION, adapt_model, check_adapt_config, resolve
+    from st4r_cli.stages.predict import check_predict_config
+
+    cfg = run.config
+    check_adapt_config(cfg.adapt)
+    check_predict_config(cfg.predict)
+    decoded, tracks, depth = artifacts["decode"], artifacts.get("tracks"), artifacts.get("depth")
+    key = {"adapt": keyed_fields(cfg.adapt), "predict": keyed_fields(cfg.predict),
+           "visibility": keyed_fields(cfg.visibility),
+           "resolved": dataclasses.asdict(resolve(cfg.adapt, device, cfg.predict.batch_size)),
+           "seed": cfg.seed, "device": _device_key(device)}
+    inputs = [decoded.digest, _adapt_tracks_digest(tracks), _optional(depth, "no-depth"), model_digest(run)]
+
+    def compute() -> dict[str, Any]:
+        model = load_model(model_path(run), device)
+        return adapt_model(model, decoded["frames"], tracks.load() if tracks else None,
+                           depth.load() if depth else None, cfg.adapt, cfg.predict, cfg.visibility, device, cfg.seed)
+
+    return run.stage("adapt", ADAPT_VERSION, key, inputs, compute)
+
+
+def run_predict(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
+    """The (adapted) network over every window (`stages.predict.compute_predict`).
+
+    Inputs: decode, depth (its intrinsics may give the focal), adapt (weight deltas) and the checkpoint.
+    """
+    from st4r_cli.model.io import load_model
+    from st4r_cli.model.windows import apply_delta, batch_size_for
+    from st4r_cli.stages.predict import PREDICT_VERSION, check_predict_config, compute_predict
+
+    cfg = run.config.predict
+    check_predict_config(cfg)
+    decoded, depth, adapted = artifacts["decode"], artifacts.get("depth"), artifacts.get("adapt")
+    key = {"predict": keyed_fields(cfg), "batch_size": batch_size_for(cfg.batch_size, device),
+           "device": _device_key(device)}
+    inputs = [decoded.digest, _optional(depth, "no-depth"), _optional(adapted, "not-adapted"), model_digest(run)]
+
+    def compute() -> dict[str, Any]:
+        model = load_model(model_path(run), device)
+        if adapted is not None:
+            apply_delta(model, adapted.load())
+        return compute_predict(model, decoded["frames"], cfg, device, depth.load() if depth else None)
+
+    return run.stage("predict", PREDICT_VERSION, key, inputs, compute)
+
+
+def run_fuse(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
+    """World 3D tracks, visibility and pointmaps (`stages.fuse.fuse_scene`): the `scene.npz` arrays,
+    which `run_pipeline` publishes as `<run>/scene.npz`. Inputs: decode, tracks, cameras, depth, predict."""
+    import dataclasses
+
+    from st4r_cli.stages.fuse import FUSE_VERSION, check_fuse_config, fuse_scene
+
+    cfg = run.config.fuse
+    check_fuse_config(cfg)
+    decoded, tracks, depth = artifacts["decode"], artifacts.get("tracks"), artifacts.get("depth")
+    predicted, cameras = artifacts["predict"], artifacts["cameras"]
+    if tracks is None and cfg.queries == "tracks":
+        progress.log("[yellow]-[/yellow] fuse: no 2D tracks, 3D tracks start from a frame-0 grid")
+        cfg = dataclasses.replace(cfg, queries="grid")
+    key = {"fuse": keyed_fields(cfg), "cameras": keyed_fields(run.config.cameras),
+           "visibility": keyed_fields(run.config.visibility)}
+    inputs = [decoded.digest, _optional(tracks, "no-tracks"), predicted.digest, cameras.digest,
+              _optional(depth, "no-depth")]
+    return run.stage("fuse", FUSE_VERSION, key, inputs,
+                     lambda: fuse_scene(decoded["frames"], tracks.load() if tracks else None, predicted.load(),
+                                        cameras.load(), cfg, run.config.cameras, run.config.visibility,
+                                        depth.load() if depth else None))
+
+
+# ----------------------------------------------------------------------------------------------
+# the same stages in memory, without a run directory (benchmarks: one set of tracks shared by many
+# settings, ground-truth tracks, ...). Same stage functions and configs as the cached stages above.
+# ----------------------------------------------------------------------------------------------
+
+def geometry_in_memory(model: Any, frames: Any, tracks: dict[str, Any] | None, config: RunConfig, device: str
+                       ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """cameras -> depth on arrays: (cameras arrays, depth arrays or None). `tracks` must hold the tracks
+    stage's arrays (with its camera_* tracks) or be None; `model`: the un-adapted network (its frame-0
+    focal starts the camera solver unless the config gives one)."""
+    from st4r_cli.model.windows import network_focal
+    from st4r_cli.stages.cameras import compute_cameras
+    from st4r_cli.stages.depth import compute_depth
+
+    num_frames, h, w = frames.shape[:3]
+    focal = config.cameras.focal_init or config.predict.focal or network_focal(model, frames, device)
+    cameras = compute_cameras(tracks, (h, w), num_frames, config.cameras, focal)
+    depth = None
+    if config.depth.backend == "multiview" and bool(cameras["ba_accepted"]):
+        depth = compute_depth(frames, config.depth, device, cameras)
+    return cameras, depth
+
+
+def predict_in_memory(model: Any, frames: Any, tracks: dict[str, Any] | None, depth: dict[str, Any] | None,
+                      config: RunConfig, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """adapt -> predict on arrays: (adapt arrays, predict arrays). `model` is adapted in place."""
+    from st4r_cli.stages.adapt import adapt_model
+    from st4r_cli.stages.predict import compute_predict
+
+    adapted = adapt_model(model, frames, tracks, depth, config.adapt, config.predict, config.visibility, device,
+                          config.seed)
+    return adapted, compute_predict(model, frames, config.predict, device, depth)
+
+
+def scene_in_memory(frames: Any, tracks: dict[str, Any] | None, pred: dict[str, Any], cameras: dict[str, Any],
+                    depth: dict[str, Any] | None, config: RunConfig) -> dict[str, Any]:
+    """fuse on arrays: the scene.npz arrays."""
+    import dataclasses
+
+    from st4r_cli.stages.fuse import fuse_scene
+
+    fuse = config.fuse
+    if tracks is None and fuse.queries == "tracks":
+        fuse = dataclasses.replace(fuse, queries="grid")
+    return fuse_scene(frames, tracks, pred, cameras, fuse, config.cameras, config.visibility, depth)
 
 
 def check_run_config(config: RunConfig) -> None:
@@ -115,15 +315,19 @@ def check_run_config(config: RunConfig) -> None:
     a bad `--set` value fails at once, not after decoding and tracking (the stages check their own
     config again when they run)."""
     from st4r_cli.stages.adapt import check_adapt_config
-    from st4r_cli.stages.chain import check_chain_config
+    from st4r_cli.stages.cameras import check_cameras_config
     from st4r_cli.stages.depth import check_depth_config
+    from st4r_cli.stages.fuse import check_fuse_config
+    from st4r_cli.stages.predict import check_predict_config
     from st4r_cli.stages.tracks import check_tracks_config
 
     check_decode_config(config.decode)
     check_tracks_config(config.tracks)
     check_depth_config(config.depth)
     check_adapt_config(config.adapt)
-    check_chain_config(config.chain)
+    check_predict_config(config.predict)
+    check_cameras_config(config.cameras)
+    check_fuse_config(config.fuse)
 
 
 def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, Artifact]:
@@ -132,22 +336,25 @@ def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, A
     On any error the run is marked failed/interrupted (never complete) and the error propagates.
     """
     check_until(until)
+    until = _expand_aliases(run, until)
     stop_after = STAGES.index(until) if until else len(STAGES) - 1
     artifacts: dict[str, Artifact] = {}
     try:
         artifacts["decode"] = run_decode(run)
         steps: list[tuple[str, Callable[[], Artifact | None]]] = [
             ("tracks", lambda: run_tracks(run, artifacts["decode"], device)),
-            ("depth", lambda: run_depth(run, artifacts["decode"], device)),
+            ("cameras", lambda: run_cameras(run, artifacts, device)),
+            ("depth", lambda: run_depth(run, artifacts, device)),
             ("adapt", lambda: run_adapt(run, artifacts, device)),
-            ("chain", lambda: run_chain(run, artifacts, device)),
+            ("predict", lambda: run_predict(run, artifacts, device)),
+            ("fuse", lambda: run_fuse(run, artifacts, device)),
         ]
         for name, step in steps[:stop_after]:
             artifact = step()
             if artifact is not None:
                 artifacts[name] = artifact
-        if "chain" in artifacts:
-            run.publish(SCENE_FILE, artifacts["chain"].load())
+        if "fuse" in artifacts:
+            run.publish(SCENE_FILE, artifacts["fuse"].load())
     except KeyboardInterrupt:
         run.mark_failed("interrupted by the user", interrupted=True)
         raise

@@ -32,7 +32,9 @@ def command(
     tracker: Annotated[Optional[Tracker], typer.Option(  # noqa: UP007
         "--tracker", case_sensitive=False, help="2D tracker backend.")] = None,
     depth: Annotated[Optional[DepthBackend], typer.Option(  # noqa: UP007
-        "--depth", case_sensitive=False, help="Mono-depth backend.")] = None,
+        "--depth", case_sensitive=False,
+        help="Depth for the TTA and the static scene: multiview (default; from the solved cameras), "
+             "moge (MoGe-2 mono-depth), none.")] = None,
     long_side: Annotated[Optional[int], typer.Option(  # noqa: UP007
         "--long-side", help="Processing resolution: long side in pixels.")] = None,
     start: Annotated[Optional[int], typer.Option("--start", help="First frame.")] = None,  # noqa: UP007
@@ -43,7 +45,7 @@ def command(
     max_frames: Annotated[Optional[int], typer.Option(  # noqa: UP007
         "--max-frames", help="Keep at most N frames.")] = None,
     until: Annotated[Optional[str], typer.Option(  # noqa: UP007
-        "--until", metavar="STAGE", help="Stop after this stage (decode, tracks, depth, adapt).")] = None,
+        "--until", metavar="STAGE", help="Stop after this stage (decode, tracks, cameras, depth, adapt, predict, fuse).")] = None,
     force: ForceOpt = None,
     device: DeviceOpt = Device.auto,
     seed: Annotated[Optional[int], typer.Option(  # noqa: UP007
@@ -51,7 +53,7 @@ def command(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Video -> 4D: decode, track, depth, test-time adapt, chain; writes RUN/scene.npz."""
+    """Video -> 4D: decode, track, solve the cameras, depth, test-time adapt, predict, fuse; writes RUN/scene.npz."""
     set_verbosity(quiet, verbose)
     from st4r_cli import pipeline, progress
     from st4r_cli.cli.common import resolve_device

@@ -52,10 +52,13 @@ def command(
     def configure(cfg: RunConfig) -> None:
         depth = cfg.depth
         _set_if(depth, "backend", backend.value if backend else None)
-        if depth.backend == "none":
-            depth.backend = "moge" if backend is None else depth.backend
+        if depth.backend in ("none", "multiview") and backend is None:
+            depth.backend = "moge"
         if depth.backend == "none":
             raise St4rError("--depth none computes nothing; use --depth moge")
+        if depth.backend == "multiview":
+            raise St4rError("multi-view depth needs the solved cameras: run `st4r adapt VIDEO --until depth` "
+                            "(st4r depth runs MoGe)")
         _set_if(depth, "moge_weights", str(weights) if weights is not None else None)
         _set_if(depth, "resolution_level", resolution_level)
         check_backend_available(depth)

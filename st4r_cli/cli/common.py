@@ -37,10 +37,11 @@ class Tracker(str, Enum):
 
 
 class DepthBackend(str, Enum):
-    """Mono-depth backends (`st4r_cli.stages.depth.BACKENDS`)."""
+    """Depth backends (`st4r_cli.stages.depth.BACKENDS`)."""
 
-    none = "none"
+    multiview = "multiview"
     moge = "moge"
+    none = "none"
 
 
 DeviceOpt = Annotated[Device, typer.Option(

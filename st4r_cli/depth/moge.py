@@ -41,7 +41,7 @@ OFFICIAL_URLS = {
 
 def weights_path(given: str = "") -> Path:
     """The checkpoint: `given` if set, else weights/moge-2-vitl-normal/model.pt (cwd, then checkout)."""
-    from st4r_cli.runs.config import resolve_model_path
+    from st4r_cli.paths import resolve_model_path
 
     return Path(resolve_model_path(given or DEFAULT_WEIGHTS))
 

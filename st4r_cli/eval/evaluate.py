@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from st4r_cli.errors import St4rError
+from st4r_cli.geometry.camera_np import project_tracks, surface_depths
 from st4r_cli.formats.clip import Clip
 from st4r_cli.formats.scene import scene_dims, scene_image_hw
 
@@ -110,10 +111,7 @@ def _pred_queries(scene: dict[str, np.ndarray], scale_xy: np.ndarray) -> tuple[n
 
 def _pred_depth(scene: dict[str, np.ndarray]) -> np.ndarray:
     """z-depth `(T, H, W)` of the predicted world pointmaps in each predicted camera."""
-    points = scene["pointmaps"].astype(np.float64)
-    w2c = np.linalg.inv(scene["cam_c2w"].astype(np.float64))
-    rot_z, trans_z = w2c[:, 2, :3], w2c[:, 2, 3]
-    return np.einsum("thwc,tc->thw", points, rot_z) + trans_z[:, None, None]
+    return surface_depths(scene["pointmaps"], np.linalg.inv(scene["cam_c2w"].astype(np.float64)))
 
 
 def _resize_nearest(maps: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
@@ -309,13 +307,8 @@ def dense_gt_at(clip: Clip, query_t: np.ndarray, query_xy: np.ndarray, match_px:
     col, row = col[ok], row[ok]
     tracks3d = np.transpose(gt["tracks3d_dense"][:, row, col], (1, 0, 2)).astype(np.float64)
     poses = gt["cam_c2w"].astype(np.float64) if "cam_c2w" in gt else np.tile(np.eye(4), (clip.num_frames, 1, 1))
-    w2c = np.linalg.inv(poses)
-    cam = np.einsum("tij,ntj->nti", w2c[:, :3, :3], tracks3d) + w2c[None, :, :3, 3]
     K = gt["intrinsics"] if gt["intrinsics"].ndim == 2 else gt["intrinsics"][0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tracks2d = np.stack([K[0, 0] * cam[..., 0] / cam[..., 2] + K[0, 2],
-                             K[1, 1] * cam[..., 1] / cam[..., 2] + K[1, 2]], axis=-1)
-    tracks2d[cam[..., 2] <= 0] = np.nan
+    tracks2d, _ = project_tracks(tracks3d, np.linalg.inv(poses), K)     # NaN where z <= 0
     gt.update(tracks3d=tracks3d, tracks2d=tracks2d, visible=gt["visible_dense"][:, row, col].T,
               query_xy=xy[ok], query_t=np.zeros(int(ok.sum()), dtype=np.int64),
               query_rows=np.flatnonzero(query_t == 0)[ok])

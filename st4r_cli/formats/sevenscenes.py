@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from st4r_cli.errors import St4rError
+from st4r_cli.geometry.camera_np import project_static, unproject
 from st4r_cli.formats._io import atomic_directory, read_image, write_image
 
 DEFAULT_INTRINSICS = np.array([[585.0, 0.0, 320.0], [0.0, 585.0, 240.0], [0.0, 0.0, 1.0]])
@@ -84,9 +85,7 @@ def backproject(depth_m: np.ndarray, intrinsics: np.ndarray, xy: np.ndarray) -> 
     pixel (exact for integer pixel centres)."""
     xy = np.asarray(xy, dtype=np.float64)
     z = depth_m[np.round(xy[:, 1]).astype(int), np.round(xy[:, 0]).astype(int)].astype(np.float64)
-    x = (xy[:, 0] - intrinsics[0, 2]) / intrinsics[0, 0] * z
-    y = (xy[:, 1] - intrinsics[1, 2]) / intrinsics[1, 1] * z
-    return np.stack([x, y, z], axis=1)
+    return unproject(xy, z, intrinsics)
 
 
 def static_scene_tracks(depth_m: np.ndarray, cam_c2w: np.ndarray, intrinsics: np.ndarray,
@@ -108,20 +107,13 @@ def static_scene_tracks(depth_m: np.ndarray, cam_c2w: np.ndarray, intrinsics: np
     num_frames, height, width = depth_m.shape
     cam_c2w = np.linalg.inv(cam_c2w[0])[None] @ np.asarray(cam_c2w, dtype=np.float64)
     points = backproject(depth_m[0], intrinsics, query_xy)                       # frame 0 = world
-    w2c = np.linalg.inv(cam_c2w)
-    cam = np.einsum("tij,nj->nti", w2c[:, :3, :3], points) + w2c[None, :, :3, 3]  # (N, T, 3)
-    z = cam[..., 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = intrinsics[0, 0] * cam[..., 0] / z + intrinsics[0, 2]
-        y = intrinsics[1, 1] * cam[..., 1] / z + intrinsics[1, 2]
-    col, row = np.round(x), np.round(y)
+    tracks2d, z = project_static(points, np.linalg.inv(cam_c2w), intrinsics)    # (N, T, 2), NaN where z <= 0
+    col, row = np.round(tracks2d[..., 0]), np.round(tracks2d[..., 1])
     inside = (z > 0) & (col >= 0) & (col <= width - 1) & (row >= 0) & (row <= height - 1)
     frame = np.broadcast_to(np.arange(num_frames), z.shape)
     observed = np.zeros(z.shape)
     observed[inside] = depth_m[frame[inside], row[inside].astype(int), col[inside].astype(int)]
     visible = inside & (observed > 0) & (np.abs(observed - z) <= tol_rel * z)
-    tracks2d = np.stack([x, y], axis=-1)
-    tracks2d[z <= 0] = np.nan
     return {"tracks3d": np.repeat(points[:, None], num_frames, axis=1).astype(np.float32),
             "tracks2d": tracks2d.astype(np.float32), "visible": visible,
             "query_xy": np.asarray(query_xy, dtype=np.float32), "query_t": np.zeros(len(points), np.int32),

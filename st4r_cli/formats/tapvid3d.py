@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from st4r_cli.errors import St4rError
+from st4r_cli.geometry import camera_np
 
 
 @dataclass
@@ -134,11 +135,8 @@ def write_tapvid3d(path: Path, clip: TapVid3DClip, jpeg_quality: int = 95) -> Pa
 def project(tracks_cam: np.ndarray, fx_fy_cx_cy: np.ndarray) -> np.ndarray:
     """Pixel positions `(N, T, 2)` of camera-frame points (NaN where z <= 0)."""
     fx, fy, cx, cy = fx_fy_cx_cy
-    z = tracks_cam[..., 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xy = np.stack([fx * tracks_cam[..., 0] / z + cx, fy * tracks_cam[..., 1] / z + cy], axis=-1)
-    xy[z <= 0] = np.nan
-    return xy
+    k_mat = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+    return camera_np.project(np.asarray(tracks_cam), k_mat)[0]
 
 
 def to_clip_gt(clip: TapVid3DClip) -> dict[str, np.ndarray]:

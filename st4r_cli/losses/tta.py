@@ -57,32 +57,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from st4r_cli.configs import TTALossConfig, VisibilityConfig
+
 if TYPE_CHECKING:
     import torch
-
-
-@dataclass
-class TTALossConfig:
-    """Which TTA loss and its parts (flags switch parts off for ablations)."""
-
-    kind: str = "robust"               # robust (ST4RTrack+) | baseline (ST4RTrack)
-    traj_weight: float = 0.5
-    depth_weight: float = 10.0
-    align_weight: float = 5.0
-    use_mask: bool = True              # robust: z-buffer visibility mask
-    use_tracker_visibility: bool = True  # robust: AND the mask with the tracker's visibility
-    use_sigma: bool = True             # robust: per-point sigma NLL and weights
-    weight_mode: str = "exp"           # robust: exp -> w = exp(-sigma/median sigma); inv -> 1/(sigma^2 + eps)
-    sigma_floor_px: float = 1.0
-    calibrate_sigma: bool = True       # robust: scale sigma so its median matches the median residual
-    outlier_gate: float = 0.0          # robust: also mask tracks with residual > gate * sigma (0: off)
-    conf_alpha: float = 0.2            # ConfLoss alpha used to turn confidence into sigma
-    mask_eps_rel: float = 0.05         # z-buffer tolerance relative to the surface depth
-    inv_weight_eps: float = 1.0        # eps of the 1/(sigma^2 + eps) weights, pixels^2
-    prior_weight: float = 0.0          # both kinds: self-distillation prior (see `prior_loss`)
-    prior_kind: str = "points"         # points: pull both heads to the frozen outputs | anchor: head 2
-                                       # everywhere, head 1 only on the (a, a) pair (motion left free) |
-                                       # depth: frozen head-2 z-depth as the eq.-9 mono-depth target
 
 
 @dataclass
@@ -100,8 +78,8 @@ class TrackBatch:
 
 def tta_loss(pred: dict[str, torch.Tensor], intrinsics: torch.Tensor, w2c: torch.Tensor,
              tracks: TrackBatch | None, depth: torch.Tensor | None, depth_valid: torch.Tensor | None,
-             config: TTALossConfig, frozen: dict[str, torch.Tensor] | None = None
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+             config: TTALossConfig, frozen: dict[str, torch.Tensor] | None = None,
+             visibility: VisibilityConfig | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Total TTA loss and its parts (as floats) for a batch of P pairs with one anchor.
 
     pred: `forward_pairs` output, track_pts / recon_pts (P, H, W, 3), track_conf / recon_conf (P, H, W);
@@ -109,22 +87,24 @@ def tta_loss(pred: dict[str, torch.Tensor], intrinsics: torch.Tensor, w2c: torch
     frozen: the pre-TTA network's outputs for the same pairs, for the self-distillation prior
     (`prior_loss`; used when config.prior_weight > 0): prior_kind points -> track_pts / recon_pts
     (P, h, w, 3) sampled every `stride`-th pixel (key `stride` () int); depth -> depth (P, H, W).
+    visibility: the z-buffer tolerance and the confidence -> sigma constants (default VisibilityConfig()).
     """
     import torch
 
-    if config.kind not in ("robust", "baseline"):
-        raise ValueError(f"unknown TTA loss {config.kind!r} (robust | baseline)")
+    if config.loss not in ("robust", "baseline"):
+        raise ValueError(f"unknown TTA loss {config.loss!r} (robust | baseline)")
+    visibility = visibility or VisibilityConfig()
     zero = pred["track_pts"].sum() * 0.0
     total = zero
     parts: dict[str, float] = {}
     has_tracks = tracks is not None and tracks.query_xy.shape[0] > 0
     if has_tracks and (config.traj_weight > 0 or config.align_weight > 0):
         geo = track_geometry(pred, intrinsics, w2c, tracks)
-        if config.kind == "baseline":
+        if config.loss == "baseline":
             traj = baseline_traj_loss(geo, intrinsics, pred["track_pts"].shape[1:3])
             align = baseline_align_loss(geo, pred["recon_pts"], tracks)
         else:
-            mask, weights, sigma = robust_mask_and_weights(geo, pred, intrinsics, w2c, tracks, config)
+            mask, weights, sigma = robust_mask_and_weights(geo, pred, intrinsics, w2c, tracks, config, visibility)
             traj = robust_traj_loss(geo, mask, weights, sigma, config.use_sigma, pred["track_pts"].shape[1:3])
             align = robust_align_loss(geo, pred["recon_pts"], tracks, mask, weights)
             parts["mask_frac"] = float(mask.float().mean())
@@ -284,8 +264,8 @@ def prior_loss(pred: dict[str, torch.Tensor], w2c: torch.Tensor, frozen: dict[st
 # ----------------------------------------------------------------------------------------------
 
 def robust_mask_and_weights(geo: TrackGeometry, pred: dict[str, torch.Tensor], intrinsics: torch.Tensor,
-                            w2c: torch.Tensor, tracks: TrackBatch, config: TTALossConfig
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                            w2c: torch.Tensor, tracks: TrackBatch, config: TTALossConfig,
+                            visibility: VisibilityConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Visibility mask m (P, N) bool, weights w (P, N) (no grad) and sigma (P, N) pixels (with grad)."""
     import torch
 
@@ -297,18 +277,18 @@ def robust_mask_and_weights(geo: TrackGeometry, pred: dict[str, torch.Tensor], i
         if config.use_mask:
             z_surf = _nearest(surface_depth(pred["recon_pts"], w2c), geo.proj_xy)
             projected_inside = (geo.proj_z > 0) & in_image(geo.proj_xy, hw)
-            occluded = projected_inside & (geo.proj_z > z_surf * (1.0 + config.mask_eps_rel))
+            occluded = projected_inside & (geo.proj_z > z_surf * (1.0 + visibility.mask_eps_rel))
             mask = mask & ~occluded
         if config.use_tracker_visibility:
             mask = mask & tracks.target_visible.to(mask.device)
     if not config.use_sigma:
         ones = torch.ones_like(geo.proj_z)
-        uniform = ones * _median_residual(geo, mask).clamp(min=config.sigma_floor_px)
+        uniform = ones * _median_residual(geo, mask).clamp(min=visibility.sigma_floor_px)
         return _gate(mask, geo, uniform, config.outlier_gate), ones, ones
-    raw = raw_sigma_px(geo.conf, geo.proj_z, intrinsics, config.conf_alpha)
+    raw = raw_sigma_px(geo.conf, geo.proj_z, intrinsics, visibility.conf_alpha)
     if config.calibrate_sigma:
-        raw = raw * sigma_calibration(raw, geo, mask, config.sigma_floor_px)
-    sigma = (config.sigma_floor_px**2 + raw**2).sqrt()
+        raw = raw * sigma_calibration(raw, geo, mask, visibility.sigma_floor_px)
+    sigma = (visibility.sigma_floor_px**2 + raw**2).sqrt()
     mask = _gate(mask, geo, sigma, config.outlier_gate)
     with torch.no_grad():
         if config.weight_mode == "exp":

@@ -1,10 +1,10 @@
 """The full configuration of a run, saved as `config.yaml` at the top of every run directory.
 
-`RunConfig` is composed of the stage config dataclasses (each owned by its stage module). Composition
+`RunConfig` is composed of the config sections of `st4r_cli/configs.py` (a leaf module). Composition
 is generic (`dataclasses.fields`), so a field added to a stage config is saved, loaded and
 overridable (`--set tracks.grid_size=16`) without touching this module.
 
-Only light imports here (stdlib + the stage config modules, which are light by contract).
+Only light imports here (stdlib + st4r_cli.configs, st4r_cli.paths).
 """
 
 from __future__ import annotations
@@ -15,23 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from st4r_cli.configs import (SECTIONS, AdaptConfig, CamerasConfig, DecodeConfig, DepthConfig, FuseConfig,
+                              PredictConfig, TracksConfig, VisibilityConfig)
 from st4r_cli.errors import St4rError
-from st4r_cli.stages.adapt import AdaptConfig
-from st4r_cli.stages.chain import ChainConfig
-from st4r_cli.stages.decode import DecodeConfig
-from st4r_cli.stages.depth import DepthConfig
-from st4r_cli.stages.tracks import TracksConfig
+from st4r_cli.paths import repo_root, resolve_model_path
 
 DEFAULT_MODEL = "weights/st4r-tiny/model.safetensors"
 
-# Stage name -> config class, in pipeline order.
-STAGE_CONFIGS: dict[str, type] = {
-    "decode": DecodeConfig,
-    "tracks": TracksConfig,
-    "depth": DepthConfig,
-    "adapt": AdaptConfig,
-    "chain": ChainConfig,
-}
+# Section name -> config class, in pipeline order (st4r_cli/configs.py).
+STAGE_CONFIGS: dict[str, type] = SECTIONS
 
 
 @dataclass
@@ -45,8 +37,11 @@ class RunConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     tracks: TracksConfig = field(default_factory=TracksConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
+    visibility: VisibilityConfig = field(default_factory=VisibilityConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
-    chain: ChainConfig = field(default_factory=ChainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    cameras: CamerasConfig = field(default_factory=CamerasConfig)
+    fuse: FuseConfig = field(default_factory=FuseConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -238,24 +233,6 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     return config
 
 
-def repo_root() -> Path:
-    """The directory holding the st4r package (the repository root for a source checkout)."""
-    return Path(__file__).resolve().parents[2]
-
-
-def resolve_model_path(model: str) -> str:
-    """A checkpoint path as given, else relative to the current directory, else to the repo root.
-
-    Returned absolute when found; returned unchanged when missing (the stage that loads the model
-    reports the missing file).
-    """
-    path = Path(model).expanduser()
-    if path.is_absolute():
-        return str(path)
-    for base in (Path.cwd(), repo_root()):
-        if (base / path).exists():
-            return str((base / path).resolve())
-    return model
 
 
 def save_config(config: RunConfig, path: Path) -> None:

@@ -27,24 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from st4r_cli.configs import DecodeConfig
 from st4r_cli.errors import St4rError
 
 DECODE_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_ASPECT = 16.0          # wider/taller than 16:1 is not a video st4r can use
 MAX_LONG_SIDE = 8192
-
-
-@dataclass
-class DecodeConfig:
-    long_side: int = 256              # processing resolution: long side in pixels (before rounding)
-    multiple: int = 16                # H and W rounded to a multiple of this (the model's patch size)
-    upscale: bool = False             # enlarge sources smaller than long_side
-    start: int = 0                    # first source frame to keep
-    end: int | None = None            # stop before this source frame (None: to the end)
-    stride: int = 1                   # keep every stride-th frame from `start`
-    max_frames: int | None = None     # keep at most this many frames (None: no limit)
-    fps: float | None = None          # frame rate of an image folder (videos use their timestamps)
 
 
 @dataclass

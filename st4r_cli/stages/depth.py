@@ -1,37 +1,32 @@
-"""Depth stage: per-frame monocular depth (owner: issue 4).
+"""Depth stage: per-frame depth, from the solved cameras (multi-view) or a mono-depth network (MoGe).
 
 Output arrays (docs/architecture.md, "Stage contracts"):
-    depth       (T, H, W) float32  z-depth, 0 where invalid (metres with MoGe-2, up to scale with MoGe-1)
+    depth       (T, H, W) float32  z-depth, 0 where invalid (metres with MoGe-2, up to scale with MoGe-1,
+                                   the cameras stage's units with multiview)
     valid       (T, H, W) bool
-    intrinsics  (3, 3)    float32  the backend's K estimate in pixels of the frames (median over frames)
-plus `intrinsics_per_frame (T, 3, 3)` and `metric ()` bool.
+    intrinsics  (3, 3)    float32  the backend's K in pixels of the frames (moge: median over frames;
+                                   multiview: the solved cameras')
+moge adds `intrinsics_per_frame (T, 3, 3)` and `metric ()` bool; multiview adds `conf (T, H, W)`,
+`dynamic (T, H, W) bool` (pixels whose matches leave their epipolar lines: moving), `parallax_deg (T,)`
+and `low_parallax (T,) bool` (frames with too little parallax for depth, e.g. a camera that only turns).
 
-Backends: `none` (no depth: `compute_depth` is not called; the pipeline skips the stage) and `moge`
-(MoGe-2 or MoGe-1 from a local official checkpoint, st4r_cli/depth/moge.py).
+Backends: `multiview` (the default: `st4r_cli/depth/multiview.py` on the cameras stage's solution; when
+the cameras were not solved there is no depth and the pipeline says so), `moge` (MoGe-2 or MoGe-1 from a
+local official checkpoint, st4r_cli/depth/moge.py) and `none` (the pipeline skips the stage).
 
 The config dataclass is a light import; torch/moge are imported inside the compute function.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from st4r_cli.configs import DepthConfig
 from st4r_cli.errors import St4rError
 
 DEPTH_VERSION = 1
-BACKENDS = ("none", "moge")
-
-
-@dataclass
-class DepthConfig:
-    backend: str = "none"             # none | moge
-    moge_weights: str = ""            # default: weights/moge-2-vitl-normal/model.pt (MoGe-1 files work too)
-    resolution_level: int = 9         # MoGe's 0..9 speed/detail knob
-    num_tokens: int = 0               # ViT tokens per frame (0: from resolution_level)
-    batch_size: int = 4               # frames per forward pass
-    fp16: bool = True                 # half precision on CUDA
+BACKENDS = ("multiview", "moge", "none")
 
 
 def input_files(cfg: DepthConfig) -> list[Path]:
@@ -51,6 +46,10 @@ def check_depth_config(cfg: DepthConfig) -> None:
         raise St4rError(f"depth resolution_level must be in [0, 9], got {cfg.resolution_level}")
     if cfg.num_tokens < 0 or cfg.batch_size < 1:
         raise St4rError("depth num_tokens must be >= 0 and batch_size >= 1")
+    if not cfg.mv_offsets or any(o == 0 for o in cfg.mv_offsets):
+        raise St4rError(f"depth.mv_offsets must be non-zero frame offsets, got {cfg.mv_offsets}")
+    if min(cfg.mv_min_parallax_deg, cfg.mv_consistency_rel, cfg.mv_max_fb_px) <= 0:
+        raise St4rError("depth.mv_min_parallax_deg, mv_consistency_rel and mv_max_fb_px must be > 0")
 
 
 def check_backend_available(cfg: DepthConfig) -> None:
@@ -62,8 +61,10 @@ def check_backend_available(cfg: DepthConfig) -> None:
         require_moge(cfg.moge_weights)
 
 
-def compute_depth(frames: Any, cfg: DepthConfig, device: str = "cpu") -> dict[str, Any]:
-    """Per-frame depth of `frames (T, H, W, 3) uint8` with the configured backend (see module doc)."""
+def compute_depth(frames: Any, cfg: DepthConfig, device: str = "cpu",
+                  cameras: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per-frame depth of `frames (T, H, W, 3) uint8` with the configured backend (see module doc);
+    `cameras`: the cameras stage's arrays (multiview only; solved)."""
     import numpy as np
 
     check_depth_config(cfg)
@@ -72,8 +73,31 @@ def compute_depth(frames: Any, cfg: DepthConfig, device: str = "cpu") -> dict[st
         raise St4rError(f"depth stage needs (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
     if cfg.backend == "none":
         raise St4rError("depth backend is 'none': there is no depth to compute (use --depth moge)")
+    if cfg.backend == "multiview":
+        return _multiview(frames, cfg, cameras)
     from st4r_cli.depth.moge import estimate_depth_moge
 
     return estimate_depth_moge(frames, checkpoint=cfg.moge_weights, device=device,
                                resolution_level=cfg.resolution_level, num_tokens=cfg.num_tokens,
                                batch_size=cfg.batch_size, fp16=cfg.fp16, progress_desc="depth (moge)")
+
+
+def _multiview(frames: Any, cfg: DepthConfig, cameras: dict[str, Any] | None) -> dict[str, Any]:
+    import numpy as np
+
+    from st4r_cli import progress
+    from st4r_cli.depth.multiview import MultiviewOptions, multiview_depth
+
+    if cameras is None or not bool(cameras["ba_accepted"]):
+        raise St4rError("depth backend 'multiview' needs solved cameras (the cameras stage)")
+    opts = MultiviewOptions(offsets=tuple(int(o) for o in cfg.mv_offsets), max_fb_px=cfg.mv_max_fb_px,
+                            min_parallax_deg=cfg.mv_min_parallax_deg, consistency_rel=cfg.mv_consistency_rel)
+    k_mat = np.asarray(cameras["intrinsics"], np.float64)
+    out = multiview_depth(frames, k_mat, np.linalg.inv(np.asarray(cameras["cam_w2c"], np.float64)), opts,
+                          progress=progress.track)
+    low = int(out["low_parallax"].sum())
+    progress.log(f"[green]✓[/green] depth (multiview): {100 * out['valid'].mean():.0f}% of the pixels, "
+                 f"{100 * out['dynamic'].mean():.1f}% moving"
+                 + (f"; {low} frame(s) with too little parallax get none" if low else ""))
+    out["intrinsics"] = k_mat.astype(np.float32)
+    return out

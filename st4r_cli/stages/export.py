@@ -209,13 +209,14 @@ def frustum_segments(cam_c2w: np.ndarray, intrinsics: np.ndarray, hw: tuple[int,
     """(T*8, 2, 3) line segments of camera frusta: 4 edges from the centre + the image rectangle at `depth`."""
     import numpy as np
 
+    from st4r_cli.geometry.camera_np import pixel_rays
+
     h, w = hw
     corners_px = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
     segments = []
     for t, pose in enumerate(cam_c2w):
         k_mat = intrinsics[t] if intrinsics.ndim == 3 else intrinsics
-        rays = np.stack([(corners_px[:, 0] - k_mat[0, 2]) / k_mat[0, 0],
-                         (corners_px[:, 1] - k_mat[1, 2]) / k_mat[1, 1], np.ones(4)], -1) * depth
+        rays = pixel_rays(corners_px, k_mat) * depth
         corners = rays @ pose[:3, :3].T + pose[:3, 3]
         centre = pose[:3, 3]
         for i in range(4):

@@ -5,6 +5,10 @@ Output arrays (docs/architecture.md, "Stage contracts"):
     visible     (N, T)    bool
     confidence  (N,)      float32  in [0, 1]
     queries     (N, 3)    float32  (t, x, y)
+  and the extra tracks of the camera solver (`camera_every_k`, `camera_grid_size`; B may be 0):
+    camera_queries    (B, 3)    float64  (t, x, y): a grid re-seeded every k frames
+    camera_tracks_xy  (B, T, 2) float32
+    camera_visible    (B, T)    bool
 
 Backends: `builtin` (OpenCV DIS flow chained with cycle checks, st4r_cli/tracking/builtin.py) and
 `cotracker3` (official CoTracker3, st4r_cli/tracking/cotracker3.py). Query modes: `grid` on frame 0,
@@ -15,36 +19,14 @@ The config dataclass is a light import; OpenCV/torch are imported inside the com
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from st4r_cli.configs import TracksConfig
 from st4r_cli.errors import St4rError
 
-TRACKS_VERSION = 1
+TRACKS_VERSION = 2
 BACKENDS = ("builtin", "cotracker3")
-
-
-@dataclass
-class TracksConfig:
-    backend: str = "builtin"          # builtin | cotracker3
-    query_mode: str = "grid"          # grid | grid_every_k | file
-    grid_size: int = 32               # points per side of the query grid
-    query_every_k: int = 8            # grid_every_k: a new grid every k frames
-    query_file: str = ""              # file: .npy (N,3)/(N,2) or text rows "t,x,y" / "x,y"
-    # builtin tracker (see st4r_cli/tracking/builtin.py)
-    flow_long_side: int = 432         # DIS flow raster long side (px, never enlarged)
-    dis_preset: str = "ultrafast"     # ultrafast | fast | medium
-    occlusion: str = "lk_fb"          # lk_fb | dis_fb | none: the cycle check flagging occlusion
-    fb_threshold: float = 3.0         # cycle error (px at a 256 long side) above which a point is occluded
-    reacquire: bool = True            # re-find occluded points by their query-frame appearance
-    reacquire_ncc: float = 0.7        # re-found patch must correlate with the query patch above this
-    lost_motion: str = "velocity"     # velocity | flow: how a lost point moves until re-found
-    # cotracker3
-    cotracker_mode: str = "offline"   # offline | online
-    cotracker_weights: str = ""       # default: weights/scaled_offline.pth or weights/scaled_online.pth
-    cotracker_backward: bool = False  # offline: also track backwards from each query frame
-    cotracker_model_hw: tuple[int, int] = (384, 512)  # internal resolution (CoTracker3's own)
 
 
 def input_files(cfg: TracksConfig) -> list[Path]:
@@ -65,6 +47,8 @@ def check_tracks_config(cfg: TracksConfig) -> None:
         raise St4rError(f"unknown tracker backend '{cfg.backend}' (use {', '.join(BACKENDS)})")
     if cfg.query_mode not in ("grid", "grid_every_k", "file"):
         raise St4rError(f"unknown tracks query mode '{cfg.query_mode}' (use grid, grid_every_k or file)")
+    if cfg.camera_every_k < 0 or not 2 <= cfg.camera_grid_size <= 1024:
+        raise St4rError("tracks camera_every_k must be >= 0 (0: none) and camera_grid_size in [2, 1024]")
     if not 1 <= cfg.grid_size <= 1024:
         raise St4rError(f"tracks grid size must be in [1, 1024], got {cfg.grid_size}")
     if cfg.query_every_k < 1:
@@ -105,7 +89,9 @@ def compute_tracks(frames: Any, cfg: TracksConfig, device: str = "cpu", seed: in
         device: `cpu` or `cuda` (used by cotracker3; the builtin tracker is CPU only).
         seed: seeds torch for learned backends (the builtin tracker is deterministic by itself).
     Returns:
-        dict with `tracks_xy (N,T,2) f32`, `visible (N,T) bool`, `confidence (N,) f32`, `queries (N,3) f32`.
+        dict with `tracks_xy (N,T,2) f32`, `visible (N,T) bool`, `confidence (N,) f32`, `queries (N,3) f32`,
+        and the camera solver's tracks `camera_queries (B,3) f64`, `camera_tracks_xy (B,T,2) f32`,
+        `camera_visible (B,T) bool` (same tracker, a grid re-seeded every `camera_every_k` frames).
     """
     import numpy as np
 
@@ -121,13 +107,58 @@ def compute_tracks(frames: Any, cfg: TracksConfig, device: str = "cpu", seed: in
     queries = make_queries(cfg.query_mode, num_frames, (height, width), cfg.grid_size,
                            cfg.query_every_k, cfg.query_file)
     if cfg.backend == "builtin":
-        out = _run_builtin(frames, queries, cfg)
-    else:
-        out = _run_cotracker3(frames, queries, cfg, device, seed)
+        # one pass for both sets: the built-in tracker follows every point on its own (one flow field
+        # per frame pair, per-point LK), so the stage's tracks are the same as tracked alone
+        cam_queries = camera_queries(num_frames, (height, width), cfg)
+        both = _run_tracker(frames, np.concatenate([np.asarray(queries, np.float32), cam_queries.astype(np.float32)]),
+                            cfg, device, seed)
+        count = len(queries)
+        out = {key: both[key][:count] for key in ("tracks_xy", "visible", "confidence")}
+        camera = {"camera_queries": cam_queries, "camera_tracks_xy": np.asarray(both["tracks_xy"][count:], np.float32),
+                  "camera_visible": np.asarray(both["visible"][count:], bool)}
+    else:  # a learned tracker attends across its points: the camera tracks must not change the stage's
+        out = _run_tracker(frames, queries, cfg, device, seed)
+        camera = camera_tracks(frames, cfg, device, seed)
     return {"tracks_xy": np.asarray(out["tracks_xy"], dtype=np.float32),
             "visible": np.asarray(out["visible"], dtype=bool),
             "confidence": np.clip(np.asarray(out["confidence"], dtype=np.float32), 0.0, 1.0),
-            "queries": queries.astype(np.float32)}
+            "queries": queries.astype(np.float32), **camera}
+
+
+def _run_tracker(frames: Any, queries: Any, cfg: TracksConfig, device: str, seed: int,
+                 label: str = "tracks") -> dict[str, Any]:
+    if cfg.backend == "builtin":
+        return _run_builtin(frames, queries, cfg, f"{label} (builtin)")
+    return _run_cotracker3(frames, queries, cfg, device, seed)
+
+
+def camera_tracks(frames: Any, cfg: TracksConfig, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+    """The camera solver's extra tracks: a `camera_grid_size` grid on every `camera_every_k`-th frame
+    after frame 0 (and before the last), tracked by the configured tracker, so every part of the
+    video has tracks that start in it."""
+    import numpy as np
+
+    num_frames, height, width = frames.shape[:3]
+    queries = camera_queries(num_frames, (height, width), cfg)
+    if not len(queries):
+        return {"camera_queries": queries, "camera_tracks_xy": np.zeros((0, num_frames, 2), np.float32),
+                "camera_visible": np.zeros((0, num_frames), bool)}
+    out = _run_tracker(frames, queries.astype(np.float32), cfg, device, seed, "camera tracks")
+    return {"camera_queries": queries, "camera_tracks_xy": np.asarray(out["tracks_xy"], np.float32),
+            "camera_visible": np.asarray(out["visible"], bool)}
+
+
+def camera_queries(num_frames: int, hw: tuple[int, int], cfg: TracksConfig) -> Any:
+    """(B, 3) float64 (t, x, y): the `camera_grid_size` grid on every `camera_every_k`-th frame after
+    frame 0 and before the last (B = 0 with camera_every_k 0 or a short video)."""
+    import numpy as np
+
+    from st4r_cli.tracking.queries import grid_queries
+
+    seeds = list(range(cfg.camera_every_k, num_frames - 1, cfg.camera_every_k)) if cfg.camera_every_k else []
+    if not seeds:
+        return np.zeros((0, 3))
+    return grid_queries(cfg.camera_grid_size, hw, seeds).astype(np.float64)
 
 
 def builtin_params(cfg: TracksConfig):  # -> BuiltinTrackerParams
@@ -139,10 +170,10 @@ def builtin_params(cfg: TracksConfig):  # -> BuiltinTrackerParams
                                 lost_motion=cfg.lost_motion)
 
 
-def _run_builtin(frames: Any, queries: Any, cfg: TracksConfig) -> dict[str, Any]:
+def _run_builtin(frames: Any, queries: Any, cfg: TracksConfig, label: str) -> dict[str, Any]:
     from st4r_cli.tracking.builtin import track_points
 
-    return track_points(frames, queries, builtin_params(cfg), progress_desc="tracks (builtin)")
+    return track_points(frames, queries, builtin_params(cfg), progress_desc=label)
 
 
 def _run_cotracker3(frames: Any, queries: Any, cfg: TracksConfig, device: str, seed: int) -> dict[str, Any]:

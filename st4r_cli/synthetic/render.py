@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from st4r_cli.geometry import camera_np
 from st4r_cli.synthetic.raycast import Hits, canonical_to_world, cast_rays, world_normals
 from st4r_cli.synthetic.scene import Scene, build_scene, scene_in_camera0
 from st4r_cli.synthetic.texture import NoiseTables, shade_texture
@@ -72,11 +73,8 @@ def intrinsics_for(size_hw: tuple[int, int], fov_x_deg: float) -> np.ndarray:
 
 def pixel_rays(size_hw: tuple[int, int], intrinsics: np.ndarray, offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """Camera-frame ray directions `(H*W, 3)` with z = 1 through pixel centres shifted by `offset` (dx, dy)."""
-    height, width = size_hw
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    x = (xs.ravel() + offset[0] - intrinsics[0, 2]) / intrinsics[0, 0]
-    y = (ys.ravel() + offset[1] - intrinsics[1, 2]) / intrinsics[1, 1]
-    return np.stack([x, y, np.ones_like(x)], axis=1)
+    xy = camera_np.pixel_grid(size_hw).reshape(-1, 2) + np.asarray(offset, np.float64)
+    return camera_np.pixel_rays(xy, intrinsics)
 
 
 def _shade(scene: Scene, frame: int, hits: Hits, dirs_world: np.ndarray, tables: NoiseTables,
@@ -219,11 +217,9 @@ def _dense_tracks(scene: Scene, first_hits: Hits, intrinsics: np.ndarray,
         rot, origin = scene.cam_c2w[frame, :3, :3], scene.cam_c2w[frame, :3, 3]
         to_point = tracks[frame, rows] - origin
         cam = to_point @ rot
-        z = cam[:, 2]
+        xy, z = camera_np.project(cam, intrinsics)
+        x, y = xy[:, 0], xy[:, 1]
         in_front = z > 1e-6
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x = intrinsics[0, 0] * cam[:, 0] / z + intrinsics[0, 2]
-            y = intrinsics[1, 1] * cam[:, 1] / z + intrinsics[1, 2]
         inside = in_front & (x >= -0.5) & (x < width - 0.5) & (y >= -0.5) & (y < height - 0.5)
         candidates = np.flatnonzero(inside)
         hits = cast_rays(scene, frame, origin, to_point[candidates])

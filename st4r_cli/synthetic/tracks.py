@@ -29,15 +29,10 @@ def project_points(points_world: np.ndarray, cam_c2w: np.ndarray, intrinsics: np
 
     Returns `xy (N, T, 2)` pixels (NaN where z <= 0) and camera z-depth `(N, T)`.
     """
+    from st4r_cli.geometry.camera_np import project_tracks
+
     w2c = np.linalg.inv(cam_c2w.astype(np.float64))
-    cam = np.einsum("tij,ntj->nti", w2c[:, :3, :3], points_world.astype(np.float64)) + w2c[None, :, :3, 3]
-    z = cam[..., 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = intrinsics[0, 0] * cam[..., 0] / z + intrinsics[0, 2]
-        y = intrinsics[1, 1] * cam[..., 1] / z + intrinsics[1, 2]
-    xy = np.stack([x, y], axis=-1)
-    xy[z <= 0] = np.nan
-    return xy, z
+    return project_tracks(points_world.astype(np.float64), w2c, intrinsics)
 
 
 def summed_motion_dynamic(tracks3d: np.ndarray, threshold: float = DYNAMIC_MOTION_THRESHOLD) -> np.ndarray:

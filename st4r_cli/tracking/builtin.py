@@ -18,7 +18,9 @@ Classical, offline, CPU only (OpenCV). For each pair of consecutive frames (t-1,
    the query-frame patch with the matched patch above `reacquire_ncc`. Then it is visible again, at
    the matched position, and follows the flow again.
 
-Tracks start at their query frame; frames before it repeat the query position and are marked not
+A point whose position leaves the image is not visible there, and its position is the extrapolated
+one (never clamped to the border); internally the tracker follows it on from the border, so it can be
+re-acquired when it comes back. Tracks start at their query frame; frames before it repeat the query position and are marked not
 visible (no backward tracking).
 
 Thresholds are in pixels of a 256-pixel long side and scale with the frames (`fb_threshold=3` is
@@ -117,14 +119,17 @@ def track_points(frames: np.ndarray, queries: np.ndarray, params: BuiltinTracker
             continue
         start_xy = current[active]
         forward = dis.calc(flow_grey[t - 1], flow_grey[t], None)
-        moved_xy = start_xy + _sample_flow(forward, start_xy, to_flow)
-        moved_xy = _clip_xy(moved_xy, width, height)
+        raw_xy = start_xy + _sample_flow(forward, start_xy, to_flow)
         coasting = was_lost[active] if params.lost_motion == "velocity" else np.zeros(len(active), bool)
         if coasting.any():
             with warnings.catch_warnings():   # a point lost on its first step has no steps yet
                 warnings.simplefilter("ignore", RuntimeWarning)
                 velocity = np.nan_to_num(np.nanmedian(recent_steps[active[coasting]], axis=1))
-            moved_xy[coasting] = _clip_xy(start_xy[coasting] + velocity, width, height)
+            raw_xy[coasting] = start_xy[coasting] + velocity
+        # a point that left the image is occluded there (its position is the extrapolated one); the
+        # tracker itself keeps following it from the border, where it can be re-acquired
+        outside = ~_in_image(raw_xy, width, height)
+        moved_xy = _clip_xy(raw_xy, width, height)
         if params.occlusion == "dis_fb":
             backward = dis.calc(flow_grey[t], flow_grey[t - 1], None)
             back_xy = moved_xy + _sample_flow(backward, moved_xy, to_flow)
@@ -135,7 +140,7 @@ def track_points(frames: np.ndarray, queries: np.ndarray, params: BuiltinTracker
             error = np.where(ok, np.linalg.norm(back_xy - start_xy, axis=1), np.inf)
         else:
             error = np.zeros(len(active))
-        seen = error < threshold_px
+        seen = (error < threshold_px) & ~outside
         if params.appearance_ncc > 0:
             ncc = _ncc(templates[active], _patches(grey, np.full(len(active), t), moved_xy, params.patch_size))
             seen &= ncc > params.appearance_ncc
@@ -149,14 +154,16 @@ def track_points(frames: np.ndarray, queries: np.ndarray, params: BuiltinTracker
                 ncc = _ncc(templates[active[lost]],
                            _patches(grey, np.full(len(lost), t), found_xy, params.patch_size))
                 found &= ncc > params.reacquire_ncc
+            found &= _in_image(found_xy, width, height)
             moved_xy[lost[found]] = found_xy[found]
+            raw_xy[lost[found]] = found_xy[found]
             seen[lost[found]] = True
         stepped = active[seen & ~coasting]
         recent_steps[stepped] = np.roll(recent_steps[stepped], 1, axis=1)
         recent_steps[stepped, 0] = (moved_xy - start_xy)[seen & ~coasting]
         current[active] = moved_xy
         was_lost[active] = ~seen
-        tracks_xy[active, t] = moved_xy
+        tracks_xy[active, t] = np.where(seen[:, None], moved_xy, raw_xy)
         visible[active, t] = seen
         cycle_error[active, t] = np.where(np.isfinite(error), error, 1e6)
     confidence = _confidence(visible, cycle_error, query_t, threshold_px)
@@ -184,6 +191,11 @@ def _sample_flow(flow: np.ndarray, xy: np.ndarray, to_flow: np.ndarray) -> np.nd
     map_y = np.ascontiguousarray(flow_xy[:, 1:], dtype=np.float32)
     sampled = cv2.remap(flow, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return sampled.reshape(-1, 2) / to_flow
+
+
+def _in_image(xy: np.ndarray, width: int, height: int) -> np.ndarray:
+    """`(M,)` True where `xy (M, 2)` lies on the image (pixel centres at integers, edges at -0.5)."""
+    return (xy[:, 0] >= -0.5) & (xy[:, 0] <= width - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] <= height - 0.5)
 
 
 def _clip_xy(xy: np.ndarray, width: int, height: int) -> np.ndarray:

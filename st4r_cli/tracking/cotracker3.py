@@ -39,7 +39,7 @@ def weights_path(mode: str, given: str = "") -> Path:
     """
     if mode not in WEIGHTS:
         raise St4rError(f"unknown cotracker3 mode '{mode}' (use offline or online)")
-    from st4r_cli.runs.config import resolve_model_path
+    from st4r_cli.paths import resolve_model_path
 
     return Path(resolve_model_path(given or WEIGHTS[mode][0]))
 

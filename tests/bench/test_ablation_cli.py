@@ -1,4 +1,4 @@
-"""benchmarks/ablation.py: --set overrides reach every variant's AdaptConfig / ChainConfig, typed and checked;
+"""benchmarks/ablation.py: --set overrides reach every variant's RunConfig, typed and checked;
 --merge joins result files of one setting and recomputes the summary."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from st4r_cli.errors import St4rError
 
 
 def _args(sets: list[str], **flags) -> argparse.Namespace:
-    base = {"iters": None, "lr": None, "params": None, "prior_weight": None}
+    base = {"iters": None, "lr": None, "params": None, "prior_weight": None, "refine": False, "threads": 1}
     return argparse.Namespace(set=sets, **{**base, **flags})
 
 
 def test_adapt_overrides_then_flags(ablation):
-    args = _args(["adapt.prior_kind=anchor", "adapt.lr=1e-4", "adapt.iters=60", "chain.window=12"], iters=7)
+    args = _args(["adapt.prior_kind=anchor", "adapt.lr=1e-4", "adapt.iters=60", "predict.window=12"], iters=7)
     cfg = ablation.shared_adapt_config(args)
     assert cfg.prior_kind == "anchor"
     assert cfg.lr == pytest.approx(1e-4) and isinstance(cfg.lr, float)   # YAML reads 1e-4 as a string
@@ -25,17 +25,21 @@ def test_adapt_overrides_then_flags(ablation):
     assert cfg.use_mask is True                                           # untouched fields keep defaults
 
 
-def test_chain_overrides_only_the_named_fields(ablation):
-    out = ablation.chain_overrides(["adapt.iters=3", "chain.window=12", "chain.fuse_tracks=false"])
-    assert out == {"window": 12, "fuse_tracks": False}
-    chain = ablation.replace(ablation.tta_chain_config(queries="tracks"), **out)
-    assert chain.window == 12 and chain.fuse_tracks is False and chain.refine == "none"
+def test_variant_config_takes_the_overrides_then_the_flags_then_the_variant(ablation):
+    args = _args(["adapt.iters=3", "adapt.loss=baseline", "predict.window=12", "fuse.fuse_tracks=true"], lr=1e-3)
+    config = ablation.variant_config(args, {"loss": "none"}, "grid", seed=2)
+    assert config.predict.window == 12 and config.predict.cpu_threads == 1 and config.seed == 2
+    assert config.fuse.fuse_tracks is True and config.fuse.queries == "grid"       # --set beats the TTA-comparison default
+    assert config.cameras.refine == "none" and config.fuse.visibility == "mask"    # the TTA-comparison defaults
+    assert config.adapt.iters == 3 and config.adapt.lr == pytest.approx(1e-3) and config.adapt.loss == "none"
+    full = ablation.variant_config(_args([], refine=True), {}, "tracks", seed=0)
+    assert full.cameras.refine == "ba" and full.fuse.fuse_tracks is True and full.fuse.visibility == "tracker"
 
 
-@pytest.mark.parametrize("item", ["adapt.nope=1", "adapt.iters=ten", "chain.window=x"])
+@pytest.mark.parametrize("item", ["adapt.nope=1", "adapt.iters=ten", "predict.window=x", "chain.window=12"])
 def test_bad_override_is_a_st4r_error(ablation, item):
     with pytest.raises(St4rError, match="--set"):
-        ablation.shared_adapt_config(_args([item])) if item.startswith("adapt.") else ablation.chain_overrides([item])
+        ablation.variant_config(_args([item]), {}, "tracks", seed=0)
 
 
 def _part(tmp_path, name: str, rows: dict, iters: int = 60):

@@ -139,7 +139,7 @@ def test_unwritable_output_directory(capsys, tmp_path, small_video):
     (["--set", "tracks.no_such_field=1"], r"no option 'no_such_field'"),
     (["--set", "tracks.grid_size=many"], r"expected an integer"),
     (["--set", "adapt.prior_kind=foo"], r"adapt.prior_kind must be points, anchor or depth"),
-    (["--set", "chain.refine=magic"], r"chain.refine must be ba or none"),
+    (["--set", "cameras.refine=magic"], r"cameras.refine must be ba or none"),
     (["--force", "everything"], r"--force: unknown stage\(s\) everything"),
     (["--stride", "0"], r"--stride must be >= 1"),
     (["--max-frames", "1"], r"--max-frames must be >= 2"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from st4r_cli.stages.tracks import TracksConfig, compute_tracks
+from st4r_cli.stages.tracks import TracksConfig, camera_tracks, compute_tracks
 from st4r_cli.tracking.builtin import BuiltinTrackerParams, track_points
 
 SIZE_HW = (120, 160)
@@ -159,7 +159,8 @@ def test_stage_contract_and_determinism() -> None:
     cfg = TracksConfig(grid_size=6)
     first = compute_tracks(frames, cfg, "cpu", seed=0)
     second = compute_tracks(frames, cfg, "cpu", seed=0)
-    assert set(first) == {"tracks_xy", "visible", "confidence", "queries"}
+    assert set(first) == {"tracks_xy", "visible", "confidence", "queries",
+                          "camera_queries", "camera_tracks_xy", "camera_visible"}
     assert first["tracks_xy"].shape == (36, NUM_FRAMES, 2) and first["tracks_xy"].dtype == np.float32
     assert first["visible"].shape == (36, NUM_FRAMES) and first["visible"].dtype == bool
     assert first["confidence"].shape == (36,) and first["confidence"].dtype == np.float32
@@ -167,3 +168,40 @@ def test_stage_contract_and_determinism() -> None:
     for key in first:
         assert np.array_equal(first[key], second[key])
     assert np.array_equal(first["tracks_xy"][:, 0], first["queries"][:, 1:])
+    # the camera solver's tracks: a 16x16 grid re-seeded every 8 frames after frame 0, same tracker
+    seeds = list(range(8, NUM_FRAMES - 1, 8))
+    assert first["camera_queries"].shape == (256 * len(seeds), 3)
+    assert sorted(set(first["camera_queries"][:, 0].tolist())) == seeds
+    assert first["camera_tracks_xy"].shape == (256 * len(seeds), NUM_FRAMES, 2)
+    rows = np.arange(len(first["camera_queries"]))
+    query_t = first["camera_queries"][:, 0].astype(int)
+    assert np.allclose(first["camera_tracks_xy"][rows, query_t], first["camera_queries"][:, 1:])
+    assert first["camera_visible"][rows, query_t].all()
+    # tracked in one pass with the stage's own queries, yet the same as tracked alone (per-point tracker)
+    alone = compute_tracks(frames, TracksConfig(grid_size=6, camera_every_k=0), "cpu", seed=0)
+    assert len(alone["camera_queries"]) == 0
+    for key in ("tracks_xy", "visible", "confidence", "queries"):
+        assert np.array_equal(first[key], alone[key])
+    camera_alone = camera_tracks(frames, cfg)
+    for key in ("camera_queries", "camera_tracks_xy", "camera_visible"):
+        assert np.array_equal(first[key], camera_alone[key])
+
+
+def test_a_point_that_leaves_the_image_is_invisible_and_not_clamped_to_the_border():
+    """The scene slides right by 4 px a frame: points near the right edge leave the image."""
+    texture = _texture(3, (SIZE_HW[0] + 120, SIZE_HW[1] + 160))
+    velocity = np.array([4.0, 0.0])
+    frames = np.stack([_shifted(texture, velocity * t) for t in range(NUM_FRAMES)]).astype(np.uint8)
+    query_xy = np.array([[x, y] for x in (120.0, 140.0, 150.0) for y in (40.0, 60.0, 80.0)])
+    queries = np.column_stack([np.zeros(len(query_xy)), query_xy]).astype(np.float32)
+    out = track_points(frames, queries)
+    true_x = query_xy[:, 0:1] + velocity[0] * np.arange(NUM_FRAMES)[None]
+    inside = true_x <= SIZE_HW[1] - 1.5                      # a margin for the sub-pixel boundary
+    outside = true_x >= SIZE_HW[1] + 0.5
+    x, visible = out["tracks_xy"][..., 0], out["visible"]
+    assert outside.sum() > 20
+    assert (x[visible] <= SIZE_HW[1] - 0.5).all()            # visible only where it is on the image
+    assert visible[outside].mean() < 0.05                     # (one late false match is tolerated)
+    assert visible[inside & (true_x < SIZE_HW[1] - 8)].mean() > 0.9
+    # positions past the edge are extrapolated beyond it, not held on the border
+    assert (x[outside & ~visible] > SIZE_HW[1] - 0.5).all()

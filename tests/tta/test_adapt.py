@@ -6,9 +6,10 @@ import torch
 
 from st4r_cli.errors import St4rError
 from st4r_cli.model.inference import forward_pairs, frames_to_tensor
-from st4r_cli.stages.adapt import (AdaptConfig, PairRunner, adapt_and_predict, check_adapt_config,
-                                   select_parameters, window_starts)
-from st4r_cli.stages.chain import ChainConfig
+from st4r_cli.configs import PredictConfig, VisibilityConfig
+from st4r_cli.model.windows import PairRunner, window_starts
+from st4r_cli.stages.adapt import AdaptConfig, adapt_model, check_adapt_config, select_parameters
+from st4r_cli.stages.predict import compute_predict
 
 
 def test_window_starts():
@@ -60,9 +61,10 @@ def _run(make_clip, make_model, loss: str, params: str = "decoders+heads", iters
     frames, tracks = make_clip()
     model = make_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    cfg = AdaptConfig(loss=loss, iters=iters, lr=lr, frames_per_step=6, params=params, pnp_stride=2,
-                      focal=40.0, **kw)
-    out = adapt_and_predict(model, frames, tracks, None, cfg, ChainConfig(window=24, overlap=4), "cpu", seed)
+    cfg = AdaptConfig(loss=loss, iters=iters, lr=lr, frames_per_step=6, params=params, pnp_stride=2, **kw)
+    predict = PredictConfig(window=24, overlap=4, focal=40.0)
+    out = adapt_model(model, frames, tracks, None, cfg, predict, VisibilityConfig(), "cpu", seed)
+    out.update(compute_predict(model, frames, predict, "cpu"))
     return model, before, out
 
 
@@ -121,7 +123,7 @@ def test_prior_keeps_the_adapted_network_near_the_frozen_one(run_tta):
 
 def test_frozen_outputs_are_the_pre_tta_predictions(make_clip, make_prefit_model):
     from st4r_cli.model.inference import frames_to_tensor, predict_pairs
-    from st4r_cli.stages.adapt import PairRunner, frozen_window_outputs
+    from st4r_cli.stages.adapt import frozen_window_outputs
 
     frames, _ = make_clip()
     model = make_prefit_model()

@@ -1,4 +1,5 @@
-"""World-frame chaining of exact synthetic per-window predictions with random per-window Sim(3) gauges."""
+"""World-frame chaining (cameras stage without bundle adjustment, then the fuse stage) of exact synthetic
+per-window predictions with random per-window Sim(3) gauges."""
 
 from dataclasses import replace
 
@@ -8,8 +9,12 @@ from scipy.spatial.transform import Rotation
 
 from st4r_cli.errors import St4rError
 from st4r_cli.formats.scene import validate_scene
-from st4r_cli.stages.adapt import window_frames, window_starts
-from st4r_cli.stages.chain import ChainConfig, chain_windows, check_chain_config
+from st4r_cli.configs import CamerasConfig, FuseConfig, PredictConfig, VisibilityConfig
+from st4r_cli.geometry.camera_np import sample_bilinear
+from st4r_cli.model.windows import window_frames, window_starts
+from st4r_cli.stages.cameras import check_cameras_config, compute_cameras
+from st4r_cli.stages.fuse import check_fuse_config, fuse_scene
+from st4r_cli.stages.predict import check_predict_config
 
 HW = (24, 32)
 FOCAL = 28.0
@@ -87,6 +92,12 @@ def _gt_tracks(query_xy, num_frames):
     return tracks3d, pix, inside
 
 
+def chain_windows(pred, frames, tracks, config, cameras=CamerasConfig(refine="none")):
+    """The cameras stage (network cameras only by default) then the fuse stage, as the pipeline runs them."""
+    return fuse_scene(frames, tracks, pred, compute_cameras(pred, tracks, cameras), config, cameras,
+                      VisibilityConfig())
+
+
 def _frames(num_frames):
     return np.zeros((num_frames, *HW, 3), np.uint8) + np.arange(num_frames, dtype=np.uint8)[:, None, None, None]
 
@@ -120,7 +131,7 @@ def test_chaining_recovers_the_global_trajectory_from_tracks():
     tracks = {"tracks_xy": gt2d.astype(np.float32), "visible": inside,
               "queries": np.concatenate([np.zeros((len(query_xy), 1)), query_xy], 1).astype(np.float32),
               "confidence": np.ones(len(query_xy), np.float32)}
-    scene = chain_windows(pred, _frames(num_frames), tracks, ChainConfig(window=window, overlap=overlap, refine="none"))
+    scene = chain_windows(pred, _frames(num_frames), tracks, FuseConfig())
     _check(scene, num_frames, query_xy)
     assert (scene["track_source"] == 1).all()  # every position came from head 1
     assert scene["colors"][7, 0, 0, 0] == 7
@@ -137,7 +148,7 @@ def test_visibility_is_the_trackers_for_its_tracks_and_the_z_buffer_test_on_requ
     tracks = {"tracks_xy": gt2d.astype(np.float32), "visible": flags,
               "queries": np.concatenate([np.zeros((len(query_xy), 1)), query_xy], 1).astype(np.float32),
               "confidence": np.ones(len(query_xy), np.float32)}
-    cfg = ChainConfig(window=window, overlap=overlap, refine="none")
+    cfg = FuseConfig()
     assert cfg.visibility == "tracker"
     np.testing.assert_array_equal(chain_windows(pred, _frames(num_frames), tracks, cfg)["visible"], flags)
     by_mask = chain_windows(pred, _frames(num_frames), tracks, replace(cfg, visibility="mask"))["visible"]
@@ -157,9 +168,9 @@ def test_grid_visibility_tolerance_is_calibrated_on_the_trackers_tracks():
     _, gt2d, inside = _gt_tracks(query_xy, num_frames)
     tracks = {"tracks_xy": gt2d.astype(np.float32), "visible": inside,
               "queries": np.concatenate([np.zeros((len(query_xy), 1)), query_xy], 1).astype(np.float32)}
-    cfg = ChainConfig(window=16, overlap=4, queries="grid", grid_size=6, refine="none")
+    cfg = FuseConfig(queries="grid", grid_size=6)
     fixed = chain_windows(pred, _frames(num_frames), tracks, replace(cfg, visibility_quantile=0.0))
-    assert fixed["visibility_eps_rel"] == np.float32(cfg.mask_eps_rel) and fixed["visible"][:, 1:].mean() < 0.05
+    assert fixed["visibility_eps_rel"] == np.float32(VisibilityConfig().mask_eps_rel) and fixed["visible"][:, 1:].mean() < 0.05
     calibrated = chain_windows(pred, _frames(num_frames), tracks, cfg)
     assert 0.15 < float(calibrated["visibility_eps_rel"]) < 0.3
     _, _, grid_inside = _gt_tracks(calibrated["query_xy"].astype(np.float64), num_frames)
@@ -169,7 +180,7 @@ def test_grid_visibility_tolerance_is_calibrated_on_the_trackers_tracks():
 def test_chaining_carries_grid_queries_by_projection():
     num_frames, window, overlap = 40, 16, 4
     pred = _predictions(num_frames, window, overlap, seed=1)
-    cfg = ChainConfig(window=window, overlap=overlap, queries="grid", grid_size=8, refine="none")
+    cfg = FuseConfig(queries="grid", grid_size=8)
     scene = chain_windows(pred, _frames(num_frames), None, cfg)
     query_xy = scene["query_xy"].astype(np.float64)
     # grid queries sit at the centres of an 8x8 grid of cells
@@ -184,18 +195,15 @@ def test_chaining_carries_grid_queries_by_projection():
 
 
 def _bilinear_np(img, xy):
-    from st4r_cli.stages.chain import _bilinear
-
-    return _bilinear(img, xy)
+    return sample_bilinear(img, xy)
 
 
 def test_150_frame_video_chains():
     num_frames = 150
     pred = _predictions(num_frames, 24, 4, seed=2, speed=0.25)
     assert len(pred["window_start"]) == 8
-    scene = chain_windows(pred, _frames(num_frames), None,
-                          ChainConfig(window=24, overlap=4, queries="grid", grid_size=4, pnp_stride=6,
-                                      refine="none"))
+    scene = chain_windows(pred, _frames(num_frames), None, FuseConfig(queries="grid", grid_size=4),
+                          CamerasConfig(pnp_stride=6, refine="none"))
     assert scene["tracks3d"].shape == (16, 150, 3) and np.isfinite(scene["tracks3d"]).all()
     gt_c2w = np.stack([_c2w(t, 0.25) for t in range(num_frames)])
     assert np.abs(scene["cam_c2w"][:, :3, :3] - gt_c2w[:, :3, :3]).max() < 1e-4
@@ -203,11 +211,14 @@ def test_150_frame_video_chains():
     assert np.abs(scene["cam_c2w"][:, :3, 3] * scale - gt_c2w[:, :3, 3]).max() < 1e-3
 
 
-def test_bad_chain_config():
-    for bad in (ChainConfig(overlap=0), ChainConfig(window=4, overlap=4), ChainConfig(queries="all"),
-                ChainConfig(visibility="maybe"), ChainConfig(refine="colmap"), ChainConfig(ba_chunk=1)):
+def test_bad_window_cameras_and_fuse_configs():
+    for check, bad in ((check_predict_config, PredictConfig(overlap=0)),
+                       (check_predict_config, PredictConfig(window=4, overlap=4)),
+                       (check_fuse_config, FuseConfig(queries="all")), (check_fuse_config, FuseConfig(visibility="maybe")),
+                       (check_cameras_config, CamerasConfig(refine="colmap")),
+                       (check_cameras_config, CamerasConfig(ba_chunk=1))):
         with pytest.raises(St4rError):
-            check_chain_config(bad)
+            check(bad)
     pred = _predictions(10, 16, 4)
     with pytest.raises(St4rError):
-        chain_windows(pred, _frames(10), None, ChainConfig(queries="tracks"))
+        chain_windows(pred, _frames(10), None, FuseConfig(queries="tracks"))

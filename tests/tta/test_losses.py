@@ -33,7 +33,8 @@ def _tracks(query, target, visible=None):
 
 
 def _only(kind, **kw):
-    cfg = TTALossConfig(kind=kind, traj_weight=1.0, align_weight=0.0, depth_weight=0.0, **kw)
+    kw.setdefault("outlier_gate", 0.0)  # the hand values below are without the gate unless a test sets it
+    cfg = TTALossConfig(loss=kind, traj_weight=1.0, align_weight=0.0, depth_weight=0.0, **kw)
     return cfg
 
 
@@ -41,7 +42,7 @@ def test_perfect_prediction_scores_zero_baseline():
     pred, w2c = _plane(2.0)
     tracks = _tracks([[1.0, 2.0], [7.0, 5.0]], [[1.0, 2.0], [7.0, 5.0]])
     depth = torch.full((1, *HW), 6.0, dtype=torch.float64)  # 3x the prediction: alpha* absorbs it
-    total, parts = tta_loss(pred, K, w2c, tracks, depth, None, TTALossConfig(kind="baseline"))
+    total, parts = tta_loss(pred, K, w2c, tracks, depth, None, TTALossConfig(loss="baseline"))
     assert parts["traj"] == pytest.approx(0.0, abs=1e-5)  # eq. 7's +1e-6 in the scale denominator
     assert parts["align"] == pytest.approx(0.0, abs=1e-9)
     assert parts["depth"] == pytest.approx(0.0, abs=1e-9)
@@ -75,7 +76,7 @@ def test_baseline_align_hand_value():
     # Track 0 visible (distance 0.5 along z), track 1 invisible (ignored), track 2 leaves the image.
     tracks = _tracks([[2.0, 2.0], [3.0, 3.0], [4.0, 4.0]], [[2.2, 1.9], [3.0, 3.0], [40.0, 4.0]],
                      [True, False, True])
-    cfg = TTALossConfig(kind="baseline", traj_weight=0.0, align_weight=1.0, depth_weight=0.0)
+    cfg = TTALossConfig(loss="baseline", traj_weight=0.0, align_weight=1.0, depth_weight=0.0)
     _, parts = tta_loss(pred, K, w2c, tracks, None, None, cfg)
     assert parts["align"] == pytest.approx(0.5, rel=1e-9)
 
@@ -201,7 +202,8 @@ def test_robust_align_is_scale_invariant_and_masked():
     pred, w2c = _plane(2.0)
     pred["recon_pts"] = pred["recon_pts"] * 1.1
     tracks = _tracks([[2.0, 2.0], [5.0, 3.0]], [[2.0, 2.0], [5.0, 3.0]], [True, False])
-    cfg = TTALossConfig(kind="robust", traj_weight=0.0, align_weight=1.0, depth_weight=0.0, use_sigma=False)
+    cfg = TTALossConfig(loss="robust", traj_weight=0.0, align_weight=1.0, depth_weight=0.0, use_sigma=False,
+                        outlier_gate=0.0)
     _, parts = tta_loss(pred, K, w2c, tracks, None, None, cfg)
     # head 1 at (2,2) vs head 2 at (2,2): 0.1 x the point's distance, over the mean distance x 1.1
     point = pred["track_pts"][0, 2, 2]
@@ -219,7 +221,7 @@ def test_total_uses_the_weights():
     target = CENTRE + torch.tensor([[0.0, 2.0], [2.0, 0.0]], dtype=torch.float64)
     tracks = TrackBatch(query, target[None], torch.ones(1, 2, dtype=torch.bool))
     depth = torch.ones(1, *HW, dtype=torch.float64)
-    total, parts = tta_loss(pred, K, w2c, tracks, depth, None, TTALossConfig(kind="baseline"))
+    total, parts = tta_loss(pred, K, w2c, tracks, depth, None, TTALossConfig(loss="baseline"))
     assert total.item() == pytest.approx(0.5 * parts["traj"] + 5 * parts["align"] + 10 * parts["depth"])
     assert parts["traj"] == pytest.approx(2.0)
 
@@ -227,7 +229,7 @@ def test_total_uses_the_weights():
 def test_unknown_kind_raises():
     pred, w2c = _plane(2.0)
     with pytest.raises(ValueError):
-        tta_loss(pred, K, w2c, None, None, None, TTALossConfig(kind="magic"))
+        tta_loss(pred, K, w2c, None, None, None, TTALossConfig(loss="magic"))
 
 
 def _frozen_points(pred, stride):
@@ -246,7 +248,7 @@ def test_points_prior_hand_value():
     assert prior_loss(pred, w2c, frozen, "points").item() == pytest.approx(0.3 / mean_norm / 2, rel=1e-9)
     # in the total, with its weight, for either loss kind
     for kind in ("baseline", "robust"):
-        cfg = TTALossConfig(kind=kind, traj_weight=0.0, align_weight=0.0, prior_weight=4.0)
+        cfg = TTALossConfig(loss=kind, traj_weight=0.0, align_weight=0.0, prior_weight=4.0)
         total, parts = tta_loss(pred, K, w2c, None, None, None, cfg, frozen)
         assert parts["prior"] == pytest.approx(0.3 / mean_norm / 2, rel=1e-9)
         assert total.item() == pytest.approx(4.0 * parts["prior"], rel=1e-9)

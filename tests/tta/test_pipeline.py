@@ -1,4 +1,4 @@
-"""`st4r adapt` end to end (decode -> tracks -> adapt -> chain -> scene.npz) with a micro checkpoint, then
+"""`st4r adapt` end to end (decode -> tracks -> adapt -> predict -> cameras -> fuse -> scene.npz) with a micro checkpoint, then
 `st4r export`; a rerun reuses every stage."""
 
 import json
@@ -22,7 +22,7 @@ def test_adapt_then_export(tmp_path, make_clip, make_prefit_model, capsys):
     args = ["adapt", str(folder), "--out", str(run_dir), "--model", str(model_path), "--device", "cpu",
             "--long-side", "48", "-q",
             "--set", "tracks.grid_size=6", "--set", "adapt.iters=2", "--set", "adapt.frames_per_step=3",
-            "--set", "adapt.pnp_stride=2", "--set", "chain.window=5", "--set", "chain.overlap=2"]
+            "--set", "adapt.pnp_stride=2", "--set", "predict.window=5", "--set", "predict.overlap=2"]
     assert cli_run(args) == 0, capsys.readouterr().err
     scene = read_scene(run_dir / "scene.npz")
     assert scene["tracks3d"].shape == (36, 8, 3) and np.isfinite(scene["tracks3d"]).all()
@@ -39,3 +39,52 @@ def test_adapt_then_export(tmp_path, make_clip, make_prefit_model, capsys):
     assert (run_dir / "export" / "ply" / "accumulated.ply").is_file()
     lines = (run_dir / "export" / "trajectory_tum.txt").read_text().splitlines()
     assert len([line for line in lines if not line.startswith("#")]) == 8
+
+
+def _write_frames(tmp_path, frames):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{t:05d}.png")
+    return folder
+
+
+def _recomputed(run_dir) -> list[str]:
+    """Stages of the last run that were computed, not reused (from run.json)."""
+    stages = json.loads((run_dir / "run.json").read_text())["stages"]
+    return [name for name, stage in stages.items() if not stage["reused"]]
+
+
+def test_a_setting_recomputes_only_its_stage_and_later_ones(tmp_path, make_clip, make_prefit_model, capsys):
+    """The cache keys follow the stage boundaries: a camera-solver knob re-runs cameras and fuse (not the
+    network: predict is reused), the camera solver's extra tracks tracks, cameras and fuse (the network's
+    tracks are unchanged, so adapt and predict are reused), a fusion knob only fuse, the threads knob nothing, `--force adapt` only
+    adapt (same deltas, same digest), and `--force chain` (the former stage name) the three stages that
+    replaced it."""
+    frames, _ = make_clip(num_frames=8)
+    folder = _write_frames(tmp_path, frames)
+    model_path = save_model(make_prefit_model(), tmp_path / "micro.safetensors")
+    run_dir = tmp_path / "run"
+    base = ["adapt", str(folder), "--out", str(run_dir), "--model", str(model_path), "--device", "cpu",
+            "--long-side", "48", "-q", "--set", "tracks.grid_size=6", "--set", "adapt.iters=1",
+            "--set", "adapt.frames_per_step=3", "--set", "predict.window=5", "--set", "predict.overlap=2"]
+    assert cli_run(base) == 0, capsys.readouterr().err
+    assert _recomputed(run_dir) == ["decode", "tracks", "adapt", "predict", "cameras", "fuse"]
+    first = read_scene(run_dir / "scene.npz")
+
+    assert cli_run(base + ["--set", "cameras.ba_accept_px=3.5"]) == 0
+    assert _recomputed(run_dir) == ["cameras", "fuse"]
+    assert cli_run(base + ["--set", "tracks.camera_every_k=3"]) == 0        # the camera solver's tracks only
+    assert _recomputed(run_dir) == ["tracks", "cameras", "fuse"]
+    assert cli_run(base + ["--set", "fuse.sigma_fill_px=8.0"]) == 0
+    assert _recomputed(run_dir) == ["fuse"]
+    assert cli_run(base + ["--set", "predict.cpu_threads=2"]) == 0
+    assert _recomputed(run_dir) == []
+    np.testing.assert_array_equal(read_scene(run_dir / "scene.npz")["tracks3d"], first["tracks3d"])
+    # adapt's artifact holds only its arrays (no timings): recomputed with the same result, its digest is
+    # unchanged and nothing after it reruns
+    assert cli_run(base + ["--force", "adapt"]) == 0
+    assert _recomputed(run_dir) == ["adapt"]
+    assert cli_run(base + ["--force", "chain"]) == 0
+    assert _recomputed(run_dir) == ["predict", "cameras", "fuse"]
+    np.testing.assert_array_equal(read_scene(run_dir / "scene.npz")["tracks3d"], first["tracks3d"])

@@ -1,4 +1,5 @@
-"""Camera refinement (bundle adjustment) and track fusion of a chained scene, against exact ground truth."""
+"""Camera refinement (the cameras stage's bundle adjustment) and track fusion (the fuse stage's
+re-lifting) of a chained scene, against exact ground truth."""
 
 import warnings
 from types import SimpleNamespace
@@ -9,16 +10,20 @@ from scipy.spatial.transform import Rotation
 
 from st4r_cli.formats.clip import clip_from_synthetic
 from st4r_cli.metrics.camera import camera_metrics
-from st4r_cli.stages.chain import ChainConfig
-from st4r_cli.stages.refine import (
-    _fits_static,
-    _fuse,
-    _parallax_deg,
-    _rotation_free_parallax_deg,
-    _well_triangulated,
-    refine_scene,
-)
+from st4r_cli.configs import CamerasConfig, FuseConfig, TracksConfig, VisibilityConfig
+from st4r_cli.stages.cameras import _bundle_adjust, _parallax_deg, _rotation_free_parallax_deg, _well_triangulated
+from st4r_cli.stages.fuse import _fits_static, _fuse, _relift
+from st4r_cli.stages.tracks import camera_tracks
 from st4r_cli.synthetic import render_clip
+
+
+def refine_scene(scene, frames, tracks, config=CamerasConfig(), fuse=FuseConfig()):
+    """The cameras stage's bundle adjustment of a chained scene (with the tracks stage's camera tracks,
+    default settings), then the fuse stage's re-lifting into its cameras."""
+    tracks = {**tracks, **camera_tracks(frames, TracksConfig())}
+    cameras = _bundle_adjust(scene["cam_c2w"], scene["intrinsics"], scene["pointmaps"], tracks, config)
+    scene = {**scene, "visibility_eps_rel": np.float32(VisibilityConfig().mask_eps_rel)}
+    return _relift(scene, tracks, cameras, fuse, config, frames.shape[1:3])
 
 
 def test_fuse_moves_points_onto_the_tracked_rays_at_their_depth():
@@ -138,7 +143,7 @@ def test_refine_recovers_the_cameras_of_a_static_scene(static_clip):
               "queries": np.concatenate([gt["query_t"][:, None], gt["query_xy"]], 1).astype(np.float32)}
     frames = np.asarray(static_clip.frames)
     before = camera_metrics(scene["cam_c2w"], gt_c2w)
-    out = refine_scene(scene, frames, tracks, ChainConfig(queries="tracks"))
+    out = refine_scene(scene, frames, tracks)
     after = camera_metrics(out["cam_c2w"], gt_c2w)
     assert bool(out["ba_accepted"])
     assert after["ate"] < 0.1 * before["ate"] and after["rpe_rot"] < 0.1 * before["rpe_rot"]
@@ -156,7 +161,7 @@ def test_refine_keeps_the_scene_when_the_cameras_already_fit(static_clip):
     gt = static_clip.gt
     tracks = {"tracks_xy": gt["tracks2d"].astype(np.float32), "visible": gt["visible"].astype(bool),
               "queries": np.concatenate([gt["query_t"][:, None], gt["query_xy"]], 1).astype(np.float32)}
-    out = refine_scene(scene, np.asarray(static_clip.frames), tracks, ChainConfig(queries="tracks"))
+    out = refine_scene(scene, np.asarray(static_clip.frames), tracks)
     assert camera_metrics(out["cam_c2w"], gt_c2w)["ate"] < 1e-3
 
 
@@ -179,7 +184,7 @@ def test_refine_rejects_a_mirrored_bundle_solution_and_still_fuses_the_tracks(st
         return result
 
     monkeypatch.setattr(bundle_module, "bundle_adjust", mirrored_bundle_adjust)
-    out = refine_scene(scene, np.asarray(static_clip.frames), tracks, ChainConfig(queries="tracks"))
+    out = refine_scene(scene, np.asarray(static_clip.frames), tracks)
     assert not bool(out["ba_accepted"])
     np.testing.assert_array_equal(out["cam_c2w"], scene["cam_c2w"])
     np.testing.assert_array_equal(out["pointmaps"], scene["pointmaps"])
@@ -194,4 +199,4 @@ def test_refine_rejects_a_mirrored_bundle_solution_and_still_fuses_the_tracks(st
     moving = ~out["track_static"]
     assert moving.any() and np.max(err[moving[:, None] & vis]) < 1e-3
     per_track = np.nanmedian(np.where(vis, err, np.nan), axis=1)
-    assert np.all(per_track[~moving] <= ChainConfig().ba_point_max_px)
+    assert np.all(per_track[~moving] <= CamerasConfig().ba_point_max_px)

@@ -1,0 +1,202 @@
+"""Every config section of a run, in one leaf module (stdlib only: no st4r_cli imports).
+
+A run's `config.yaml` has one section per class in `SECTIONS` (pipeline order; `visibility` is shared
+by the adapt stage's loss and the fuse stage). Each stage module re-exports its own config class, and
+the stage functions take these objects; `st4r_cli.runs.config` composes them into `RunConfig` and
+parses `--set SECTION.FIELD=VALUE`.
+
+`NOT_KEYED` lists the fields of a section that cannot change results (threads): they are saved in
+config.yaml but left out of the stage cache keys (`st4r_cli.runs.config.keyed_fields`).
+Each field is defined once: a stage that needs another section's knob takes that section as an
+argument (and its cache key includes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass
+class DecodeConfig:
+    long_side: int = 256              # processing resolution: long side in pixels (before rounding)
+    multiple: int = 16                # H and W rounded to a multiple of this (the model's patch size)
+    upscale: bool = False             # enlarge sources smaller than long_side
+    start: int = 0                    # first source frame to keep
+    end: int | None = None            # stop before this source frame (None: to the end)
+    stride: int = 1                   # keep every stride-th frame from `start`
+    max_frames: int | None = None     # keep at most this many frames (None: no limit)
+    fps: float | None = None          # frame rate of an image folder (videos use their timestamps)
+
+
+@dataclass
+class TracksConfig:
+    backend: str = "builtin"          # builtin | cotracker3
+    query_mode: str = "grid"          # grid | grid_every_k | file
+    grid_size: int = 32               # points per side of the query grid
+    query_every_k: int = 8            # grid_every_k: a new grid every k frames
+    query_file: str = ""              # file: .npy (N,3)/(N,2) or text rows "t,x,y" / "x,y"
+    # the camera solver's extra tracks (stage arrays camera_*): a grid re-seeded every k frames, so
+    # every part of the video has tracks that start in it (0: none)
+    camera_every_k: int = 8
+    camera_grid_size: int = 16        # points per side of that grid
+    # builtin tracker (see st4r_cli/tracking/builtin.py)
+    flow_long_side: int = 432         # DIS flow raster long side (px, never enlarged)
+    dis_preset: str = "ultrafast"     # ultrafast | fast | medium
+    occlusion: str = "lk_fb"          # lk_fb | dis_fb | none: the cycle check flagging occlusion
+    fb_threshold: float = 3.0         # cycle error (px at a 256 long side) above which a point is occluded
+    reacquire: bool = True            # re-find occluded points by their query-frame appearance
+    reacquire_ncc: float = 0.7        # re-found patch must correlate with the query patch above this
+    lost_motion: str = "velocity"     # velocity | flow: how a lost point moves until re-found
+    # cotracker3
+    cotracker_mode: str = "offline"   # offline | online
+    cotracker_weights: str = ""       # default: weights/scaled_offline.pth or weights/scaled_online.pth
+    cotracker_backward: bool = False  # offline: also track backwards from each query frame
+    cotracker_model_hw: tuple[int, int] = (384, 512)  # internal resolution (CoTracker3's own)
+
+
+@dataclass
+class DepthConfig:
+    backend: str = "multiview"        # multiview (from the solved cameras) | moge | none
+    moge_weights: str = ""            # default: weights/moge-2-vitl-normal/model.pt (MoGe-1 files work too)
+    resolution_level: int = 9         # MoGe's 0..9 speed/detail knob
+    num_tokens: int = 0               # ViT tokens per frame (0: from resolution_level)
+    batch_size: int = 4               # frames per forward pass
+    fp16: bool = True                 # half precision on CUDA
+    # multiview (st4r_cli/depth/multiview.py)
+    mv_offsets: tuple[int, ...] = (-16, -8, -4, 4, 8, 16)  # neighbour frames j = i + o
+    mv_min_parallax_deg: float = 1.0  # a frame pair gives depth only above this triangulation angle
+    mv_consistency_rel: float = 0.1   # pairs agree within this fraction of the median depth
+    mv_max_fb_px: float = 1.0         # forward-backward flow consistency (px)
+
+
+@dataclass
+class VisibilityConfig:
+    """The z-buffer test and the confidence -> pixel sigma map, shared by the TTA loss and fusion."""
+
+    mask_eps_rel: float = 0.05        # z-buffer tolerance relative to the surface depth
+    sigma_floor_px: float = 1.0       # sigma = sqrt(floor^2 + (f * conf_alpha * s / (c * z))^2) pixels
+    conf_alpha: float = 0.2           # ConfLoss alpha used to turn confidence into sigma
+
+
+@dataclass
+class TTALossConfig:
+    """Which TTA loss and its parts (flags switch parts off for ablations): `st4r_cli.losses.tta`."""
+
+    loss: str = "robust"              # robust (ST4RTrack+) | baseline (ST4RTrack) | none (adapt: no TTA)
+    traj_weight: float = 0.5
+    depth_weight: float = 10.0
+    align_weight: float = 5.0
+    use_mask: bool = True             # robust: z-buffer visibility mask
+    use_tracker_visibility: bool = True  # robust: AND the mask with the tracker's visibility
+    use_sigma: bool = True            # robust: per-point sigma NLL and weights
+    weight_mode: str = "exp"          # robust: exp -> w = exp(-sigma/median sigma); inv -> 1/(sigma^2 + eps)
+    calibrate_sigma: bool = True      # robust: sigma's size from the residuals, its shape from the confidence
+    outlier_gate: float = 3.0         # robust: mask tracks whose residual exceeds gate x sigma (0: off)
+    inv_weight_eps: float = 1.0       # eps of the 1/(sigma^2 + eps) weights, pixels^2
+    prior_weight: float = 5.0         # both losses: self-distillation prior towards the pre-TTA network
+                                      # (0 disables): without a depth term nothing else pins the geometry
+    prior_kind: str = "points"        # points (both heads' pointmaps) | anchor (head 2, and head 1 on the
+                                      # (a, a) pair only: motion free) | depth (head-2 z-depth, eq. 9)
+
+
+@dataclass
+class AdaptConfig(TTALossConfig):
+    """Test-time adaptation: the loss (inherited fields, `TTALossConfig`) and the optimisation
+    (0 means: the device's default, see `stages.adapt.resolve`)."""
+
+    iters: int = 0                    # TTA steps; 0 -> 20 on CPU, 300 on CUDA
+    lr: float = 0.0                   # AdamW learning rate; 0 -> 2e-5 on CPU, 5e-5 on CUDA
+    frames_per_step: int = 0          # pairs per step incl. (a, a); 0 -> 4 on CPU, 10 on CUDA
+    params: str = "decoders+heads"    # decoders+heads | heads | tracking | all
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0            # max gradient norm (0 disables)
+    max_tracks: int = 512             # 2D tracks per step (random subset)
+    pnp_stride: int = 4               # the differentiable PnP of each step uses every k-th pixel of head 2
+    tta_focal: str = "fixed"          # estimated focal during TTA: fixed (pre-TTA anchor pointmap) |
+                                      # per_step (re-fitted to the adapted pointmap at every step)
+    prior_stride: int = 4             # points prior: every k-th pixel in x and y
+    diverge_factor: float = 4.0       # a loss above this x its running average triggers a rollback
+
+
+@dataclass
+class PredictConfig:
+    """How the network runs over the video (adapt and predict): windows, focal, batches, threads."""
+
+    NOT_KEYED: ClassVar[tuple[str, ...]] = ("cpu_threads",)
+
+    window: int = 24                  # frames per window
+    overlap: int = 4                  # frames shared by consecutive windows (>= 1)
+    focal: float = 0.0                # focal in pixels of the decoded frames; 0 -> estimate
+    use_depth_intrinsics: bool = True  # use the depth backend's K when it gives one (and focal is 0)
+    batch_size: int = 0               # inference pairs per batch; 0 -> 4 on CPU, 16 on CUDA
+    cpu_threads: int = 1              # torch threads on CPU for TTA and inference (0: torch's default).
+                                      # 1 is 3-5x faster than 2 on a busy 2-core machine (tiny ops
+                                      # + thread synchronisation); raise it on an idle many-core CPU
+
+
+@dataclass
+class CamerasConfig:
+    """The camera solver: bundle adjustment on the 2D tracks alone, before depth and TTA."""
+
+    refine: str = "ba"                # ba (solve the cameras on the 2D tracks) | none (the network's)
+    focal_init: float = 0.0           # focal in pixels of the decoded frames; 0 -> predict.focal, else the
+                                      # un-adapted network's frame-0 estimate
+    ba_chunk: int = 8                 # frames join the bundle adjustment in chunks of this size
+    ba_dynamic_rel: float = 0.05      # fuse: a network track moving more than this x the scene depth is dynamic
+    ba_accept_px: float = 4.0         # the solved cameras are kept when the median reprojection is below
+    ba_refine_focal: bool = False     # also refine the focal (needs rotation and parallax to be observable)
+    ba_point_max_px: float = 2.0      # static tracks become bundle points below this median residual ...
+    ba_min_parallax_deg: float = 6.0  # ... and above this parallax at the bundle's solution ...
+    ba_min_parallax_2d_deg: float = 1.0  # ... and this one on the 2D tracks, the best camera rotation taken out
+
+
+@dataclass
+class FuseConfig:
+    """World 3D tracks, 2D tracks and visibility from the windows' predictions and the cameras."""
+
+    pnp_stride: int = 4               # every k-th pixel of head 2 for each window camera's PnP
+    sim3_stride: int = 4              # every k-th pixel of the overlap pointmaps for the windows' Sim(3)
+    multiview: bool = True            # static pixels and tracks from the multi-view depth when present
+    static_spread_rel: float = 0.05   # a track is static when its lifted points agree within this x depth
+    fill_radius_px: float = 16.0      # non-moving pixels this close to a multi-view one take its depth
+
+    queries: str = "tracks"           # tracks (the tracks stage's queries) | grid | dense (frame 0)
+    grid_size: int = 32               # points per side for queries=grid
+    dense_stride: int = 1             # pixel stride for queries=dense
+    visibility: str = "tracker"       # tracker (its flags; the z-buffer test for queries it did not
+                                      # track: queries=grid|dense) | mask (z-buffer) | both
+    visibility_quantile: float = 0.9  # visibility=tracker, queries the tracker did not track: the z-buffer
+                                      # tolerance accepts this share of the points the tracker sees (0: off)
+    sigma_fill_px: float = 16.0       # sigma of interpolated track positions
+    fuse_tracks: bool = True          # 3D tracks follow the 2D tracks where the tracker sees them
+
+
+# Section name -> config class, in pipeline order (the sections of config.yaml besides the top level).
+SECTIONS: dict[str, type] = {
+    "decode": DecodeConfig,
+    "tracks": TracksConfig,
+    "cameras": CamerasConfig,
+    "depth": DepthConfig,
+    "visibility": VisibilityConfig,
+    "adapt": AdaptConfig,
+    "predict": PredictConfig,
+    "fuse": FuseConfig,
+}
+
+# Where the fields of the former `chain:` section (and adapt's window/inference knobs) went.
+MOVED_FIELDS: dict[str, str] = {
+    **{f"chain.{name}": f"predict.{name}" for name in ("window", "overlap")},
+    **{f"adapt.{name}": f"predict.{name}" for name in ("focal", "use_depth_intrinsics", "batch_size", "cpu_threads")},
+    **{f"{section}.{name}": f"fuse.{name}" for section in ("chain", "cameras") for name in ("pnp_stride", "sim3_stride")},
+    **{f"chain.{name}": f"cameras.{name}" for name in ("refine", "ba_chunk",
+                                                      "ba_dynamic_rel", "ba_accept_px", "ba_refine_focal",
+                                                      "ba_point_max_px", "ba_min_parallax_deg",
+                                                      "ba_min_parallax_2d_deg")},
+    **{f"chain.{name}": f"fuse.{name}" for name in ("queries", "grid_size", "dense_stride", "visibility",
+                                                   "visibility_quantile", "sigma_fill_px", "fuse_tracks")},
+    "chain.ba_every_k": "tracks.camera_every_k", "chain.ba_grid_size": "tracks.camera_grid_size",
+    **{f"{section}.{name}": f"visibility.{name}" for section in ("adapt", "chain")
+       for name in ("mask_eps_rel", "sigma_floor_px")},
+    "chain.conf_alpha": "visibility.conf_alpha",
+}

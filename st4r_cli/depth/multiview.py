@@ -1,0 +1,218 @@
+"""Multi-view depth from solved cameras and dense optical flow (CPU, OpenCV DIS flow).
+
+For every frame i and every neighbour j = i + o (o in `offsets`):
+1. dense flow i -> j and j -> i: DIS flow between neighbours, chained frame by frame for larger offsets
+   (each link warps frame j by the flow so far and adds DIS's residual flow, so large motions stay within
+   DIS's range);
+2. forward-backward check (`max_fb_px`) and in-image test;
+3. triangulation along frame i's rays with the solved cameras (`geometry.triangulate`), kept where the
+   parallax exceeds `min_parallax_deg` and the point is in front of both cameras;
+4. epipolar test: a static pixel's match lies on its epipolar line. The threshold is robust per pair,
+   `max(epipolar_px, epipolar_k * 1.4826 * MAD-scale)`, so camera error does not flag the whole frame.
+
+Per pixel: `dynamic` when at least `dynamic_vote` of the pairs that checked it put its match off the
+epipolar line; `depth` is the median over the static pairs, `valid` where at least `min_views` pairs agree
+within `consistency_rel` of that median and the pixel is not dynamic, `conf` the fraction of the frame's
+pairs that agree. A frame whose pairs have too little parallax (pure rotation, a camera that stands still)
+gets no valid depth and is listed in `low_parallax (T,) bool`: the caller falls back (no depth supervision
+there) and says so.
+
+Shapes: frames `(T, H, W, 3) uint8`, intrinsics `(3, 3)` (pixels of the frames), `cam_c2w (T, 4, 4)`.
+Output: `depth (T, H, W) f32` (0 where invalid), `valid (T, H, W) bool`, `conf (T, H, W) f32` in [0, 1],
+`dynamic (T, H, W) bool`, `parallax_deg (T,) f32` (median over the frame's triangulated pixels),
+`low_parallax (T,) bool`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from st4r_cli.geometry.triangulate import triangulate_on_rays
+
+
+@dataclass(frozen=True)
+class MultiviewOptions:
+    offsets: tuple[int, ...] = (-16, -8, -4, 4, 8, 16)   # neighbour frames j = i + o
+    spare_offsets: tuple[int, ...] = (6, 12, 24)          # |o| tried, on either side, near the video's ends
+    max_fb_px: float = 1.0            # forward-backward flow consistency
+    min_parallax_deg: float = 1.0     # triangulation angle below which a pair gives no depth
+    min_views: int = 2                # agreeing pairs needed for a valid depth
+    consistency_rel: float = 0.10     # a pair agrees when within this fraction of the median depth
+    epipolar_px: float = 1.5          # smallest epipolar threshold (pixels)
+    epipolar_k: float = 4.0           # epipolar threshold in robust standard deviations of the pair
+    dynamic_vote: float = 0.5         # share of the checking pairs that must flag a pixel as moving
+    min_checks: int = 2               # pairs that must check a pixel before it can be called dynamic
+    low_parallax_fraction: float = 0.02  # a frame with fewer valid pixels than this is 'low parallax'
+
+
+class ChainedFlow:
+    """Dense flow between frames i and i + o, chained through the frames in between.
+
+    Flows are `(H, W, 2) float32`, `(dx, dy)` from a pixel of the source frame to its match. Each frame's
+    chains are computed once, on demand; only the offsets asked for (and their opposites) are kept, and
+    `forget_before` drops frames no longer needed, so memory does not grow with the video's length.
+    """
+
+    def __init__(self, frames: np.ndarray, offsets: Iterable[int]) -> None:
+        import cv2
+
+        self._cv2 = cv2
+        self.gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+        self.kept = {o for o in offsets} | {-o for o in offsets}   # a pair needs both directions
+        self.max_offset = max(abs(o) for o in self.kept)
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        height, width = self.gray[0].shape
+        self._grid = np.stack(np.meshgrid(np.arange(width, dtype=np.float32),
+                                          np.arange(height, dtype=np.float32)), axis=-1)
+        self._chains: dict[int, dict[int, np.ndarray]] = {}
+
+    def _compose(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Flow of `first` followed by `second` (sampled where `first` lands)."""
+        where = self._grid + first
+        later = self._cv2.remap(second, where[..., 0], where[..., 1], self._cv2.INTER_LINEAR,
+                                borderMode=self._cv2.BORDER_REPLICATE)
+        return first + later
+
+    def _refine(self, src: int, dst: int, guess: np.ndarray) -> np.ndarray:
+        """DIS's residual flow between frame `src` and frame `dst` warped by `guess`, added to `guess`."""
+        where = self._grid + guess
+        warped = self._cv2.remap(self.gray[dst], where[..., 0], where[..., 1], self._cv2.INTER_LINEAR,
+                                 borderMode=self._cv2.BORDER_REPLICATE)
+        return self._compose(self._dis.calc(self.gray[src], warped, None), guess)
+
+    def _build(self, src: int) -> dict[int, np.ndarray]:
+        chains: dict[int, np.ndarray] = {}
+        num_frames = len(self.gray)
+        for step in (1, -1):
+            flow = None
+            for hop in range(1, self.max_offset + 1):
+                dst = src + step * hop
+                if not 0 <= dst < num_frames:
+                    break
+                if flow is None:
+                    flow = self._dis.calc(self.gray[src], self.gray[dst], None)
+                else:
+                    flow = self._refine(src, dst, flow)
+                if step * hop in self.kept:
+                    chains[step * hop] = flow
+        return chains
+
+    def __call__(self, src: int, offset: int) -> np.ndarray:
+        if src not in self._chains:
+            self._chains[src] = self._build(src)
+        return self._chains[src][offset]
+
+    def forget_before(self, frame: int) -> None:
+        for src in [s for s in self._chains if s < frame]:
+            del self._chains[src]
+
+
+def neighbour_frames(i: int, num_frames: int, opts: MultiviewOptions) -> list[int]:
+    """Frames paired with frame i: `i + offsets` inside the video, topped up from `spare_offsets` (either
+    side) near the video's ends so that every frame gets as many pairs as the middle ones."""
+    chosen = [i + o for o in opts.offsets if 0 <= i + o < num_frames]
+    for spare in opts.spare_offsets:
+        for j in (i + spare, i - spare):
+            if len(chosen) < len(opts.offsets) and 0 <= j < num_frames and j not in chosen:
+                chosen.append(j)
+    return chosen
+
+
+def _pair_evidence(flows: ChainedFlow, i: int, j: int, intrinsics: np.ndarray, cam_c2w: np.ndarray,
+                   opts: MultiviewOptions) -> dict[str, np.ndarray]:
+    """Depth, agreement masks and epipolar verdict of frame i's pixels from the pair (i, j)."""
+    import cv2
+
+    forward, backward = flows(i, j - i), flows(j, i - j)
+    height, width = forward.shape[:2]
+    grid = flows._grid
+    matched = grid + forward
+    back = cv2.remap(backward, matched[..., 0], matched[..., 1], cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=(np.nan, np.nan))
+    fb_px = np.hypot(*(forward + back).transpose(2, 0, 1))
+    inside = (matched[..., 0] >= 0) & (matched[..., 0] <= width - 1) & \
+             (matched[..., 1] >= 0) & (matched[..., 1] <= height - 1)
+    checked = inside & (fb_px < opts.max_fb_px)
+    cam_i_to_j = np.linalg.inv(cam_c2w[j]) @ cam_c2w[i]
+    tri = triangulate_on_rays(grid, matched, intrinsics, cam_i_to_j)
+    epi = tri["epipolar_px"]
+    if checked.sum() > 16:
+        scale = 1.4826 * np.nanmedian(epi[checked])
+    else:
+        scale = np.inf
+    moving = checked & (epi > max(opts.epipolar_px, opts.epipolar_k * scale))
+    depth_ok = checked & ~moving & (tri["depth"] > 0) & (tri["depth_j"] > 0) & \
+        (tri["parallax_deg"] > opts.min_parallax_deg)
+    return {"depth": np.where(depth_ok, tri["depth"], np.nan), "checked": checked, "moving": moving,
+            "parallax": np.where(depth_ok, tri["parallax_deg"], np.nan)}
+
+
+def _fuse_frame(pairs: list[dict[str, np.ndarray]], opts: MultiviewOptions) -> dict[str, np.ndarray]:
+    """Per-pixel depth / valid / conf / dynamic of one frame from its pairs' evidence."""
+    depths = np.stack([p["depth"] for p in pairs])                       # (P, H, W)
+    checks = np.stack([p["checked"] for p in pairs]).sum(0)
+    moves = np.stack([p["moving"] for p in pairs]).sum(0)
+    dynamic = (checks >= opts.min_checks) & (moves >= opts.dynamic_vote * np.maximum(checks, 1))
+    with np.errstate(all="ignore"):
+        median = _nanmedian0(depths)
+        agree = (np.abs(depths - median[None]) <= opts.consistency_rel * median[None]).sum(0)
+    valid = (agree >= opts.min_views) & ~dynamic & np.isfinite(median)
+    parallax = np.concatenate([p["parallax"][np.isfinite(p["parallax"])] for p in pairs])
+    return {"depth": np.where(valid, median, 0.0).astype(np.float32), "valid": valid,
+            "conf": (agree / len(pairs)).astype(np.float32) * valid, "dynamic": dynamic,
+            "parallax_deg": np.float32(np.median(parallax)) if parallax.size else np.float32(0.0)}
+
+
+def _nanmedian0(values: np.ndarray) -> np.ndarray:
+    """Median over axis 0 ignoring NaN; NaN (without numpy's All-NaN warning) where every value is NaN."""
+    finite = np.isfinite(values)
+    filled = np.where(finite, values, np.inf)
+    ordered = np.sort(filled, axis=0)
+    count = finite.sum(0)
+    lo = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0)[None], 0)[0]
+    hi = np.take_along_axis(ordered, np.maximum(count // 2, 0)[None], 0)[0]
+    return np.where(count > 0, 0.5 * (lo + hi), np.nan)
+
+
+def multiview_depth(frames: np.ndarray, intrinsics: np.ndarray, cam_c2w: np.ndarray,
+                    opts: MultiviewOptions = MultiviewOptions(),
+                    progress: Callable[[Iterable[int], str], Iterable[int]] | None = None
+                    ) -> dict[str, np.ndarray]:
+    """Dense per-frame depth of a video from its solved cameras (see the module docstring).
+
+    Args:
+        frames: `(T, H, W, 3) uint8` RGB.
+        intrinsics: `(3, 3)` in pixels of `frames` (one camera for the whole video).
+        cam_c2w: `(T, 4, 4)` camera-to-world poses (any scale: depth comes out in the poses' units).
+        opts: thresholds and neighbours.
+        progress: optional wrapper of the frame loop (e.g. `st4r_cli.progress.track`).
+    Returns:
+        `depth (T,H,W) f32`, `valid (T,H,W) bool`, `conf (T,H,W) f32`, `dynamic (T,H,W) bool`,
+        `parallax_deg (T,) f32`, `low_parallax (T,) bool`.
+    """
+    frames = np.asarray(frames)
+    num_frames, height, width = frames.shape[:3]
+    cam_c2w = np.asarray(cam_c2w, dtype=np.float64)
+    intrinsics = np.asarray(intrinsics, dtype=np.float64)
+    flows = ChainedFlow(frames, opts.offsets + opts.spare_offsets + tuple(-o for o in opts.spare_offsets))
+    out = {"depth": np.zeros((num_frames, height, width), np.float32),
+           "valid": np.zeros((num_frames, height, width), bool),
+           "conf": np.zeros((num_frames, height, width), np.float32),
+           "dynamic": np.zeros((num_frames, height, width), bool),
+           "parallax_deg": np.zeros(num_frames, np.float32)}
+    frame_loop: Iterable[int] = range(num_frames)
+    if progress is not None:
+        frame_loop = progress(frame_loop, "multi-view depth")
+    for i in frame_loop:
+        neighbours = neighbour_frames(i, num_frames, opts)
+        if neighbours:
+            fused = _fuse_frame([_pair_evidence(flows, i, j, intrinsics, cam_c2w, opts) for j in neighbours],
+                                opts)
+            for key in out:
+                out[key][i] = fused[key]
+        flows.forget_before(i + 1 - flows.max_offset)
+    out["low_parallax"] = out["valid"].reshape(num_frames, -1).mean(1) < opts.low_parallax_fraction
+    return out

@@ -1,0 +1,268 @@
+"""Cameras stage: every frame's camera and the focal, from the 2D tracks alone (before depth and TTA).
+
+Input artifacts: tracks (the stage's tracks plus the camera solver's own `camera_*` tracks, from the
+chosen tracker) and the frame size; config: `CamerasConfig`. It needs no network: the multi-view depth
+and the TTA that follow use its cameras.
+
+1. Bundle tracks: the tracks stage's tracks (first) and its camera tracks (a grid re-seeded every
+   `tracks.camera_every_k` frames), so every part of the video is covered by tracks that start in it.
+2. Bundle adjustment (`st4r_cli.geometry.bundle`) of the cameras, the focal and the tracks' inverse
+   depths, from nothing but the focal: every camera at the origin, every track at depth 1, the focal
+   `focal_init` or (0) the one the un-adapted network's frame-0 pointmap implies (the focal is weakly
+   observable on a short clip: refined from the long side it landed at 2.7x the true one on 7-Scenes
+   redkitchen-0 with the same reprojection error; `ba_refine_focal` refines it). The first chunk of frames starts from two-view geometry, later frames are placed
+   by RANSAC PnP on the points already fixed; Cauchy-robust, and tracks that some observation does not
+   fit (moving objects) are dropped before the last pass. The scene's scale is the bundle's: the median
+   track depth is 1. (Measured on 7-Scenes redkitchen-0 / -3: ATE 0.013 / 0.022 m from nothing, 0.014 /
+   0.021 m when started from the network's chained cameras.)
+3. Checks. The solution is kept only when its median reprojection is under `ba_accept_px` and it puts at
+   most 1% of the observations behind their camera (a point behind a camera still projects onto a pixel
+   that can fit its track). A camera step the static points' image motion does not support
+   (`geometry.camera_checks`) is repaired when it is a spike (one frame off the path: put back between
+   its neighbours) and rejects the solution when it is a break. `camera_status` says which.
+4. Bundle points. For the tracks stage's own tracks, the bundle's triangulated point, its depth in the
+   query camera, and whether it is well fixed: 3+ views, median residual under `ba_point_max_px`,
+   parallax over `ba_min_parallax_deg` at the bundle's solution, and over `ba_min_parallax_2d_deg` on
+   the 2D tracks once the best camera rotation is taken out (with little parallax the bundle can trade
+   depth for baseline, then see the parallax it made up in its own solution). The fuse stage uses them.
+
+Output arrays:
+    ba_accepted () bool, camera_status () str: solved | repaired | rejected: <why> | not run: <why>
+    cam_w2c (T, 4, 4) f64, intrinsics (3, 3) f64      the solution (identity / the guess when rejected)
+    ba_initial_residual_px () f32, ba_residual_px () f32 (medians), camera_spikes (S,) int64,
+    camera_breaks (B,) int64, track_bundle_points (N, 3) f64, track_bundle_depth (N,) f64,
+    track_bundle_fixed (N,) bool                    for the tracks stage's N tracks
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from st4r_cli.configs import CamerasConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["CAMERAS_VERSION", "CamerasConfig", "check_cameras_config", "compute_cameras", "bundle_tracks"]
+
+CAMERAS_VERSION = 2
+MAX_BEHIND_FRACTION = 0.01  # solved cameras may put at most this fraction of observations behind the camera
+
+
+def check_cameras_config(config: CamerasConfig) -> None:
+    """St4rError for invalid values."""
+    from st4r_cli.errors import St4rError
+
+    if config.refine not in ("ba", "none"):
+        raise St4rError(f"cameras.refine must be ba or none, got '{config.refine}'")
+    if config.ba_chunk < 2:
+        raise St4rError("cameras.ba_chunk must be >= 2")
+    if config.focal_init < 0:
+        raise St4rError("cameras.focal_init must be >= 0 (0: the long side)")
+    if min(config.ba_point_max_px, config.ba_min_parallax_deg, config.ba_min_parallax_2d_deg) < 0:
+        raise St4rError("cameras.ba_point_max_px, ba_min_parallax_deg and ba_min_parallax_2d_deg must be >= 0")
+
+
+def _not_solved(num_frames: int, hw: tuple[int, int], count: int, focal: float, status: str) -> dict[str, Any]:
+    import numpy as np
+
+    k_mat = np.array([[focal, 0.0, (hw[1] - 1) / 2], [0.0, focal, (hw[0] - 1) / 2], [0.0, 0.0, 1.0]])
+    return {"ba_accepted": np.bool_(False), "camera_status": np.str_(status),
+            "cam_w2c": np.repeat(np.eye(4)[None], num_frames, 0), "intrinsics": k_mat,
+            "ba_initial_residual_px": np.float32(np.nan), "ba_residual_px": np.float32(np.nan),
+            "camera_spikes": np.zeros(0, np.int64), "camera_breaks": np.zeros(0, np.int64),
+            "track_bundle_points": np.zeros((count, 3)), "track_bundle_depth": np.full(count, np.nan),
+            "track_bundle_fixed": np.zeros(count, bool)}
+
+
+def compute_cameras(tracks: dict[str, np.ndarray] | None, hw: tuple[int, int], num_frames: int,
+                    config: CamerasConfig, focal: float | None = None) -> dict[str, Any]:
+    """The cameras stage's arrays (module doc) from the tracks-stage arrays (or None), the frame size
+    (H, W), and the focal to start from (pixels; `config.focal_init` wins, None: the long side)."""
+    import numpy as np
+
+    from st4r_cli import progress
+    from st4r_cli.geometry.bundle import BundleOptions, bundle_adjust
+
+    check_cameras_config(config)
+    count = 0 if tracks is None else len(tracks["queries"])
+    focal = float(config.focal_init or focal or max(hw))
+    if config.refine != "ba":
+        return _not_solved(num_frames, hw, count, focal, "not run: cameras.refine=none")
+    if tracks is None or num_frames < 3:
+        return _not_solved(num_frames, hw, count, focal, "not run: needs 2D tracks and 3+ frames")
+    bundle = bundle_tracks(tracks)
+    start = _not_solved(num_frames, hw, count, focal, "")
+    k_mat = start["intrinsics"]
+    principal = (float(k_mat[0, 2]), float(k_mat[1, 2]))
+    result = bundle_adjust(start["cam_w2c"], float(k_mat[0, 0]), principal, bundle["query_t"], bundle["query_xy"],
+                           np.ones(len(bundle["query_t"])), bundle["tracks_xy"], bundle["visible"],
+                           BundleOptions(refine_focal=config.ba_refine_focal), chunk=config.ba_chunk,
+                           progress_desc="cameras: bundle adjustment")
+    fits = np.isfinite(result.residual_px)
+    before = float(np.median(result.initial_residual_px)) if result.residual_px.size else float("nan")
+    after = float(np.median(result.residual_px)) if result.residual_px.size else float("nan")
+    new_k = k_mat.copy()
+    new_k[0, 0] = new_k[1, 1] = result.focal
+    new_w2c = np.asarray(result.cam_w2c, np.float64)
+    jumps, new_w2c = _check_path(result, bundle, new_w2c, config)
+    behind = 1.0 - float(fits.mean()) if fits.size else 1.0
+    problems = []
+    if not (np.isfinite(after) and after < config.ba_accept_px):
+        problems.append(f"median reprojection {after:.2f} px over {config.ba_accept_px} px")
+    if behind > MAX_BEHIND_FRACTION:
+        problems.append(f"{100 * behind:.1f}% of the observations behind their camera")
+    if jumps["breaks"].size:
+        problems.append(f"the camera path breaks at frame(s) {', '.join(map(str, jumps['breaks'].tolist()))}")
+    out = {"ba_initial_residual_px": np.float32(before), "ba_residual_px": np.float32(after),
+           "camera_spikes": jumps["spikes"], "camera_breaks": jumps["breaks"]}
+    if problems:
+        status = "rejected: " + "; ".join(problems)
+        progress.log(f"[yellow]-[/yellow] cameras: bundle adjustment {status}; the network's cameras will be used")
+        return {**_not_solved(num_frames, hw, count, focal, status), **out}
+    status = "repaired" if jumps["spikes"].size else "solved"
+    repaired = (f"; frame(s) {', '.join(map(str, jumps['spikes'].tolist()))} put back on the path"
+                if jumps["spikes"].size else "")
+    progress.log(f"[green]✓[/green] cameras: solved on {len(bundle['query_t'])} tracks, median reprojection "
+                 f"{after:.2f} px, focal {result.focal:.1f} px{repaired}")
+    points, depth, fixed = _bundle_points_and_flags(result, bundle, principal, new_w2c, config)
+    out.update(ba_accepted=np.bool_(True), camera_status=np.str_(status), cam_w2c=new_w2c, intrinsics=new_k,
+               track_bundle_points=points[:count], track_bundle_depth=depth[:count], track_bundle_fixed=fixed[:count])
+    return out
+
+
+def _check_path(result: Any, bundle: dict[str, np.ndarray], w2c: np.ndarray, config: CamerasConfig
+                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(spikes/breaks of the solved path, the path with its spikes repaired) against the image motion of
+    the tracks the bundle fits."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_checks import classify_jumps, repair_spikes, suspect_steps
+
+    fits = _well_triangulated(result, config.ba_point_max_px)
+    depth = 1.0 / np.asarray(result.inv_depth, np.float64)
+    scene_depth = float(np.median(depth[fits & np.isfinite(depth)])) if (fits & np.isfinite(depth)).any() else 1.0
+    c2w = np.linalg.inv(w2c)
+    jumps = classify_jumps(suspect_steps(c2w, result.focal, scene_depth, bundle["tracks_xy"][fits],
+                                         bundle["visible"][fits]))
+    if jumps["spikes"].size:
+        w2c = np.linalg.inv(repair_spikes(c2w, jumps["spikes"]))
+    return jumps, w2c
+
+
+def _bundle_points_and_flags(result: Any, bundle: dict[str, np.ndarray], principal: tuple[float, float],
+                             w2c: np.ndarray, config: CamerasConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 4 of the module doc: (points (B, 3), depth in the query camera (B,), well fixed (B,))."""
+    import numpy as np
+
+    points = _bundle_points(result, bundle, principal, w2c)
+    # parallax both at the bundle's solution and on the 2D tracks alone: with little parallax the
+    # bundle can trade depth for baseline (bas-relief) and then see the parallax it made up
+    parallax_ok = ((_parallax_deg(result, points, w2c, bundle["query_t"]) >= config.ba_min_parallax_deg)
+                   & (_rotation_free_parallax_deg(result, bundle, result.focal, principal)
+                      >= config.ba_min_parallax_2d_deg))
+    fixed = _well_triangulated(result, config.ba_point_max_px) & parallax_ok
+    return points, 1.0 / np.asarray(result.inv_depth, np.float64), fixed
+
+
+def bundle_tracks(tracks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Tracks for the bundle: the tracks stage's own (first, in their order) + its camera tracks.
+
+    Returns query_t (B,) int64, query_xy (B, 2), tracks_xy (B, T, 2) f64, visible (B, T) bool.
+    """
+    import numpy as np
+
+    parts = [(np.asarray(tracks["queries"], np.float64), np.asarray(tracks["tracks_xy"], np.float64),
+              np.asarray(tracks["visible"], bool))]
+    if "camera_queries" in tracks and len(tracks["camera_queries"]):
+        parts.append((np.asarray(tracks["camera_queries"], np.float64),
+                      np.asarray(tracks["camera_tracks_xy"], np.float64), np.asarray(tracks["camera_visible"], bool)))
+    queries = np.concatenate([p[0] for p in parts])
+    return {"query_t": np.rint(queries[:, 0]).astype(np.int64), "query_xy": queries[:, 1:3],
+            "tracks_xy": np.concatenate([p[1] for p in parts]), "visible": np.concatenate([p[2] for p in parts])}
+
+
+def _bundle_points(result: Any, bundle: dict[str, np.ndarray], principal: tuple[float, float],
+                   new_w2c: np.ndarray) -> np.ndarray:
+    """(B, 3) world points of the bundle tracks at the solution."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import pixel_rays
+
+    k_mat = np.array([[result.focal, 0.0, principal[0]], [0.0, result.focal, principal[1]], [0.0, 0.0, 1.0]])
+    cam = pixel_rays(bundle["query_xy"], k_mat) / result.inv_depth[:, None]
+    rot, trans = new_w2c[bundle["query_t"], :3, :3], new_w2c[bundle["query_t"], :3, 3]
+    return np.einsum("kji,kj->ki", rot, cam - trans)
+
+
+def _rotation_free_parallax_deg(result: Any, bundle: dict[str, np.ndarray], focal: float,
+                                principal: tuple[float, float]) -> np.ndarray:
+    """(B,) parallax of each bundle track that no camera rotation explains, in degrees.
+
+    For every (query frame s, observing frame t) pair, the rotation that best maps the query pixels'
+    bearing vectors onto the tracked pixels' (Procrustes, refitted twice without observations over 3x
+    the median angle) stands for a camera that only turns; an observation's parallax is the angle
+    between its tracked bearing and the rotated query bearing, and a track's is its largest one. This
+    needs only the 2D tracks and the focal: it cannot be fooled by a bundle solution that trades depth
+    for baseline when there is little parallax (the bas-relief ambiguity). Pairs with fewer than 3
+    observations give 0.
+    """
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import pixel_rays
+
+    k_mat = np.array([[focal, 0.0, principal[0]], [0.0, focal, principal[1]], [0.0, 0.0, 1.0]])
+
+    def bearings(xy: np.ndarray) -> np.ndarray:
+        ray = pixel_rays(xy, k_mat)
+        return ray / np.linalg.norm(ray, axis=1, keepdims=True)
+
+    query_t = bundle["query_t"][result.obs_track]
+    from_query = bearings(bundle["query_xy"][result.obs_track])                             # (M, 3)
+    tracked = bearings(bundle["tracks_xy"][result.obs_track, result.obs_frame])              # (M, 3)
+    angle = np.zeros(len(result.obs_track))
+    pair = query_t * (int(result.obs_frame.max(initial=0)) + 1) + result.obs_frame
+    order = np.argsort(pair, kind="stable")
+    bounds = np.flatnonzero(np.diff(pair[order])) + 1
+    for sel in np.split(order, bounds):
+        if sel.size < 3:
+            continue
+        keep = np.ones(sel.size, bool)
+        for _refit in range(3):
+            u, _, vt = np.linalg.svd(tracked[sel[keep]].T @ from_query[sel[keep]])
+            rot = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+            cos = (tracked[sel] * (from_query[sel] @ rot.T)).sum(1)
+            angle[sel] = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+            keep = angle[sel] <= 3.0 * np.median(angle[sel]) + 1e-9
+    parallax = np.zeros(len(bundle["query_t"]))
+    np.maximum.at(parallax, result.obs_track, angle)
+    return parallax
+
+
+def _well_triangulated(result: Any, max_px: float) -> np.ndarray:
+    """(B,) bool: bundle tracks seen in at least 3 other frames with a median residual under `max_px`."""
+    import numpy as np
+
+    count = len(result.inv_depth)
+    obs = np.bincount(result.obs_track, minlength=count)
+    order = np.argsort(result.obs_track, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(obs)[:-1]]).astype(np.int64)
+    sorted_res = result.residual_px[order]
+    median = np.full(count, np.inf)
+    for n in np.flatnonzero(obs >= 3):
+        median[n] = np.median(sorted_res[starts[n]:starts[n] + obs[n]])
+    return (obs >= 3) & (median < max_px)
+
+
+def _parallax_deg(result: Any, points: np.ndarray, w2c: np.ndarray, query_t: np.ndarray) -> np.ndarray:
+    """(B,) largest angle (degrees) at each world point (B, 3) between the ray from its query camera
+    and the ray from a camera that observes it in the bundle; cameras w2c (T, 4, 4)."""
+    import numpy as np
+
+    centres = np.linalg.inv(w2c)[:, :3, 3]
+    ray_q = points[result.obs_track] - centres[query_t[result.obs_track]]
+    ray_t = points[result.obs_track] - centres[result.obs_frame]
+    cos = (ray_q * ray_t).sum(-1) / (np.linalg.norm(ray_q, axis=-1) * np.linalg.norm(ray_t, axis=-1) + 1e-12)
+    parallax = np.zeros(len(points))
+    np.maximum.at(parallax, result.obs_track, np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+    return parallax

@@ -1,0 +1,641 @@
+"""Fuse stage: world 3D tracks, 2D tracks, visibility and per-frame pointmaps -> the `scene.npz` arrays.
+
+Input artifacts: decode (frames, for colours), tracks, predict (window pointmaps), cameras (the solved
+cameras and the bundle points) and depth (the multi-view depth, when it ran); config: `FuseConfig`, plus
+`VisibilityConfig` (z-buffer tolerance, sigma) and the `CamerasConfig` thresholds of the static test
+(`ba_dynamic_rel`, `ba_point_max_px`), which it shares with the cameras stage.
+
+0. The network's own cameras: each camera j of each window by weighted PnP on head 2 with the network's
+   K, each window mapped into the world by the Sim(3) that aligns its head-2 pointmaps of the frames it
+   shares with the window before (`st4r_cli.geometry.chaining`); the world is the camera of frame 0.
+1. Per-frame pointmaps and confidences come from the latest window containing the frame (its anchor
+   is the closest in time), mapped into the world by that window's Sim(3).
+2. 3D tracks. A track is carried by a window when its anchor pixel is known: the query pixel when the
+   query is on the anchor, else the 2D track's pixel at the anchor when the tracker sees it there, else
+   the projection of the track's 3D position at the anchor time (from the previous window) when the
+   z-buffer test says it is visible. The window then gives its 3D position at every frame: head 1 at
+   that pixel, mapped by its Sim(3). Where two windows overlap their estimates are blended with linear
+   ramps. Frames no window covers use head 2 at the 2D track where the tracker sees the point, else
+   linear interpolation in time (held at the ends), with sigma `sigma_fill_px`.
+3. 2D tracks are the 3D tracks projected into each camera; visibility is the tracker's for its own
+   tracks (`fuse.visibility=tracker`), else the z-buffer test against frame t's own pointmap
+   (`mask`, or `both`). The tracker's is the default: on 10 DAVIS clips the z-buffer test of the
+   tiny network's pointmaps called 55% of the points occluded where the annotation has 13% (OA 0.47
+   vs 0.84). For grid or dense queries, which the tracker did not track, the test's tolerance is
+   calibrated on the tracker's tracks: it accepts `visibility_quantile` of the points the tracker
+   sees (`visibility_eps_rel` in the scene). Sigma (pixels) comes from the head-1 confidence as in the
+   robust TTA loss.
+4. Re-lifting into the solved cameras (when the cameras stage solved them). The network's world is first
+   scaled to the solved cameras' units (median ratio of the multi-view depth to the network's over the
+   static pixels, else of the bundle's track depths). Each frame's pointmap keeps its depth along each
+   pixel's ray and moves with the new camera. A 3D track (head 1) keeps its depth in camera t and moves
+   onto the ray of its 2D track wherever the tracker sees it (`fuse_tracks`); elsewhere its projection
+   is shifted by the tracker-minus-projection offset of the nearest frame where the tracker saw it. A
+   track the network sees static (the static test on head 1) stays at its query-frame position, as long
+   as that fixed point reprojects onto its 2D track (median within `cameras.ba_point_max_px`). That
+   position keeps the network's depth when it fits; when it does not, the bundle's triangulated point
+   replaces it if the cameras stage found it well fixed. Otherwise the track is treated as moving.
+5. Multi-view statics (`fuse.multiview`, with multi-view depth and solved cameras). Every pixel with a
+   valid multi-view depth that the depth stage did not flag as moving takes its multi-view point
+   (`pointmap_source` 1), a pixel within `fill_radius_px` of one that is not moving the nearest one's
+   depth (2); the rest keeps the adapted network's (0). A track whose visible positions on such
+   pixels lift to world points that agree (2+ of them, spread under `static_spread_rel` x depth) is
+   static at their median; the others keep the network's motion. `dynamic_mask` is the depth stage's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from st4r_cli.configs import CamerasConfig, FuseConfig, VisibilityConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from st4r_cli.geometry.chaining import Window
+
+__all__ = ["FUSE_VERSION", "FuseConfig", "check_fuse_config", "fuse_scene"]
+
+FUSE_VERSION = 1
+
+
+def check_fuse_config(config: FuseConfig) -> None:
+    """St4rError for invalid values."""
+    from st4r_cli.errors import St4rError
+
+    if config.queries not in ("tracks", "grid", "dense"):
+        raise St4rError(f"fuse.queries must be tracks, grid or dense, got '{config.queries}'")
+    if config.visibility not in ("mask", "tracker", "both"):
+        raise St4rError(f"fuse.visibility must be mask, tracker or both, got '{config.visibility}'")
+    if not 0 <= config.visibility_quantile < 1:
+        raise St4rError("fuse.visibility_quantile must be in [0, 1)")
+    if min(config.grid_size, config.dense_stride) < 1:
+        raise St4rError("fuse.grid_size and dense_stride must be >= 1")
+
+
+def fuse_scene(frames: np.ndarray, tracks: dict[str, np.ndarray] | None, pred: dict[str, np.ndarray],
+               cameras: dict[str, np.ndarray], config: FuseConfig, cameras_config: CamerasConfig,
+               visibility: VisibilityConfig, depth: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The `scene.npz` arrays.
+
+    frames (T, H, W, 3) uint8; tracks: tracks-stage arrays (tracks_xy (N,T,2), visible (N,T), queries
+    (N,3)) or None; pred: predict-stage arrays; cameras: cameras-stage arrays; depth: depth-stage arrays
+    or None (multi-view depth: its static pixels replace the network's, step 5).
+    Returns tracks3d (N,T,3), tracks2d (N,T,2), visible (N,T), query_xy (N,2), query_t (N,),
+    sigma (N,T), pointmaps (T,H,W,3), conf (T,H,W), colors (T,H,W,3), intrinsics (3,3),
+    cam_c2w (T,4,4), image_hw (2,), window_start (W,), window_sim3_scale (W,), track_source (N,T),
+    visibility_eps_rel (), camera_status (); with solved cameras also ba_initial_residual_px,
+    ba_residual_px, ba_accepted and track_static (N,); with multi-view depth `dynamic_mask (T,H,W)` and
+    `pointmap_source (T,H,W)` (1: multi-view, 0: network).
+    """
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import project_tracks, surface_depths
+    from st4r_cli.geometry.chaining import chain_gauges, frame_owner, windows_from_predictions, world_cameras, world_frames
+
+    check_fuse_config(config)
+    num_frames, h, w = frames.shape[:3]
+    k_mat = np.asarray(pred["intrinsics"], dtype=np.float64)
+    windows = windows_from_predictions(pred)
+    gauges = chain_gauges(windows, k_mat, config.pnp_stride, config.sim3_stride)
+    owner = frame_owner(windows, num_frames)
+    cam_c2w = world_cameras(windows, owner)
+    pointmaps, conf = world_frames(windows, owner, (h, w))
+    w2c_world = np.linalg.inv(cam_c2w)
+    surface_z = surface_depths(pointmaps, w2c_world)
+
+    query_t, query_xy = _queries(tracks, config, (h, w))
+    own = tracks if config.queries == "tracks" else None
+    count = len(query_t)
+    calibrate = (config.queries != "tracks" and tracks is not None and config.visibility == "tracker"
+                 and config.visibility_quantile > 0)
+    if calibrate:  # the tracker's tracks, for the z-buffer tolerance, go through the same pass (rows are independent)
+        rows_t, rows_xy, rows_tracks = _with_tracker_tracks(query_t, query_xy, tracks)
+    else:
+        rows_t, rows_xy, rows_tracks = query_t, query_xy, own
+    tracks3d, sigma, source = _chain_tracks(windows, owner, rows_t, rows_xy, rows_tracks, k_mat, w2c_world, surface_z,
+                                            config, visibility, (h, w), num_frames)
+    tracks2d, z = project_tracks(tracks3d, w2c_world, k_mat)
+    eps_rel = visibility.mask_eps_rel
+    if calibrate:
+        eps_rel = _calibrated_eps_rel(tracks2d[count:], z[count:], tracks, surface_z, config, visibility, (h, w))
+        tracks3d, sigma, source, tracks2d, z = (a[:count] for a in (tracks3d, sigma, source, tracks2d, z))
+    visible = _visibility(tracks2d, z, surface_z, own, config.visibility, eps_rel, (h, w))
+    scene = {
+        "tracks3d": tracks3d.astype(np.float32), "tracks2d": tracks2d.astype(np.float32),
+        "visible": visible, "query_xy": query_xy.astype(np.float32), "query_t": query_t.astype(np.int32),
+        "sigma": sigma.astype(np.float32), "pointmaps": pointmaps, "conf": conf,
+        "colors": np.asarray(frames, dtype=np.uint8), "intrinsics": k_mat.astype(np.float32),
+        "cam_c2w": cam_c2w.astype(np.float32), "image_hw": np.asarray([h, w], np.int32),
+        "window_start": np.asarray([win.start for win in windows], np.int64),
+        "window_sim3_scale": np.asarray([g.scale for g in gauges], np.float64),
+        "track_source": source.astype(np.uint8), "visibility_eps_rel": np.float32(eps_rel),
+        "camera_status": np.str_(str(cameras["camera_status"])),
+    }
+    if str(cameras["camera_status"]).startswith("not run"):
+        return scene
+    if bool(cameras["ba_accepted"]):
+        scene = _to_solved_scale(scene, cameras, depth)
+    scene = _relift(scene, own, cameras, config, cameras_config, (h, w))
+    if depth is not None and "dynamic" in depth and config.multiview and bool(cameras["ba_accepted"]):
+        scene = _multiview_statics(scene, own, depth, config, (h, w))
+    return scene
+
+
+def _to_solved_scale(scene: dict[str, np.ndarray], cameras: dict[str, np.ndarray],
+                     depth: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """The network's world (pointmaps, tracks, camera centres) scaled to the solved cameras' units: the
+    median ratio of the multi-view depth to the network's depth over the static pixels both have, else of
+    the bundle's track depths to the network's at the query frames. World = camera 0 in both, so one
+    factor about the origin maps one onto the other."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import surface_depths
+
+    w2c = np.linalg.inv(np.asarray(scene["cam_c2w"], np.float64))
+    ratio = np.zeros(0)
+    if depth is not None and "dynamic" in depth:
+        net_z = surface_depths(scene["pointmaps"], w2c)
+        both = depth["valid"] & ~depth["dynamic"] & (net_z > 0)
+        ratio = depth["depth"][both] / net_z[both]
+    if ratio.size < 100:
+        query_t = np.asarray(scene["query_t"], np.int64)
+        start = np.asarray(scene["tracks3d"], np.float64)[np.arange(len(query_t)), query_t]
+        net_z = (start * w2c[query_t, 2, :3]).sum(-1) + w2c[query_t, 2, 3]
+        ba_z = np.asarray(cameras["track_bundle_depth"], np.float64)
+        if len(ba_z) == len(net_z):
+            use = np.asarray(cameras["track_bundle_fixed"], bool)
+            if use.sum() < 20:
+                use = np.isfinite(ba_z)
+            use &= np.isfinite(ba_z) & (net_z > 0)
+            ratio = ba_z[use] / net_z[use]
+    scale = float(np.median(ratio)) if ratio.size else 1.0
+    out = dict(scene)
+    out["pointmaps"] = (np.asarray(scene["pointmaps"], np.float64) * scale).astype(np.float32)
+    out["tracks3d"] = (np.asarray(scene["tracks3d"], np.float64) * scale).astype(np.float32)
+    cam_c2w = np.asarray(scene["cam_c2w"], np.float64).copy()
+    cam_c2w[:, :3, 3] *= scale
+    out["cam_c2w"] = cam_c2w.astype(np.float32)
+    out["network_to_solved_scale"] = np.float32(scale)
+    return out
+
+
+def _multiview_statics(scene: dict[str, np.ndarray], own: dict[str, np.ndarray] | None,
+                       depth: dict[str, np.ndarray], config: FuseConfig, hw: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Step 5 of the module doc: static pixels and static tracks from the multi-view depth."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import project_tracks, surface_depths, unproject_depth
+
+    k_mat = np.asarray(scene["intrinsics"], np.float64)
+    c2w = np.asarray(scene["cam_c2w"], np.float64)
+    w2c = np.linalg.inv(c2w)
+    static_px = np.asarray(depth["valid"], bool) & ~np.asarray(depth["dynamic"], bool)
+    depth_m, source = _filled_depth(np.asarray(depth["depth"], np.float64), static_px,
+                                    np.asarray(depth["dynamic"], bool), config.fill_radius_px)
+    pointmaps = np.asarray(scene["pointmaps"], np.float32).copy()
+    for t in range(len(pointmaps)):
+        cam = unproject_depth(depth_m[t], k_mat)
+        world = cam @ c2w[t, :3, :3].T + c2w[t, :3, 3]
+        pointmaps[t][source[t] > 0] = world[source[t] > 0]
+    out = dict(scene)
+    out.update(pointmaps=pointmaps, dynamic_mask=np.asarray(depth["dynamic"], bool), pointmap_source=source)
+    tracks3d = np.asarray(scene["tracks3d"], np.float64)
+    points, static = _lift_static_tracks(np.asarray(scene["tracks2d"], np.float64), np.asarray(scene["visible"], bool),
+                                         depth, static_px, k_mat, c2w, config.static_spread_rel, hw)
+    tracks3d = np.where(static[:, None, None], points[:, None, :], tracks3d)
+    tracks2d, z = project_tracks(tracks3d, w2c, k_mat)
+    surface_z = surface_depths(pointmaps, w2c)
+    out.update(tracks3d=tracks3d.astype(np.float32), tracks2d=tracks2d.astype(np.float32),
+               visible=_visibility(tracks2d, z, surface_z, own, config.visibility,
+                                   float(scene["visibility_eps_rel"]), hw),
+               track_static=static | (np.asarray(scene.get("track_static", np.zeros(len(static), bool)), bool)
+                                      & ~_mostly_dynamic(scene, depth, hw)))
+    return out
+
+
+def _filled_depth(depth_m: np.ndarray, static_px: np.ndarray, dynamic: np.ndarray, radius_px: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(depth (T, H, W), source (T, H, W) uint8): the multi-view depth on its static pixels (source 1), and
+    on pixels within `radius_px` of one that are not moving, the nearest one's depth (source 2); 0
+    elsewhere (the network's). On 7-Scenes redkitchen-0 the nearest multi-view depth within 16 px scores
+    AbsRel 0.13 on the pixels it fills, the network 0.29."""
+    import numpy as np
+    from scipy import ndimage
+
+    out = np.where(static_px, depth_m, 0.0)
+    source = static_px.astype(np.uint8)
+    if radius_px <= 0:
+        return out, source
+    for t in range(len(depth_m)):
+        if not static_px[t].any():
+            continue
+        dist, (rows, cols) = ndimage.distance_transform_edt(~static_px[t], return_indices=True)
+        fill = ~static_px[t] & ~dynamic[t] & (dist <= radius_px)
+        out[t][fill] = depth_m[t][rows[fill], cols[fill]]
+        source[t][fill] = 2
+    return out, source
+
+
+def _lift_static_tracks(tracks2d: np.ndarray, visible: np.ndarray, depth: dict[str, np.ndarray],
+                        static_px: np.ndarray, k_mat: np.ndarray, c2w: np.ndarray, spread_rel: float,
+                        hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(points (N, 3), static (N,)): every visible (track, frame) on a static pixel with multi-view depth
+    gives a world point; a track with 2+ such points that agree (median distance to their median under
+    `spread_rel` x its depth) is static at their median."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import in_image, unproject
+
+    count = len(tracks2d)
+    points = np.full((count, 3), np.nan)
+    static = np.zeros(count, bool)
+    usable = visible & in_image(tracks2d, hw)
+    col = np.clip(np.rint(np.nan_to_num(tracks2d[..., 0])).astype(int), 0, hw[1] - 1)
+    row = np.clip(np.rint(np.nan_to_num(tracks2d[..., 1])).astype(int), 0, hw[0] - 1)
+    frame = np.broadcast_to(np.arange(tracks2d.shape[1])[None], col.shape)
+    usable &= static_px[frame, row, col]
+    n_idx, t_idx = np.nonzero(usable)
+    if n_idx.size == 0:
+        return points, static
+    z = np.asarray(depth["depth"], np.float64)[t_idx, row[n_idx, t_idx], col[n_idx, t_idx]]
+    cam = unproject(tracks2d[n_idx, t_idx], z, k_mat)
+    world = np.einsum("kij,kj->ki", c2w[t_idx, :3, :3], cam) + c2w[t_idx, :3, 3]
+    order = np.argsort(n_idx, kind="stable")
+    bounds = np.flatnonzero(np.diff(n_idx[order])) + 1
+    for sel in np.split(order, bounds):
+        if sel.size < 2:
+            continue
+        centre = np.median(world[sel], axis=0)
+        spread = np.median(np.linalg.norm(world[sel] - centre, axis=1))
+        n = n_idx[sel[0]]
+        points[n] = centre
+        static[n] = spread <= spread_rel * float(np.median(z[sel]))
+    return points, static
+
+
+def _mostly_dynamic(scene: dict[str, np.ndarray], depth: dict[str, np.ndarray], hw: tuple[int, int]) -> np.ndarray:
+    """(N,) bool: tracks on pixels the multi-view depth calls moving in most of the frames where seen."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import in_image
+
+    tracks2d = np.asarray(scene["tracks2d"], np.float64)
+    seen = np.asarray(scene["visible"], bool) & in_image(tracks2d, hw)
+    col = np.clip(np.rint(np.nan_to_num(tracks2d[..., 0])).astype(int), 0, hw[1] - 1)
+    row = np.clip(np.rint(np.nan_to_num(tracks2d[..., 1])).astype(int), 0, hw[0] - 1)
+    frame = np.broadcast_to(np.arange(tracks2d.shape[1])[None], col.shape)
+    moving = np.asarray(depth["dynamic"], bool)[frame, row, col] & seen
+    return moving.sum(1) > 0.5 * np.maximum(seen.sum(1), 1)
+
+
+def _relift(scene: dict[str, np.ndarray], own: dict[str, np.ndarray] | None, cameras: dict[str, np.ndarray],
+            config: FuseConfig, cameras_config: CamerasConfig, hw: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Step 4 of the module doc: the scene in the cameras stage's cameras."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import surface_depths
+
+    k_mat = np.asarray(scene["intrinsics"], np.float64)
+    cam_w2c = np.linalg.inv(np.asarray(scene["cam_c2w"], np.float64))
+    out = dict(scene)
+    out.update(ba_initial_residual_px=np.float32(cameras["ba_initial_residual_px"]),
+               ba_residual_px=np.float32(cameras["ba_residual_px"]), ba_accepted=np.bool_(cameras["ba_accepted"]))
+    if not bool(cameras["ba_accepted"]):
+        # the 3D tracks still follow the 2D tracks, in the network's cameras
+        out.update(_relift_tracks(scene, own, cam_w2c, k_mat, config, cameras_config, None, None,
+                                  surface_depths(scene["pointmaps"], cam_w2c), hw))
+        return out
+    new_k = np.asarray(cameras["intrinsics"], np.float64)
+    new_w2c = np.asarray(cameras["cam_w2c"], np.float64)
+    out["intrinsics"] = new_k.astype(np.float32)
+    out["cam_c2w"] = np.linalg.inv(new_w2c).astype(np.float32)
+    out["pointmaps"] = _relift_pointmaps(scene["pointmaps"], cam_w2c, new_w2c, new_k)
+    count = len(scene["tracks3d"])
+    shared = own is not None and len(cameras["track_bundle_points"]) == count
+    surface_z = surface_depths(out["pointmaps"], new_w2c)
+    out.update(_relift_tracks(scene, own, new_w2c, new_k, config, cameras_config,
+                              np.asarray(cameras["track_bundle_points"]) if shared else None,
+                              np.asarray(cameras["track_bundle_fixed"], bool) if shared else None, surface_z, hw))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# tracks
+# ----------------------------------------------------------------------------------------------
+
+def _queries(tracks: dict[str, np.ndarray] | None, config: FuseConfig, hw: tuple[int, int]
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(query_t (N,), query_xy (N, 2)) for the configured query mode."""
+    import numpy as np
+
+    from st4r_cli.errors import St4rError
+
+    h, w = hw
+    if config.queries == "tracks":
+        if tracks is None:
+            raise St4rError("fuse.queries=tracks needs the tracks stage; use fuse.queries=grid or dense")
+        queries = np.asarray(tracks["queries"], dtype=np.float64)
+        return np.rint(queries[:, 0]).astype(np.int64), queries[:, 1:3]
+    if config.queries == "grid":
+        n = config.grid_size
+        xs = (np.arange(n) + 0.5) * w / n - 0.5
+        ys = (np.arange(n) + 0.5) * h / n - 0.5
+    else:
+        xs = np.arange(0, w, config.dense_stride, dtype=np.float64)
+        ys = np.arange(0, h, config.dense_stride, dtype=np.float64)
+    gx, gy = np.meshgrid(xs, ys)
+    xy = np.stack([gx.ravel(), gy.ravel()], -1)
+    return np.zeros(len(xy), np.int64), xy
+
+
+def _ramp(win: Window, windows: list[Window]) -> dict[int, float]:
+    """Blend weight of `win` at each of its frames: linear ramps on the overlaps with its neighbours."""
+    weights = {t: 1.0 for t in win.frames}
+    if win.index > 0:
+        prev = windows[win.index - 1]
+        shared = [t for t in win.frames if t in prev.frames]
+        for k, t in enumerate(shared):
+            weights[t] *= (k + 1) / (len(shared) + 1)
+    if win.index + 1 < len(windows):
+        nxt = windows[win.index + 1]
+        shared = [t for t in win.frames if t in nxt.frames]
+        for k, t in enumerate(shared):
+            weights[t] *= 1.0 - (k + 1) / (len(shared) + 1)
+    return weights
+
+
+def _chain_tracks(windows: list[Window], owner: np.ndarray, query_t: np.ndarray, query_xy: np.ndarray,
+                  tracks: dict[str, np.ndarray] | None, k_mat: np.ndarray, w2c_world: np.ndarray,
+                  surface_z: np.ndarray, config: FuseConfig, vis: VisibilityConfig, hw: tuple[int, int],
+                  num_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World 3D tracks (N, T, 3), sigma (N, T) and source (N, T): 1 head 1, 2 head 2, 3 filled."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import (in_image, project_world, sample_bilinear, sigma_from_confidence,
+                                             zbuffer_visible)
+
+    count = len(query_t)
+    num = np.zeros((count, num_frames, 3))
+    den = np.zeros((count, num_frames))
+    sig_num = np.zeros((count, num_frames))
+    focal = float(k_mat[0, 0])
+    for win in windows:
+        anchor = win.start
+        ramp = _ramp(win, windows)
+        pixel = np.full((count, 2), np.nan)
+        at_anchor = query_t == anchor
+        pixel[at_anchor] = query_xy[at_anchor]
+        if tracks is not None:
+            seen = (query_t < anchor) & tracks["visible"][:, anchor].astype(bool) & in_image(tracks["tracks_xy"][:, anchor], hw)
+            pixel[seen] = tracks["tracks_xy"][seen, anchor]
+        # Carry tracks the previous windows placed at this anchor time, when visible from the anchor.
+        todo = np.flatnonzero((query_t < anchor) & ~np.isfinite(pixel).all(1) & (den[:, anchor] > 0))
+        if todo.size:
+            pos = num[todo, anchor] / den[todo, anchor, None]
+            proj, z = project_world(pos, w2c_world[anchor], k_mat)
+            ok = zbuffer_visible(proj[:, None], z[:, None], surface_z[anchor][None], vis.mask_eps_rel, hw)[:, 0]
+            pixel[todo[ok]] = proj[ok]
+        carried = np.flatnonzero(np.isfinite(pixel).all(1))
+        if carried.size == 0:
+            continue
+        anchor_depth = win.recon_pts(0)[..., 2]
+        scene_depth = float(np.median(np.abs(anchor_depth))) * win.gauge.scale
+        for slot, t in enumerate(win.frames):
+            live = carried[query_t[carried] <= t]
+            if live.size == 0:
+                continue
+            local = sample_bilinear(win.track_pts(slot), pixel[live]).astype(np.float64)
+            world = win.gauge.points(local)
+            c = sample_bilinear(win.track_conf(slot), pixel[live])
+            depth = world @ w2c_world[t, 2, :3] + w2c_world[t, 2, 3]
+            weight = ramp[t]
+            num[live, t] += weight * world
+            den[live, t] += weight
+            sig_num[live, t] += weight * sigma_from_confidence(c, depth, scene_depth, focal, vis.conf_alpha,
+                                                                      vis.sigma_floor_px)
+    known = den > 0
+    tracks3d = np.where(known[..., None], num / np.where(known, den, 1.0)[..., None], np.nan)
+    sigma = np.where(known, sig_num / np.where(known, den, 1.0), np.nan)
+    source = known.astype(np.uint8)
+    _fill_from_head2(windows, owner, query_t, query_xy, tracks, tracks3d, sigma, source, k_mat, vis, hw)
+    _fill_by_interpolation(tracks3d, sigma, source, config.sigma_fill_px)
+    return tracks3d, sigma, source
+
+
+def _fill_from_head2(windows: list[Window], owner: np.ndarray, query_t: np.ndarray, query_xy: np.ndarray,
+                     tracks: dict[str, np.ndarray] | None, tracks3d: np.ndarray, sigma: np.ndarray,
+                     source: np.ndarray, k_mat: np.ndarray, vis: VisibilityConfig, hw: tuple[int, int]) -> None:
+    """Unknown positions where the point is seen (query frame; tracker-visible frames): head 2 there."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import in_image, sample_bilinear, sigma_from_confidence
+
+    num_frames = tracks3d.shape[1]
+    for t in range(num_frames):
+        win = windows[owner[t]]
+        slot = win.frames.index(t)
+        need = ~np.isfinite(tracks3d[:, t]).all(1)
+        pixel = np.full((len(query_t), 2), np.nan)
+        at_query = need & (query_t == t)
+        pixel[at_query] = query_xy[at_query]
+        if tracks is not None:
+            seen = need & (query_t <= t) & tracks["visible"][:, t].astype(bool) & in_image(tracks["tracks_xy"][:, t], hw)
+            pixel[seen] = tracks["tracks_xy"][seen, t]
+        idx = np.flatnonzero(np.isfinite(pixel).all(1) & in_image(pixel, hw))
+        if idx.size == 0:
+            continue
+        world = win.gauge.points(sample_bilinear(win.recon_pts(slot), pixel[idx]).astype(np.float64))
+        tracks3d[idx, t] = world
+        c = sample_bilinear(win.recon_conf(slot), pixel[idx])
+        depth = np.abs(sample_bilinear(win.recon_pts(slot)[..., 2], pixel[idx])) * win.gauge.scale
+        scene_depth = float(np.median(np.abs(win.recon_pts(slot)[..., 2]))) * win.gauge.scale
+        sigma[idx, t] = sigma_from_confidence(c, depth, scene_depth, float(k_mat[0, 0]), vis.conf_alpha,
+                                              vis.sigma_floor_px)
+        source[idx, t] = 2
+
+
+def _fill_by_interpolation(tracks3d: np.ndarray, sigma: np.ndarray, source: np.ndarray, sigma_fill: float) -> None:
+    """Linear interpolation in time of the remaining gaps (held constant before/after the known span)."""
+    import numpy as np
+
+    times = np.arange(tracks3d.shape[1], dtype=np.float64)
+    for n in range(tracks3d.shape[0]):
+        known = np.isfinite(tracks3d[n]).all(1)
+        if known.all():
+            continue
+        gaps = ~known
+        if not known.any():
+            tracks3d[n] = 0.0
+            sigma[n] = sigma_fill
+            source[n] = 3
+            continue
+        for axis in range(3):
+            tracks3d[n, gaps, axis] = np.interp(times[gaps], times[known], tracks3d[n, known, axis])
+        sigma[n, gaps] = sigma_fill
+        source[n, gaps] = 3
+
+
+def _with_tracker_tracks(query_t: np.ndarray, query_xy: np.ndarray, tracks: dict[str, np.ndarray]
+                         ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The queries (Q,) / (Q, 2) followed by the tracker's own tracks, and tracks arrays for all rows in
+    which the queries' rows are never seen (as when chained without tracks)."""
+    import numpy as np
+
+    queries = np.asarray(tracks["queries"], np.float64)
+    num, num_frames = len(query_t), tracks["tracks_xy"].shape[1]
+    padded = {"tracks_xy": np.concatenate([np.zeros((num, num_frames, 2), tracks["tracks_xy"].dtype),
+                                           tracks["tracks_xy"]]),
+              "visible": np.concatenate([np.zeros((num, num_frames), bool), np.asarray(tracks["visible"], bool)])}
+    return (np.concatenate([query_t, np.rint(queries[:, 0]).astype(np.int64)]),
+            np.concatenate([query_xy, queries[:, 1:3]]), padded)
+
+
+def _calibrated_eps_rel(xy: np.ndarray, z: np.ndarray, tracks: dict[str, np.ndarray], surface_z: np.ndarray,
+                        config: FuseConfig, vis: VisibilityConfig, hw: tuple[int, int]) -> float:
+    """z-buffer tolerance for queries the tracker did not track: the `visibility_quantile` of the
+    relative depth gap z / z_surface - 1 over the tracker's own tracks (their chained 3D tracks
+    projected: xy (N, T, 2), z (N, T)) where it sees them (at least `mask_eps_rel`). The tiny network's
+    two heads disagree by far more than 5% on real video, so a fixed tolerance calls most visible
+    points occluded."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import in_image, surface_z_at
+
+    seen = tracks["visible"].astype(bool) & in_image(xy, hw) & (z > 0)
+    z_surf = surface_z_at(xy, surface_z, hw)[seen]
+    gap = z[seen] / np.where(z_surf > 0, z_surf, np.nan) - 1.0
+    gap = gap[np.isfinite(gap)]
+    if gap.size < 20:
+        return vis.mask_eps_rel
+    return max(vis.mask_eps_rel, float(np.quantile(gap, config.visibility_quantile)))
+
+
+def _visibility(tracks2d: np.ndarray, z: np.ndarray, surface_z: np.ndarray, tracks: dict[str, np.ndarray] | None,
+                mode: str, eps_rel: float, hw: tuple[int, int]) -> np.ndarray:
+    """(N, T) visibility: z-buffer test (mode mask), the tracker's flags (tracker), or both."""
+    from st4r_cli.geometry.camera_np import zbuffer_visible
+
+    mask = zbuffer_visible(tracks2d, z, surface_z, eps_rel, hw)
+    if mode == "mask" or tracks is None:
+        return mask
+    tracker = tracks["visible"].astype(bool)
+    return tracker if mode == "tracker" else (mask & tracker)
+
+
+def _relift_pointmaps(pointmaps: np.ndarray, old_w2c: np.ndarray, new_w2c: np.ndarray, new_k: np.ndarray
+                      ) -> np.ndarray:
+    """(T, H, W, 3) f32: each pixel at its old depth along its ray, in the new camera."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import pixel_grid, pixel_rays
+
+    num_frames, h, w = pointmaps.shape[:3]
+    ray = pixel_rays(pixel_grid((h, w)), new_k)
+    out = np.empty_like(pointmaps, dtype=np.float32)
+    new_c2w = np.linalg.inv(new_w2c)
+    for t in range(num_frames):
+        depth = pointmaps[t].astype(np.float64) @ old_w2c[t, 2, :3] + old_w2c[t, 2, 3]
+        cam = ray * depth[..., None]
+        out[t] = cam @ new_c2w[t, :3, :3].T + new_c2w[t, :3, 3]
+    return out
+
+
+def _static_tracks(tracks3d: np.ndarray, query_t: np.ndarray, rel: float) -> np.ndarray:
+    """(N,) bool: scene tracks whose network trajectory (head 1) stays put (threshold as in module doc)."""
+    import numpy as np
+
+    from st4r_cli.geometry.motion import static_by_motion
+
+    start = tracks3d[np.arange(len(tracks3d)), query_t]                    # (N, 3)
+    motion = np.linalg.norm(tracks3d - start[:, None], axis=-1)             # (N, T)
+    motion[np.arange(tracks3d.shape[1])[None] < query_t[:, None]] = np.nan
+    scene_depth = float(np.median(np.abs(start[:, 2]))) if len(start) else 1.0
+    return static_by_motion(motion, scene_depth, rel)
+
+
+def _relift_tracks(scene: dict[str, np.ndarray], tracks: dict[str, np.ndarray] | None, new_w2c: np.ndarray,
+                   new_k: np.ndarray, config: FuseConfig, cameras: CamerasConfig, bundle_points: np.ndarray | None,
+                   use_bundle: np.ndarray | None, surface_z: np.ndarray, hw: tuple[int, int]
+                   ) -> dict[str, np.ndarray]:
+    """tracks3d / tracks2d / visible of the scene's tracks under the refined cameras (module doc, 4).
+
+    bundle_points (N, 3) and use_bundle (N,) refer to the scene's own tracks (the first N bundle
+    tracks) or are None; surface_z (T, H, W) is each frame's depth map in its refined camera.
+    """
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import in_image, project_tracks
+
+    tracks3d = np.asarray(scene["tracks3d"], np.float64)                   # (N, T, 3)
+    query_t = np.rint(np.asarray(scene["query_t"])).astype(np.int64)
+    count, num_frames = tracks3d.shape[:2]
+    tracker_xy = tracker_seen = None
+    if tracks is not None and config.fuse_tracks and len(tracks["tracks_xy"]) == count:
+        tracker_xy = np.asarray(tracks["tracks_xy"], np.float64)
+        tracker_seen = np.asarray(tracks["visible"], bool) & in_image(tracker_xy, hw)
+        tracker_seen &= np.arange(num_frames)[None] >= query_t[:, None]
+        tracker_seen[np.arange(count), query_t] = True
+        tracker_xy = tracker_xy.copy()
+        tracker_xy[np.arange(count), query_t] = np.asarray(scene["query_xy"], np.float64)
+    if tracker_xy is not None:
+        tracks3d = _fuse(tracks3d, tracker_xy, tracker_seen, new_w2c, new_k)
+    static = _static_tracks(np.asarray(scene["tracks3d"], np.float64), query_t, cameras.ba_dynamic_rel)
+    start = tracks3d[np.arange(count), query_t]
+    if tracker_xy is not None:  # the 2D track must agree: a point that stays put reprojects onto it
+        fits = _fits_static(start, tracker_xy, tracker_seen, new_w2c, new_k, cameras.ba_point_max_px)
+        if bundle_points is not None and use_bundle is not None:
+            # the network's depth where it fits the 2D track, else the bundle's triangulated point
+            swap = static & use_bundle & ~fits
+            start = np.where(swap[:, None], bundle_points, start)
+            fits |= swap & _fits_static(bundle_points, tracker_xy, tracker_seen, new_w2c, new_k,
+                                        cameras.ba_point_max_px)
+        static &= fits
+    tracks3d = np.where(static[:, None, None], start[:, None, :], tracks3d)
+    tracks2d, z = project_tracks(tracks3d, new_w2c, new_k)
+    eps_rel = float(scene["visibility_eps_rel"])   # calibrated in `fuse_scene`
+    visible = _visibility(tracks2d, z, surface_z, tracks, config.visibility, eps_rel, hw)
+    return {"tracks3d": tracks3d.astype(np.float32), "tracks2d": tracks2d.astype(np.float32), "visible": visible,
+            "track_static": static}
+
+
+def _fits_static(points: np.ndarray, tracker_xy: np.ndarray, tracker_seen: np.ndarray, w2c: np.ndarray,
+                 k_mat: np.ndarray, max_px: float) -> np.ndarray:
+    """(N,) bool: fixed world points (N, 3) reproject within `max_px` (median) of their 2D tracks."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import project_static
+    from st4r_cli.geometry.motion import row_nanmedian
+
+    xy, z = project_static(points, w2c, k_mat)                                 # NaN where z <= 0
+    with np.errstate(all="ignore"):
+        err = np.where(tracker_seen & (z > 0), np.linalg.norm(xy - tracker_xy, axis=-1), np.nan)
+    typical = row_nanmedian(err)
+    return ~(typical > max_px) & (np.isfinite(err).sum(1) > 0)
+
+
+def _fuse(tracks3d: np.ndarray, tracker_xy: np.ndarray, tracker_seen: np.ndarray, w2c: np.ndarray,
+          k_mat: np.ndarray) -> np.ndarray:
+    """(N, T, 3): each point moved, at its depth in camera t, onto the ray of its 2D track.
+
+    Where the tracker does not see the point, the pixel is the point's own projection shifted by the
+    tracker-minus-projection offset at the nearest frame (in time) where it was seen.
+    """
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import project_tracks, unproject
+
+    own_xy, depth = project_tracks(tracks3d, w2c, k_mat)                      # (N, T, 2), (N, T)
+    usable = tracker_seen & np.isfinite(own_xy).all(-1) & (depth > 0)
+    pixel = own_xy.copy()
+    times = np.arange(tracks3d.shape[1])
+    for n in np.flatnonzero(usable.any(1)):
+        seen = np.flatnonzero(usable[n])
+        offset = tracker_xy[n, seen] - own_xy[n, seen]                         # (S, 2)
+        nearest = np.abs(times[:, None] - seen[None, :]).argmin(axis=1)         # (T,) index into seen
+        pixel[n] = own_xy[n] + offset[nearest]
+        pixel[n, seen] = tracker_xy[n, seen]
+    c2w = np.linalg.inv(w2c)
+    moved = np.einsum("tij,ntj->nti", c2w[:, :3, :3], unproject(pixel, depth, k_mat)) + c2w[None, :, :3, 3]
+    ok = np.isfinite(moved).all(-1) & (depth > 0)
+    return np.where(ok[..., None], moved, tracks3d)
