@@ -7,7 +7,8 @@
 
 Per clip, the 2D pseudo-tracks (built-in tracker, 32x32 grid on frame 0) are computed once and shared by
 every variant; each variant starts from the same checkpoint and runs the pipeline's stages in memory
-(`st4r_cli.pipeline.predict_in_memory`: adapt, predict; `scene_in_memory`: cameras, fuse) with a
+(`st4r_cli.pipeline.geometry_in_memory`: cameras, depth; `predict_in_memory`: adapt, predict;
+`scene_in_memory`: fuse) with a
 `RunConfig` (the cameras stage's bundle adjustment and the fusion of 3D tracks with the 2D tracks are
 off, so the rows differ by the adapted network only, unless `--refine` asks for the full pipeline as
 `st4r adapt` runs it), and the resulting scene is scored with `st4r_cli.eval.evaluate_clip`:
@@ -97,15 +98,16 @@ def _rss_mib() -> float:
 
 def run_variant(model, frames, tracks_tta, tracks_out, variant: dict, args, seed: int) -> tuple[dict, dict]:
     """(scene arrays, stats) of one variant on one clip."""
-    from st4r_cli.pipeline import predict_in_memory, scene_in_memory
+    from st4r_cli.pipeline import geometry_in_memory, predict_in_memory, scene_in_memory
 
     config = variant_config(args, variant, "tracks" if tracks_out is not None else "grid", seed)
     net = copy.deepcopy(model)
     with PeakRss() as mem:
         start = time.perf_counter()
-        adapted, pred = predict_in_memory(net, frames, tracks_tta, None, config, "cpu")
+        cameras, depth = geometry_in_memory(model, frames, tracks_tta, config, "cpu")
+        adapted, pred = predict_in_memory(net, frames, tracks_tta, depth, config, "cpu")
         t_network = time.perf_counter() - start
-        scene, _ = scene_in_memory(frames, tracks_out, pred, config)
+        scene = scene_in_memory(frames, tracks_out, pred, cameras, depth, config)
         total = time.perf_counter() - start
     hist = adapted["loss_history"]
     stats = {"seconds_network": round(t_network, 2), "seconds_total": round(total, 2),

@@ -5,7 +5,8 @@
 
 Per clip the network (shipped st4r-tiny) predicts every window once per TTA setting (`--tta`: `none`
 = no adaptation, `robust` = the default `st4r adapt` TTA; `st4r_cli.pipeline.predict_in_memory`), and
-the same predictions go through the cameras and fuse stages twice (`pipeline.scene_in_memory`):
+the same predictions go through the fuse stage twice (`pipeline.scene_in_memory`), with and without the
+cameras stage's solution (`pipeline.geometry_in_memory`: cameras and multi-view depth, computed once):
 `cameras.refine=none` (the network's own cameras and head-1 tracks, as the TTA ablation scores them) and
 `cameras.refine=ba` (the default of `st4r adapt`). Scored with `st4r_cli.eval.evaluate_clip` like
 benchmarks/ablation.py: synthetic presets (exact ground truth), TAP-Vid DAVIS (2D metrics of the scene's
@@ -45,20 +46,28 @@ OUT = ROOT / "benchmarks" / "results" / "refine.json"
 
 def clip_rows(model, frames, tracks_tta, tracks_out, clip, args, seed: int) -> dict:
     """{tta}/{refine} -> headline metrics for one clip."""
-    from st4r_cli.pipeline import predict_in_memory, scene_in_memory
+    from st4r_cli.pipeline import geometry_in_memory, predict_in_memory, scene_in_memory
     from st4r_cli.runs.config import RunConfig
 
     rows = {}
+    geometry = {}
+    for refine in ("none", "ba"):
+        config = RunConfig(seed=seed)
+        config.cameras = replace(config.cameras, refine=refine)
+        start = time.perf_counter()
+        geometry[refine] = (*geometry_in_memory(model, frames, tracks_tta, config, "cpu"),
+                            time.perf_counter() - start)
     for tta in args.tta:
         config = RunConfig(seed=seed)
         config.adapt = replace(config.adapt, loss=tta)
         start = time.perf_counter()
-        _, pred = predict_in_memory(copy.deepcopy(model), frames, tracks_tta, None, config, "cpu")
+        _, pred = predict_in_memory(copy.deepcopy(model), frames, tracks_tta, geometry["ba"][1], config, "cpu")
         seconds_net = time.perf_counter() - start
         for refine in ("none", "ba"):
             config.cameras = replace(config.cameras, refine=refine)
-            start = time.perf_counter()
-            scene, _ = scene_in_memory(frames, tracks_out, pred, config)
+            cameras, depth, seconds_geometry = geometry[refine]
+            start = time.perf_counter() - seconds_geometry
+            scene = scene_in_memory(frames, tracks_out, pred, cameras, depth, config)
             row = {**score(scene, clip), "seconds_network": round(seconds_net, 2),
                    "seconds_chain": round(time.perf_counter() - start, 2)}
             if refine == "ba":

@@ -85,7 +85,7 @@ def compute_cameras(tracks: dict[str, np.ndarray] | None, hw: tuple[int, int], n
     from st4r_cli.geometry.bundle import BundleOptions, bundle_adjust
 
     check_cameras_config(config)
-    count = 0 if tracks is None else len(tracks["queries"])
+    count = len(tracks["queries"]) if tracks is not None and "queries" in tracks else 0
     focal = float(config.focal_init or focal or max(hw))
     if config.refine != "ba":
         return _not_solved(num_frames, hw, count, focal, "not run: cameras.refine=none")
@@ -106,7 +106,8 @@ def compute_cameras(tracks: dict[str, np.ndarray] | None, hw: tuple[int, int], n
     new_k[0, 0] = new_k[1, 1] = result.focal
     new_w2c = np.asarray(result.cam_w2c, np.float64)
     jumps, new_w2c = _check_path(result, bundle, new_w2c, config)
-    behind = 1.0 - float(fits.mean()) if fits.size else 1.0
+    behind = max(1.0 - float(fits.mean()) if fits.size else 1.0,
+                 _behind_fraction(result, bundle, principal, new_w2c))
     problems = []
     if not (np.isfinite(after) and after < config.ba_accept_px):
         problems.append(f"median reprojection {after:.2f} px over {config.ba_accept_px} px")
@@ -148,6 +149,20 @@ def _check_path(result: Any, bundle: dict[str, np.ndarray], w2c: np.ndarray, con
     if jumps["spikes"].size:
         w2c = np.linalg.inv(repair_spikes(c2w, jumps["spikes"]))
     return jumps, w2c
+
+
+def _behind_fraction(result: Any, bundle: dict[str, np.ndarray], principal: tuple[float, float],
+                     w2c: np.ndarray) -> float:
+    """Fraction of the bundle's observations whose point lies behind the camera that observes it, in the
+    final cameras `w2c (T, 4, 4)` (a solution can fit its tracks with part of the video mirrored
+    behind its cameras, when no track links that part to the rest)."""
+    import numpy as np
+
+    if not len(result.obs_track):
+        return 0.0
+    points = _bundle_points(result, bundle, principal, w2c)[result.obs_track]
+    z = (points * w2c[result.obs_frame, 2, :3]).sum(-1) + w2c[result.obs_frame, 2, 3]
+    return float(np.mean(~(z > 0)))
 
 
 def _bundle_points_and_flags(result: Any, bundle: dict[str, np.ndarray], principal: tuple[float, float],

@@ -222,7 +222,7 @@ def test_pipeline_recomputes_only_what_depends_on_a_change(capsys, tmp_path, sma
         calls["tracks"] += 1
         return {"tracks_xy": np.zeros((4, len(frames), 2), np.float32) + seed}
 
-    def fake_depth(frames, cfg, device):
+    def fake_depth(frames, cfg, device, cameras=None):
         calls["depth"] += 1
         return {"depth": np.ones(frames.shape[:3], np.float32)}
 
@@ -231,7 +231,8 @@ def test_pipeline_recomputes_only_what_depends_on_a_change(capsys, tmp_path, sma
     monkeypatch.setattr(depth_stage.DepthConfig, "backend", "fake", raising=False)
     monkeypatch.setattr(depth_stage, "BACKENDS", (*depth_stage.BACKENDS, "fake"))  # passes the config check
     run_dir = tmp_path / "run"
-    base = ["adapt", small_video, "--out", run_dir, "--until", "depth", "--set", "depth.backend=fake"]
+    base = ["adapt", small_video, "--out", run_dir, "--until", "depth", "--set", "depth.backend=fake",
+            "--set", "cameras.refine=none"]
     assert st4r(capsys, *base)[0] == 0
     assert calls == {"tracks": 1, "depth": 1}
     assert st4r(capsys, *base)[0] == 0

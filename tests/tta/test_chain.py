@@ -93,9 +93,9 @@ def _gt_tracks(query_xy, num_frames):
 
 
 def chain_windows(pred, frames, tracks, config, cameras=CamerasConfig(refine="none")):
-    """The cameras stage (network cameras only by default) then the fuse stage, as the pipeline runs them."""
-    return fuse_scene(frames, tracks, pred, compute_cameras(pred, tracks, cameras), config, cameras,
-                      VisibilityConfig())
+    """The cameras stage (not run by default: the network's cameras) then the fuse stage."""
+    solved = compute_cameras(tracks, frames.shape[1:3], len(frames), cameras, focal=FOCAL)
+    return fuse_scene(frames, tracks, pred, solved, config, cameras, VisibilityConfig())
 
 
 def _frames(num_frames):
@@ -202,8 +202,8 @@ def test_150_frame_video_chains():
     num_frames = 150
     pred = _predictions(num_frames, 24, 4, seed=2, speed=0.25)
     assert len(pred["window_start"]) == 8
-    scene = chain_windows(pred, _frames(num_frames), None, FuseConfig(queries="grid", grid_size=4),
-                          CamerasConfig(pnp_stride=6, refine="none"))
+    scene = chain_windows(pred, _frames(num_frames), None, FuseConfig(queries="grid", grid_size=4, pnp_stride=6),
+                          CamerasConfig(refine="none"))
     assert scene["tracks3d"].shape == (16, 150, 3) and np.isfinite(scene["tracks3d"]).all()
     gt_c2w = np.stack([_c2w(t, 0.25) for t in range(num_frames)])
     assert np.abs(scene["cam_c2w"][:, :3, :3] - gt_c2w[:, :3, :3]).max() < 1e-4
@@ -216,7 +216,8 @@ def test_bad_window_cameras_and_fuse_configs():
                        (check_predict_config, PredictConfig(window=4, overlap=4)),
                        (check_fuse_config, FuseConfig(queries="all")), (check_fuse_config, FuseConfig(visibility="maybe")),
                        (check_cameras_config, CamerasConfig(refine="colmap")),
-                       (check_cameras_config, CamerasConfig(ba_chunk=1))):
+                       (check_cameras_config, CamerasConfig(ba_chunk=1)),
+                       (check_cameras_config, CamerasConfig(focal_init=-1.0))):
         with pytest.raises(St4rError):
             check(bad)
     pred = _predictions(10, 16, 4)

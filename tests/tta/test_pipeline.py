@@ -56,11 +56,12 @@ def _recomputed(run_dir) -> list[str]:
 
 
 def test_a_setting_recomputes_only_its_stage_and_later_ones(tmp_path, make_clip, make_prefit_model, capsys):
-    """The cache keys follow the stage boundaries: a camera-solver knob re-runs cameras and fuse (not the
-    network: predict is reused), the camera solver's extra tracks tracks, cameras and fuse (the network's
-    tracks are unchanged, so adapt and predict are reused), a fusion knob only fuse, the threads knob nothing, `--force adapt` only
-    adapt (same deltas, same digest), and `--force chain` (the former stage name) the three stages that
-    replaced it."""
+    """The cache keys follow the stage boundaries and artifact contents: a camera-solver knob that leaves the
+    cameras as they were re-runs cameras and fuse only (depth, adapt and predict see the same cameras), the
+    camera solver's extra tracks change the cameras and so everything after them (the multi-view depth
+    and the TTA that uses it), a fusion knob only fuse, the threads knob nothing, `--force adapt` only
+    adapt (same deltas, same digest), and `--force chain` (the former stage name) the stages that replaced
+    it (the cameras come out the same, so depth and adapt are reused)."""
     frames, _ = make_clip(num_frames=8)
     folder = _write_frames(tmp_path, frames)
     model_path = save_model(make_prefit_model(), tmp_path / "micro.safetensors")
@@ -69,13 +70,14 @@ def test_a_setting_recomputes_only_its_stage_and_later_ones(tmp_path, make_clip,
             "--long-side", "48", "-q", "--set", "tracks.grid_size=6", "--set", "adapt.iters=1",
             "--set", "adapt.frames_per_step=3", "--set", "predict.window=5", "--set", "predict.overlap=2"]
     assert cli_run(base) == 0, capsys.readouterr().err
-    assert _recomputed(run_dir) == ["decode", "tracks", "adapt", "predict", "cameras", "fuse"]
+    assert _recomputed(run_dir) == ["decode", "tracks", "cameras", "depth", "adapt", "predict", "fuse"]
     first = read_scene(run_dir / "scene.npz")
 
     assert cli_run(base + ["--set", "cameras.ba_accept_px=3.5"]) == 0
-    assert _recomputed(run_dir) == ["cameras", "fuse"]
+    assert _recomputed(run_dir) == ["cameras", "fuse"]     # same cameras: depth, adapt, predict reused
     assert cli_run(base + ["--set", "tracks.camera_every_k=3"]) == 0        # the camera solver's tracks only
-    assert _recomputed(run_dir) == ["tracks", "cameras", "fuse"]
+    # other cameras -> other multi-view depth -> the TTA that uses it, and everything after
+    assert _recomputed(run_dir) == ["tracks", "cameras", "depth", "adapt", "predict", "fuse"]
     assert cli_run(base + ["--set", "fuse.sigma_fill_px=8.0"]) == 0
     assert _recomputed(run_dir) == ["fuse"]
     assert cli_run(base + ["--set", "predict.cpu_threads=2"]) == 0
@@ -86,5 +88,5 @@ def test_a_setting_recomputes_only_its_stage_and_later_ones(tmp_path, make_clip,
     assert cli_run(base + ["--force", "adapt"]) == 0
     assert _recomputed(run_dir) == ["adapt"]
     assert cli_run(base + ["--force", "chain"]) == 0
-    assert _recomputed(run_dir) == ["predict", "cameras", "fuse"]
+    assert _recomputed(run_dir) == ["cameras", "predict", "fuse"]
     np.testing.assert_array_equal(read_scene(run_dir / "scene.npz")["tracks3d"], first["tracks3d"])

@@ -11,18 +11,20 @@ from scipy.spatial.transform import Rotation
 from st4r_cli.formats.clip import clip_from_synthetic
 from st4r_cli.metrics.camera import camera_metrics
 from st4r_cli.configs import CamerasConfig, FuseConfig, TracksConfig, VisibilityConfig
-from st4r_cli.stages.cameras import _bundle_adjust, _parallax_deg, _rotation_free_parallax_deg, _well_triangulated
-from st4r_cli.stages.fuse import _fits_static, _fuse, _relift
+from st4r_cli.stages.cameras import _parallax_deg, _rotation_free_parallax_deg, _well_triangulated, compute_cameras
+from st4r_cli.stages.fuse import _fits_static, _fuse, _relift, _to_solved_scale
 from st4r_cli.stages.tracks import camera_tracks
 from st4r_cli.synthetic import render_clip
 
 
 def refine_scene(scene, frames, tracks, config=CamerasConfig(), fuse=FuseConfig()):
-    """The cameras stage's bundle adjustment of a chained scene (with the tracks stage's camera tracks,
-    default settings), then the fuse stage's re-lifting into its cameras."""
+    """The cameras stage (bundle adjustment on the tracks alone, with the tracks stage's camera tracks,
+    from the scene's focal), then the fuse stage's scaling and re-lifting of the chained scene into them."""
     tracks = {**tracks, **camera_tracks(frames, TracksConfig())}
-    cameras = _bundle_adjust(scene["cam_c2w"], scene["intrinsics"], scene["pointmaps"], tracks, config)
+    cameras = compute_cameras(tracks, frames.shape[1:3], len(frames), config, focal=float(scene["intrinsics"][0, 0]))
     scene = {**scene, "visibility_eps_rel": np.float32(VisibilityConfig().mask_eps_rel)}
+    if bool(cameras["ba_accepted"]):
+        scene = _to_solved_scale(scene, cameras, None)
     return _relift(scene, tracks, cameras, fuse, config, frames.shape[1:3])
 
 
@@ -155,7 +157,7 @@ def test_refine_recovers_the_cameras_of_a_static_scene(static_clip):
     assert out["track_static"].all()                                      # nothing moves in this scene
 
 
-def test_refine_keeps_the_scene_when_the_cameras_already_fit(static_clip):
+def test_the_cameras_of_exact_tracks_are_exact(static_clip):
     scene, gt_c2w = _scene_from_ground_truth(static_clip, rot_noise_deg=0.0)
     scene["cam_c2w"] = gt_c2w.astype(np.float32)
     gt = static_clip.gt
