@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from st4r_cli.errors import St4rError
+
 
 def repo_root() -> Path:
     """The directory holding the st4r package (the repository root for a source checkout)."""
@@ -23,3 +25,24 @@ def resolve_model_path(model: str) -> str:
         if (base / path).exists():
             return str((base / path).resolve())
     return model
+
+
+def check_input_path(path: Path) -> None:
+    """St4rError unless `path` is a regular file or a folder (a device, FIFO or socket such as
+    /dev/zero would never end: st4r hashes and decodes its input)."""
+    import os
+    import stat
+
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise St4rError(f"input not found: {path}") from None
+    except OSError as err:
+        raise St4rError(f"cannot read input {path}: {err.strerror or err}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+                else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "special")
+        raise St4rError(f"input {path} is {kind}, not a regular file or a folder of images")
+    if not os.access(path, os.R_OK | (os.X_OK if stat.S_ISDIR(mode) else 0)):
+        raise St4rError(f"input {path} is not readable (permission denied)")

@@ -366,3 +366,45 @@ def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, A
         raise
     run.mark_complete()
     return artifacts
+
+
+# ----------------------------------------------------------------------------------------------
+# what `st4r export` reads from a finished run besides its scene.npz
+# ----------------------------------------------------------------------------------------------
+
+def run_tracker_tracks(run_dir: Path | None) -> dict[str, np.ndarray] | None:
+    """The tracks stage's tracks_xy / visible of a run, or None."""
+    if run_dir is None:
+        return None
+    try:
+        from st4r_cli.runs import Run
+
+        artifact = Run.open(run_dir).artifact("tracks")
+        return {"tracks_xy": artifact["tracks_xy"], "visible": artifact["visible"], "queries": artifact["queries"]}
+    except Exception:  # noqa: BLE001 - the scene's tracks2d are the fallback
+        return None
+
+
+def source_frames(run_dir: Path) -> dict[str, np.ndarray] | None:
+    """The run's frames at the source's own resolution (re-decoded with the run's frame selection):
+    {'frames' (T, H0, W0, 3) uint8, 'orig_hw' (2,)}, or None when the input is gone or differs."""
+    import dataclasses
+
+    from st4r_cli import progress
+    from st4r_cli.runs import Run
+    from st4r_cli.stages.decode import decode
+
+    try:
+        run = Run.open(run_dir)
+        decoded = run.artifact("decode")
+        orig_hw = decoded["orig_hw"]
+        cfg = dataclasses.replace(run.config.decode, long_side=int(max(orig_hw)), multiple=1, upscale=False)
+        full = decode(Path(run.config.input), cfg)
+    except Exception as err:  # noqa: BLE001 - the decoded frames are the fallback
+        progress.log(f"colmap: the source frames are not available ({err}); images at the processing size")
+        return None
+    if (list(full["frame_indices"]) != list(decoded["frame_indices"])
+            or tuple(full["frames"].shape[1:3]) != tuple(int(v) for v in orig_hw)):
+        progress.log("colmap: the input changed since the run; images at the processing size")
+        return None
+    return {"frames": full["frames"], "orig_hw": full["orig_hw"]}

@@ -60,7 +60,7 @@ def command(
     from st4r_cli.runs import Run, RunConfig, apply_overrides, load_config
 
     from st4r_cli.cli.common import check_run_inputs
-    from st4r_cli.stages.decode import check_input_path
+    from st4r_cli.paths import check_input_path
 
     check_input_path(video)
     run_config = load_config(config) if config else RunConfig()

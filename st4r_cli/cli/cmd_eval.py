@@ -34,7 +34,10 @@ def command(
 
     if match_px <= 0:
         raise St4rError("--match-px must be positive")
-    report = run_eval(run, gt, match_px=match_px)
+    from st4r_cli.runs.run import checked_run_output
+
+    # a run's scene counts only when the run is complete and its scene.npz intact
+    report = run_eval(run, gt, match_px=match_px, check_scene=checked_run_output)
     path = write_metrics_json(report, out or metrics_json_path(run))
     if not progress.is_quiet():
         from rich.console import Console

@@ -51,8 +51,14 @@ def command(
         raise St4rError(f"output path exists and is not a directory: {out_dir}")
     scene = read_scene(scene_path)
     config = ExportConfig(conf_quantile=conf_quantile, every=every)
+    source_run = None if run_dir.is_file() else run_dir
+    tracker = original = None
+    if "colmap" in chosen and source_run is not None:
+        from st4r_cli.pipeline import run_tracker_tracks, source_frames
+
+        tracker, original = run_tracker_tracks(source_run), source_frames(source_run)
     written = export_scene(scene, out_dir, chosen, config, timestamps=_timestamps(run_dir, scene),
-                           run_dir=None if run_dir.is_file() else run_dir)
+                           tracker=tracker, original=original)
     written += _export_pictures(run_dir, out_dir, video, maps)
     progress.log(f"[green]done[/green]: {len(written)} file(s) in {out_dir}")
 

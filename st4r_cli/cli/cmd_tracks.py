@@ -128,7 +128,7 @@ def open_or_start_run(input_path: Path, out: Path | None, config: Path | None, o
     from st4r_cli.cli.common import resolve_device
     from st4r_cli.runs import Run, RunConfig, apply_overrides, load_config
     from st4r_cli.runs.run import CONFIG_NAME
-    from st4r_cli.stages.decode import check_input_path
+    from st4r_cli.paths import check_input_path
 
     check_input_path(input_path)
     pipeline.check_force(force or [])

@@ -74,7 +74,7 @@ def load_moge(path: Path, device: str):  # -> (torch.nn.Module, version)
     """Build the official MoGe model described by the checkpoint and load its weights (strict)."""
     import importlib
 
-    from st4r_cli.formats.safe import load_torch_checkpoint
+    from st4r_cli.safe_load import load_torch_checkpoint
 
     checkpoint = load_torch_checkpoint(path, "MoGe checkpoint")  # weights_only=True: never runs code
     if not isinstance(checkpoint, dict) or "model_config" not in checkpoint or "model" not in checkpoint:

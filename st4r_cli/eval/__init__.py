@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import json
 import math
 from dataclasses import dataclass, field
@@ -118,7 +120,8 @@ def _pickle_clips(prediction: Path, ground_truth: Path) -> list[tuple[str, Path,
             for c in clips]
 
 
-def run_eval(prediction: Path, ground_truth: Path, match_px: float = 1.0) -> EvalReport:
+def run_eval(prediction: Path, ground_truth: Path, match_px: float = 1.0,
+             check_scene: Callable[[Path], object] | None = None) -> EvalReport:
     """Evaluate one prediction or a directory of runs against ground truth (see `pair_predictions`).
 
     `ground_truth` may also be an official TAP-Vid pickle (`.pkl`): each video is a clip, scored
@@ -136,10 +139,9 @@ def run_eval(prediction: Path, ground_truth: Path, match_px: float = 1.0) -> Eva
     else:
         pairs = pair_predictions(prediction, ground_truth)
     report = EvalReport(prediction, ground_truth)
-    from st4r_cli.runs.run import checked_run_output
-
-    for _, scene_path, _ in pairs:  # every run complete and its scene intact, before any work
-        checked_run_output(scene_path)
+    if check_scene is not None:
+        for _, scene_path, _ in pairs:  # e.g. every run complete and its scene intact, before any work
+            check_scene(scene_path)
     for name, scene_path, clip_or_path in progress.track(pairs, "evaluating"):
         scene = read_scene(scene_path)
         clip = clip_or_path if not isinstance(clip_or_path, Path) else load_ground_truth(clip_or_path)

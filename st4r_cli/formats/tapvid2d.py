@@ -49,10 +49,10 @@ def first_visible(visible: np.ndarray) -> np.ndarray:
 def read_tapvid_pickle(path: Path) -> list[TapVid2DClip]:
     """All videos of an official TAP-Vid pickle.
 
-    Read with a restricted unpickler (`formats.safe`): dicts, lists, strings, numbers and NumPy arrays
+    Read with a restricted unpickler (`st4r_cli.safe_load`): dicts, lists, strings, numbers and NumPy arrays
     only, so a crafted pickle cannot run code (St4rError naming the refused type).
     """
-    from st4r_cli.formats.safe import read_restricted_pickle
+    from st4r_cli.safe_load import read_restricted_pickle
 
     path = Path(path)
     data = read_restricted_pickle(path)

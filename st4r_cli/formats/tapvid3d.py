@@ -73,10 +73,10 @@ def read_tapvid3d(path: Path) -> TapVid3DClip:
     """Read a TAPVid-3D npz.
 
     Numeric arrays are read with `allow_pickle=False`; the frames (`images_jpeg_bytes`, an object array
-    of JPEG bytes in the published files) with the restricted unpickler of `formats.safe`, which
+    of JPEG bytes in the published files) with the restricted unpickler of `st4r_cli.safe_load`, which
     accepts only an array of bytes/str.
     """
-    from st4r_cli.formats.safe import load_npz_untrusted
+    from st4r_cli.safe_load import load_npz_untrusted
 
     data = load_npz_untrusted(Path(path))
     missing = [k for k in ("images_jpeg_bytes", "tracks_XYZ", "visibility", "fx_fy_cx_cy") if k not in data]

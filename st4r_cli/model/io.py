@@ -8,7 +8,7 @@ Formats `load_model` accepts (all local paths):
   keys maybe prefixed `module.`. The config comes from the state-dict shapes, with head counts and
   image size from `args.model` (parsed with `ast`, never eval'd) when present.
 
-Torch pickles are read with `weights_only=True` (`formats.safe.load_torch_checkpoint`): tensors, plain
+Torch pickles are read with `weights_only=True` (`safe_load.load_torch_checkpoint`): tensors, plain
 containers, numbers, strings and `argparse.Namespace` only; a file naming anything else is refused.
 """
 
@@ -89,7 +89,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str
     """Config and float32 state dict (aliases completed) of any supported checkpoint file."""
     import torch
 
-    from st4r_cli.formats.safe import load_torch_checkpoint
+    from st4r_cli.safe_load import load_torch_checkpoint
 
     path = Path(path)
     if not path.is_file():
@@ -212,7 +212,7 @@ def check_checkpoint_file(path: str | os.PathLike[str], option: str = "--model")
     if zipfile.is_zipfile(path):
         import torch
 
-        from st4r_cli.formats.safe import REFUSED_HINT, torch_allowed_globals
+        from st4r_cli.safe_load import REFUSED_HINT, torch_allowed_globals
 
         try:
             found = torch.serialization.get_unsafe_globals_in_checkpoint(path)

@@ -93,7 +93,7 @@ def digest_path(path: Path) -> str:
     FIFO would be hashed forever). (Entries of a folder are hashed as they are listed: the resume tests
     block the decode stage on a FIFO named like an image.)
     """
-    from st4r_cli.stages.decode import check_input_path
+    from st4r_cli.paths import check_input_path
 
     path = Path(path)
     check_input_path(path)

@@ -29,6 +29,7 @@ from typing import Any
 
 from st4r_cli.configs import DecodeConfig
 from st4r_cli.errors import St4rError
+from st4r_cli.paths import check_input_path
 
 DECODE_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -60,27 +61,6 @@ def check_decode_config(cfg: DecodeConfig) -> None:
         raise St4rError(f"--max-frames must be >= 2, got {cfg.max_frames}")
     if cfg.fps is not None and not cfg.fps > 0:
         raise St4rError(f"fps must be > 0, got {cfg.fps}")
-
-
-def check_input_path(path: Path) -> None:
-    """St4rError unless `path` is a regular file or a folder (a device, FIFO or socket such as
-    /dev/zero would never end: st4r hashes and decodes its input)."""
-    import os
-    import stat
-
-    path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise St4rError(f"input not found: {path}") from None
-    except OSError as err:
-        raise St4rError(f"cannot read input {path}: {err.strerror or err}") from None
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        kind = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
-                else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "special")
-        raise St4rError(f"input {path} is {kind}, not a regular file or a folder of images")
-    if not os.access(path, os.R_OK | (os.X_OK if stat.S_ISDIR(mode) else 0)):
-        raise St4rError(f"input {path} is not readable (permission denied)")
 
 
 def processing_hw(orig_hw: tuple[int, int], cfg: DecodeConfig) -> tuple[int, int]:

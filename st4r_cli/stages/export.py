@@ -57,11 +57,14 @@ def check_export_config(config: ExportConfig) -> None:
 
 
 def export_scene(scene: dict[str, np.ndarray], out_dir: Path, formats: list[str], config: ExportConfig,
-                 timestamps: np.ndarray | None = None, run_dir: Path | None = None) -> list[Path]:
+                 timestamps: np.ndarray | None = None, tracker: dict[str, np.ndarray] | None = None,
+                 original: dict[str, np.ndarray] | None = None) -> list[Path]:
     """Write the requested formats of `scene` under `out_dir`; returns the written paths.
 
-    `run_dir` (optional): the run the scene comes from; COLMAP then uses the tracker's 2D tracks and
-    the source frames at their own resolution, and the GLB the video's frame rate.
+    Optional, from the run the scene comes from (`st4r_cli.pipeline.run_tracker_tracks`, `source_frames`):
+    `tracker`, the tracks stage's tracks_xy / visible / queries (COLMAP's observations), and `original`,
+    the source frames at their own resolution ({'frames', 'orig_hw'}: COLMAP's images); `timestamps` give
+    the GLB the video's frame rate.
     """
     from st4r_cli import progress
     from st4r_cli.errors import St4rError
@@ -86,8 +89,7 @@ def export_scene(scene: dict[str, np.ndarray], out_dir: Path, formats: list[str]
         elif fmt == "tum":
             written.append(export_tum(scene, out_dir / "trajectory_tum.txt", timestamps))
         elif fmt == "colmap":
-            written += export_colmap(scene, out_dir / "colmap", config, tracker=_run_tracker(run_dir),
-                                     original=original_frames(run_dir) if run_dir is not None else None)
+            written += export_colmap(scene, out_dir / "colmap", config, tracker=tracker, original=original)
         else:
             written.append(export_npz(scene, out_dir / "scene.npz"))
         progress.log(f"[green]✓[/green] {fmt}: {out_dir}")
@@ -99,19 +101,6 @@ def _fps(timestamps: np.ndarray | None) -> float:
     if timestamps is not None and len(timestamps) > 1 and timestamps[-1] > timestamps[0]:
         return float((len(timestamps) - 1) / (timestamps[-1] - timestamps[0]))
     return 10.0
-
-
-def _run_tracker(run_dir: Path | None) -> dict[str, np.ndarray] | None:
-    """The tracks stage's tracks_xy / visible of a run, or None."""
-    if run_dir is None:
-        return None
-    try:
-        from st4r_cli.runs import Run
-
-        artifact = Run.open(run_dir).artifact("tracks")
-        return {"tracks_xy": artifact["tracks_xy"], "visible": artifact["visible"], "queries": artifact["queries"]}
-    except Exception:  # noqa: BLE001 - the scene's tracks2d are the fallback
-        return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,7 +354,7 @@ def export_glb(scene: dict[str, np.ndarray], path: Path, config: ExportConfig, f
             orange = np.tile(np.array([[255, 150, 0, 255]], np.uint8), (len(path_seg), 1))
             builder.node("camera_path", builder.mesh("camera_path", path_seg, orange, mode=1))
     if "tracks3d" in scene and scene["tracks3d"].shape[1] > 1:
-        from st4r_cli.viz.data import pick_tracks
+        from st4r_cli.viz.selection import pick_tracks
 
         tracks = scene["tracks3d"]
         query_xy = scene["query_xy"] if "query_xy" in scene else np.zeros((len(tracks), 2))
@@ -404,31 +393,6 @@ def export_npz(scene: dict[str, np.ndarray], path: Path) -> Path:
 # ----------------------------------------------------------------------------------------------
 # COLMAP
 # ----------------------------------------------------------------------------------------------
-
-def original_frames(run_dir: Path) -> dict[str, np.ndarray] | None:
-    """The run's frames at the source's own resolution (re-decoded with the run's frame selection):
-    {'frames' (T, H0, W0, 3) uint8, 'orig_hw' (2,)}, or None when the input is gone or differs."""
-    import dataclasses
-
-    from st4r_cli import progress
-    from st4r_cli.runs import Run
-    from st4r_cli.stages.decode import decode
-
-    try:
-        run = Run.open(run_dir)
-        decoded = run.artifact("decode")
-        orig_hw = decoded["orig_hw"]
-        cfg = dataclasses.replace(run.config.decode, long_side=int(max(orig_hw)), multiple=1, upscale=False)
-        full = decode(Path(run.config.input), cfg)
-    except Exception as err:  # noqa: BLE001 - the decoded frames are the fallback
-        progress.log(f"colmap: the source frames are not available ({err}); images at the processing size")
-        return None
-    if (list(full["frame_indices"]) != list(decoded["frame_indices"])
-            or tuple(full["frames"].shape[1:3]) != tuple(int(v) for v in orig_hw)):
-        progress.log("colmap: the input changed since the run; images at the processing size")
-        return None
-    return {"frames": full["frames"], "orig_hw": full["orig_hw"]}
-
 
 def static_track_mask(scene: dict[str, np.ndarray], motion_rel: float = 0.05) -> np.ndarray:
     """(N,) bool: tracks that stay put. The scene's `track_static` when present, else 3D motion below
@@ -536,7 +500,7 @@ def export_colmap(scene: dict[str, np.ndarray], out_dir: Path, config: ExportCon
     """COLMAP text model `out_dir/sparse/0/{cameras,images,points3D}.txt` + `out_dir/images/`.
 
     nerfstudio: `ns-train splatfacto colmap --data OUT_DIR --colmap-path sparse/0`. Images are written at
-    the source's resolution when `original` (see `original_frames`) is given, else at the scene's; the
+    the source's resolution when `original` (see `st4r_cli.pipeline.source_frames`) is given, else at the scene's; the
     camera and every observation are rescaled to them (pixel centres: st4r's (x, y) is COLMAP's
     (x + 0.5, y + 0.5)). Points: static tracks only, seen in >= 2 images, at the tracker's positions;
     ERROR is the point's mean reprojection error in those images' pixels.

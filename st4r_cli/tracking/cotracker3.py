@@ -71,7 +71,7 @@ def load_predictor(mode: str, checkpoint: Path, device: str,
     """
     from cotracker.predictor import CoTrackerOnlinePredictor, CoTrackerPredictor
 
-    from st4r_cli.formats.safe import load_torch_checkpoint
+    from st4r_cli.safe_load import load_torch_checkpoint
 
     # The state dict is read here with weights_only=True (never by CoTracker's own torch.load), then
     # loaded into a predictor built without a checkpoint.

@@ -146,7 +146,7 @@ def _device(config: PretrainConfig, local_rank: int) -> torch.device:
 def _resume_from(ckpt_path: Path, model: St4rNet, optimizer: Any) -> tuple[int, float]:
     """Load a pretraining checkpoint (weights_only: it is a file a user could have replaced) into
     `model` and `optimizer`; returns (step, elapsed seconds)."""
-    from st4r_cli.formats.safe import load_torch_checkpoint
+    from st4r_cli.safe_load import load_torch_checkpoint
 
     ckpt = load_torch_checkpoint(ckpt_path, "pretraining checkpoint")
     try:

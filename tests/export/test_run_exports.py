@@ -50,8 +50,8 @@ def test_adapt_summary_then_colmap_and_videos_from_the_run(tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["adapt", str(video), "--out", str(run_dir), "--model", str(model_path), "--device", "cpu",
             "--long-side", "48", "--set", "tracks.grid_size=6", "--set", "adapt.iters=2",
-            "--set", "adapt.frames_per_step=3", "--set", "adapt.pnp_stride=2", "--set", "chain.window=5",
-            "--set", "chain.overlap=2"]
+            "--set", "adapt.frames_per_step=3", "--set", "adapt.pnp_stride=2", "--set", "predict.window=5",
+            "--set", "predict.overlap=2"]
     assert cli_run(args) == 0, capsys.readouterr().err
     captured = capsys.readouterr()
     printed = (captured.out + captured.err).replace("\n", "")

@@ -81,5 +81,5 @@ def adapt_args(clip, run_dir, model, *extra: str) -> list[str]:
     return ["adapt", str(clip), "--out", str(run_dir), "--model", str(model), "--device", "cpu",
             "--long-side", "48", "-q",
             "--set", "tracks.grid_size=6", "--set", "adapt.iters=2", "--set", "adapt.frames_per_step=3",
-            "--set", "adapt.pnp_stride=2", "--set", "chain.window=5", "--set", "chain.overlap=2",
-            "--set", "chain.ba_grid_size=4", *extra]
+            "--set", "adapt.pnp_stride=2", "--set", "predict.window=5", "--set", "predict.overlap=2",
+            "--set", "tracks.camera_grid_size=4", *extra]

@@ -16,7 +16,7 @@ from st4r_cli.cli.app import run as cli_run
 from st4r_cli.runs import Run, RunConfig
 from st4r_cli.runs.cache import load_npz
 
-STAGES = ("decode", "tracks", "adapt", "chain")
+STAGES = ("decode", "tracks", "cameras", "adapt", "predict", "fuse")  # depth: its own test (MoGe)
 
 
 def flip_bytes(path: Path) -> None:

@@ -155,7 +155,7 @@ def test_tracks_values_checked_before_the_run_is_created(tmp_path, capsys, clip_
 @pytest.mark.parametrize("override, pattern", [
     ("decode.end=abc", r"--set decode\.end=abc: expected an integer"),
     ("adapt.lr=.nan", r"--set adapt\.lr=\.nan: expected a finite number"),
-    ("chain.ba_accept_px=inf", r"expected a finite number"),
+    ("cameras.ba_accept_px=inf", r"expected a finite number"),
     ("decode.upscale=maybe", r"expected true or false"),
     ("tracks.cotracker_model_hw=[1,2,3]", r"expected a list of 2 values"),
 ])

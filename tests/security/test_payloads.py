@@ -244,7 +244,7 @@ def small_scene(num_frames: int = 2, hw: tuple[int, int] = (16, 24), num_tracks:
 
 
 def test_tapvid3d_object_array_of_other_objects_is_refused(tmp_path):
-    from st4r_cli.formats.safe import load_npz_untrusted
+    from st4r_cli.safe_load import load_npz_untrusted
 
     images = np.empty(1, dtype=object)
     images[0] = {"not": "bytes"}
