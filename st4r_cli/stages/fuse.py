@@ -38,8 +38,8 @@ cameras and the bundle points) and depth (the multi-view depth, when it ran); co
 5. Multi-view statics (`fuse.multiview`, with multi-view depth and solved cameras). Every pixel with a
    valid multi-view depth that the depth stage did not flag as moving takes its multi-view point
    (`pointmap_source` 1), a pixel within `fill_radius_px` of one that is not moving the nearest one's
-   depth (2); the rest keeps the adapted network's (0). A track whose visible positions on such
-   pixels lift to world points that agree (2+ of them, spread under `static_spread_rel` x depth) is
+   depth (2); the rest keeps the adapted network's (0). A track whose visible positions on pixels of
+   source 1 or 2 lift to world points that agree (2+ of them, spread under `static_spread_rel` x depth) is
    static at their median; the others keep the network's motion. `dynamic_mask` is the depth stage's.
 """
 
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FUSE_VERSION", "FuseConfig", "check_fuse_config", "fuse_scene"]
 
-FUSE_VERSION = 1
+FUSE_VERSION = 2
 
 
 def check_fuse_config(config: FuseConfig) -> None:
@@ -202,7 +202,7 @@ def _multiview_statics(scene: dict[str, np.ndarray], own: dict[str, np.ndarray] 
     out.update(pointmaps=pointmaps, dynamic_mask=np.asarray(depth["dynamic"], bool), pointmap_source=source)
     tracks3d = np.asarray(scene["tracks3d"], np.float64)
     points, static = _lift_static_tracks(np.asarray(scene["tracks2d"], np.float64), np.asarray(scene["visible"], bool),
-                                         depth, static_px, k_mat, c2w, config.static_spread_rel, hw)
+                                         depth_m, source > 0, k_mat, c2w, config.static_spread_rel, hw)
     tracks3d = np.where(static[:, None, None], points[:, None, :], tracks3d)
     tracks2d, z = project_tracks(tracks3d, w2c, k_mat)
     surface_z = surface_depths(pointmaps, w2c)
@@ -237,12 +237,12 @@ def _filled_depth(depth_m: np.ndarray, static_px: np.ndarray, dynamic: np.ndarra
     return out, source
 
 
-def _lift_static_tracks(tracks2d: np.ndarray, visible: np.ndarray, depth: dict[str, np.ndarray],
+def _lift_static_tracks(tracks2d: np.ndarray, visible: np.ndarray, depth_m: np.ndarray,
                         static_px: np.ndarray, k_mat: np.ndarray, c2w: np.ndarray, spread_rel: float,
                         hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(points (N, 3), static (N,)): every visible (track, frame) on a static pixel with multi-view depth
-    gives a world point; a track with 2+ such points that agree (median distance to their median under
-    `spread_rel` x its depth) is static at their median."""
+    """(points (N, 3), static (N,)): every visible (track, frame) on a static pixel (T, H, W) with depth
+    (T, H, W) gives a world point; a track with 2+ such points that agree (median distance to their
+    median under `spread_rel` x its depth) is static at their median."""
     import numpy as np
 
     from st4r_cli.geometry.camera_np import in_image, unproject
@@ -258,7 +258,7 @@ def _lift_static_tracks(tracks2d: np.ndarray, visible: np.ndarray, depth: dict[s
     n_idx, t_idx = np.nonzero(usable)
     if n_idx.size == 0:
         return points, static
-    z = np.asarray(depth["depth"], np.float64)[t_idx, row[n_idx, t_idx], col[n_idx, t_idx]]
+    z = np.asarray(depth_m, np.float64)[t_idx, row[n_idx, t_idx], col[n_idx, t_idx]]
     cam = unproject(tracks2d[n_idx, t_idx], z, k_mat)
     world = np.einsum("kij,kj->ki", c2w[t_idx, :3, :3], cam) + c2w[t_idx, :3, 3]
     order = np.argsort(n_idx, kind="stable")

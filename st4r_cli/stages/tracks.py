@@ -25,7 +25,7 @@ from typing import Any
 from st4r_cli.configs import TracksConfig
 from st4r_cli.errors import St4rError
 
-TRACKS_VERSION = 2
+TRACKS_VERSION = 3
 BACKENDS = ("builtin", "cotracker3")
 
 
