@@ -214,5 +214,9 @@ def multiview_depth(frames: np.ndarray, intrinsics: np.ndarray, cam_c2w: np.ndar
             for key in out:
                 out[key][i] = fused[key]
         flows.forget_before(i + 1 - flows.max_offset)
-    out["low_parallax"] = out["valid"].reshape(num_frames, -1).mean(1) < opts.low_parallax_fraction
+    low = out["valid"].reshape(num_frames, -1).mean(1) < opts.low_parallax_fraction
+    out["valid"][low] = False          # a few scattered depths of a frame without parallax are noise
+    out["depth"][low] = 0.0
+    out["conf"][low] = 0.0
+    out["low_parallax"] = low
     return out

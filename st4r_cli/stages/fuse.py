@@ -137,7 +137,8 @@ def fuse_scene(frames: np.ndarray, tracks: dict[str, np.ndarray] | None, pred: d
     if bool(cameras["ba_accepted"]):
         scene = _to_solved_scale(scene, cameras, depth)
     scene = _relift(scene, own, cameras, config, cameras_config, (h, w))
-    if depth is not None and "dynamic" in depth and config.multiview and bool(cameras["ba_accepted"]):
+    if (depth is not None and "dynamic" in depth and config.multiview and bool(cameras["ba_accepted"])
+            and np.asarray(depth["valid"]).any()):
         scene = _multiview_statics(scene, own, depth, config, (h, w))
     return scene
 
@@ -146,8 +147,9 @@ def _to_solved_scale(scene: dict[str, np.ndarray], cameras: dict[str, np.ndarray
                      depth: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     """The network's world (pointmaps, tracks, camera centres) scaled to the solved cameras' units: the
     median ratio of the multi-view depth to the network's depth over the static pixels both have, else of
-    the bundle's track depths to the network's at the query frames. World = camera 0 in both, so one
-    factor about the origin maps one onto the other."""
+    the bundle's well-fixed track depths to the network's at the query frames, else (no parallax fixes
+    any point) the bundle's normalisation: the median track depth becomes 1. World = camera 0 in both,
+    so one factor about the origin maps one onto the other."""
     import numpy as np
 
     from st4r_cli.geometry.camera_np import surface_depths
@@ -158,18 +160,21 @@ def _to_solved_scale(scene: dict[str, np.ndarray], cameras: dict[str, np.ndarray
         net_z = surface_depths(scene["pointmaps"], w2c)
         both = depth["valid"] & ~depth["dynamic"] & (net_z > 0)
         ratio = depth["depth"][both] / net_z[both]
+    query_t = np.asarray(scene["query_t"], np.int64)
+    start = np.asarray(scene["tracks3d"], np.float64)[np.arange(len(query_t)), query_t]
+    track_z = (start * w2c[query_t, 2, :3]).sum(-1) + w2c[query_t, 2, 3]
     if ratio.size < 100:
-        query_t = np.asarray(scene["query_t"], np.int64)
-        start = np.asarray(scene["tracks3d"], np.float64)[np.arange(len(query_t)), query_t]
-        net_z = (start * w2c[query_t, 2, :3]).sum(-1) + w2c[query_t, 2, 3]
         ba_z = np.asarray(cameras["track_bundle_depth"], np.float64)
-        if len(ba_z) == len(net_z):
-            use = np.asarray(cameras["track_bundle_fixed"], bool)
-            if use.sum() < 20:
-                use = np.isfinite(ba_z)
-            use &= np.isfinite(ba_z) & (net_z > 0)
-            ratio = ba_z[use] / net_z[use]
-    scale = float(np.median(ratio)) if ratio.size else 1.0
+        if len(ba_z) == len(track_z):
+            use = np.asarray(cameras["track_bundle_fixed"], bool) & np.isfinite(ba_z) & (track_z > 0)
+            ratio = ba_z[use] / track_z[use] if use.sum() >= 20 else np.zeros(0)
+    if ratio.size:
+        scale = float(np.median(ratio))
+    else:
+        # no static point fixes the scale (little parallax): the bundle's own normalisation, which puts
+        # the median track depth at 1
+        front = track_z[np.isfinite(track_z) & (track_z > 0)]
+        scale = 1.0 / float(np.median(front)) if front.size else 1.0
     out = dict(scene)
     out["pointmaps"] = (np.asarray(scene["pointmaps"], np.float64) * scale).astype(np.float32)
     out["tracks3d"] = (np.asarray(scene["tracks3d"], np.float64) * scale).astype(np.float32)
