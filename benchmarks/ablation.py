@@ -5,7 +5,8 @@
         [--oracle-tracks] [--set adapt.FIELD=VALUE ...] [--out results.json]
     python benchmarks/ablation.py --merge part_a.json part_b.json --out results.json
 
-Per clip, the 2D pseudo-tracks (built-in tracker, 32x32 grid on frame 0) are computed once and shared by
+Per clip, the 2D pseudo-tracks (built-in tracker, 32x32 grid on frame 0, at the clip's own resolution as the
+pipeline tracks: `st4r_cli.pipeline.tracks_in_memory`) are computed once and shared by
 every variant; each variant starts from the same checkpoint and runs the pipeline's stages in memory
 (`st4r_cli.pipeline.geometry_in_memory`: cameras, depth; `predict_in_memory`: adapt, predict;
 `scene_in_memory`: fuse) with a
@@ -148,20 +149,26 @@ def _adapt_flags(args) -> dict:
     return {k: v for k, v in shared.items() if v is not None}
 
 
-def grid_tracks(frames: np.ndarray, seed: int) -> dict:
-    from st4r_cli.stages.tracks import TracksConfig, compute_tracks
+def grid_tracks(frames: np.ndarray, seed: int, source_frames: np.ndarray | None = None) -> dict:
+    """Built-in tracker on its default grid, at the pipeline's tracking resolution (`source_frames`: the
+    frames at the source's size; None tracks `frames`); tracks in `frames`' pixels."""
+    from st4r_cli.pipeline import tracks_in_memory
+    from st4r_cli.stages.tracks import TracksConfig
 
-    return compute_tracks(frames, TracksConfig(), "cpu", seed)
+    return tracks_in_memory(frames, source_frames, TracksConfig(), "cpu", seed)
 
 
-def query_tracks(frames: np.ndarray, queries: np.ndarray, seed: int) -> dict:
-    """Built-in tracker from explicit (t, x, y) queries (decoded-frame pixels)."""
-    from st4r_cli.stages.tracks import TracksConfig, compute_tracks
+def query_tracks(frames: np.ndarray, queries: np.ndarray, seed: int, source_frames: np.ndarray | None = None) -> dict:
+    """Built-in tracker from explicit (t, x, y) queries (decoded-frame pixels), at the pipeline's tracking
+    resolution (as `grid_tracks`)."""
+    from st4r_cli.pipeline import tracks_in_memory
+    from st4r_cli.stages.tracks import TracksConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "queries.npy"
         np.save(path, queries.astype(np.float32))
-        return compute_tracks(frames, TracksConfig(query_mode="file", query_file=str(path)), "cpu", seed)
+        return tracks_in_memory(frames, source_frames, TracksConfig(query_mode="file", query_file=str(path)),
+                                "cpu", seed)
 
 
 def resize_frames(frames: np.ndarray, long_side: int = 256, multiple: int = 16) -> np.ndarray:
@@ -216,7 +223,7 @@ def sevenscenes_clip(path: Path):
 
     clip = load_ground_truth(path, load_frames=True)
     frames = resize_frames(np.asarray(clip.frames))
-    return clip, frames, grid_tracks(frames, 0)
+    return clip, frames, grid_tracks(frames, 0, np.asarray(clip.frames))
 
 
 def davis_clip(path: Path, num_frames: int):
@@ -271,8 +278,9 @@ def davis_rows(model, args) -> dict:
     out = {}
     for path in davis_clips(args.davis):
         clip, frames, queries = davis_clip(path, args.frames)
-        tracks_tta = grid_tracks(frames, 0)
-        tracks_out = query_tracks(frames, queries, 0)
+        source = np.asarray(clip.frames)          # the clip's own size (854x480): the tracking resolution
+        tracks_tta = grid_tracks(frames, 0, source)
+        tracks_out = query_tracks(frames, queries, 0, source)
         out[path.name] = evaluate_variants(path.name, model, frames, tracks_tta, tracks_out, clip, args, 0)
         save_partial(args, {"davis": out})
     return out

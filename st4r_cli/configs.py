@@ -40,6 +40,10 @@ class TracksConfig:
     # every part of the video has tracks that start in it (0: none)
     camera_every_k: int = 8
     camera_grid_size: int = 16        # points per side of that grid
+    # tracking resolution: the tracker runs on the input decoded a second time at this long side (0: the
+    # source's own, capped at 1024 px), never enlarged; at or below the decoded frames' size it tracks the
+    # decoded frames. Queries and output tracks stay in decoded-frame pixels (float32, sub-pixel)
+    long_side: int = 0
     # builtin tracker (see st4r_cli/tracking/builtin.py)
     flow_long_side: int = 432         # DIS flow raster long side (px, never enlarged)
     dis_preset: str = "ultrafast"     # ultrafast | fast | medium

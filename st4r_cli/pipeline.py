@@ -55,14 +55,36 @@ def _config_with_seed(config: Any, seed: int) -> dict[str, Any]:
     return {"config": keyed_fields(config), "seed": seed}
 
 
-def tracks_cache_key(cfg: Any, seed: int, decoded: Artifact) -> tuple[dict[str, Any], list[str]]:
-    """(config, inputs) keying the tracks stage: frames, query file and checkpoint contents, config, seed.
+def tracks_cache_key(cfg: Any, seed: int, decoded: Artifact, decode_cfg: Any
+                     ) -> tuple[dict[str, Any], list[str]]:
+    """(config, inputs) keying the tracks stage: frames, query file and checkpoint contents, config, seed,
+    and the tracking resolution (`tracking_decode_config`; the decode stage's key, a hash of the input's
+    content and its decode settings, stands for the input decoded a second time at that size).
 
     `st4r adapt` and `st4r tracks` share it, so either reuses the other's result.
     """
+    import dataclasses
+
     from st4r_cli.stages.tracks import input_files
 
-    return _config_with_seed(cfg, seed), [decoded.digest, *map(digest_file_or_missing, input_files(cfg))]
+    tracking = tracking_decode_config(cfg, decode_cfg, decoded["orig_hw"], decoded["frames"].shape[1:3])
+    config = {**_config_with_seed(cfg, seed),
+              "tracking_decode": dataclasses.asdict(tracking) if tracking is not None else None}
+    return config, [decoded.digest, decoded.key, *map(digest_file_or_missing, input_files(cfg))]
+
+
+def tracking_decode_config(cfg: Any, decode_cfg: Any, orig_hw: Any, frames_hw: Any) -> Any:
+    """The DecodeConfig decoding the input at the tracking resolution (`tracks.long_side`), or None when
+    the tracker runs on the decoded frames themselves (the source is no larger than them). Same frame
+    selection as `decode_cfg`; the size keeps the exact aspect (no rounding to the patch size)."""
+    import dataclasses
+
+    from st4r_cli.stages.tracks import tracking_long_side
+
+    long_side = tracking_long_side(orig_hw, frames_hw, cfg)
+    if not long_side:
+        return None
+    return dataclasses.replace(decode_cfg, long_side=long_side, multiple=1, upscale=False)
 
 
 def depth_cache_key(cfg: Any, decoded: Artifact, cameras: Artifact | None = None
@@ -88,14 +110,46 @@ def run_decode(run: Run) -> Artifact:
                      lambda: decode(source, cfg))
 
 
-def run_tracks(run: Run, decoded: Artifact, device: str) -> Artifact:
-    """2D pseudo-tracks of query points (`stages.tracks.compute_tracks`)."""
-    from st4r_cli.stages.tracks import TRACKS_VERSION, compute_tracks
+def run_tracks(run: Run, decoded: Artifact, device: str, force: bool = False) -> Artifact:
+    """2D pseudo-tracks of query points (`stages.tracks.compute_tracks`) at the tracking resolution: the
+    input decoded a second time at `tracks.long_side` (cached as stage `decode_tracks`, recomputed with
+    `--force decode`), or the decoded frames when the source is no larger; tracks in decoded-frame pixels."""
+    from st4r_cli.stages.tracks import TRACKS_VERSION, check_tracks_config, compute_tracks
 
     cfg, seed = run.config.tracks, run.config.seed
-    key_config, inputs = tracks_cache_key(cfg, seed, decoded)
-    return run.stage("tracks", TRACKS_VERSION, key_config, inputs,
-                     lambda: compute_tracks(decoded["frames"], cfg, device, seed))
+    check_tracks_config(cfg)
+    frames_hw = tuple(int(v) for v in decoded["frames"].shape[1:3])
+    tracking = tracking_decode_config(cfg, run.config.decode, decoded["orig_hw"], frames_hw)
+    key_config, inputs = tracks_cache_key(cfg, seed, decoded, run.config.decode)
+
+    def compute() -> dict[str, Any]:
+        if tracking is None:
+            return compute_tracks(decoded["frames"], cfg, device, seed)
+        frames = _tracking_frames(run, decoded, tracking)
+        progress.log(f"tracks: tracking at {frames.shape[2]}x{frames.shape[1]} "
+                     f"(decoded frames {frames_hw[1]}x{frames_hw[0]})")
+        return compute_tracks(frames, cfg, device, seed, decoded_hw=frames_hw)
+
+    return run.stage("tracks", TRACKS_VERSION, key_config, inputs, compute, force=force)
+
+
+def _tracking_frames(run: Run, decoded: Artifact, tracking: Any) -> Any:
+    """(T, h, w, 3) uint8: the run's input decoded at the tracking resolution (stage `decode_tracks`),
+    the same frames as the decode stage's (St4rError otherwise). Only its frames are kept in memory."""
+    import numpy as np
+
+    source = Path(run.config.input)
+    if not source.exists():
+        raise St4rError(f"input not found: {source} (the tracks stage decodes it at {tracking.long_side} px; "
+                        f"--set tracks.long_side={max(decoded['frames'].shape[1:3])} tracks the decoded frames)")
+    check_decode_config(tracking)
+    artifact = run.stage("decode_tracks", DECODE_VERSION, tracking, [digest_path(source)],
+                         lambda: decode(source, tracking), force="decode" in run.force)
+    frames = artifact["frames"]
+    if not np.array_equal(artifact["frame_indices"], decoded["frame_indices"]):
+        raise St4rError(f"{source}: decoding at the tracking resolution gave other frames than the decode "
+                        "stage (the input changed?); rerun with --force decode")
+    return frames
 
 
 def run_cameras(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
@@ -171,17 +225,15 @@ def _optional(artifact: Artifact | None, missing: str) -> str:
     return artifact.digest if artifact is not None else missing
 
 
-# The tracks stage's arrays the network adapts on; its camera_* tracks are the camera solver's only.
-ADAPT_TRACK_ARRAYS = ("tracks_xy", "visible", "confidence", "queries")
-
-
 def _adapt_tracks_digest(tracks: Artifact | None) -> str:
-    """Content digest of the tracks adapt reads, so a camera-track setting (`tracks.camera_*`) re-runs
-    tracks, cameras and fuse but not the network."""
+    """Content digest of the tracks adapt reads (`stages.adapt.tta_tracks`), so a camera-track setting
+    (`tracks.camera_*`) re-runs tracks, cameras and fuse but not the network, nor does another query file
+    (the TTA adapts on the tracker's own grid then)."""
+    from st4r_cli.stages.adapt import tta_tracks
+
     if tracks is None:
         return "no-tracks"
-    arrays = tracks.load()
-    return digest_arrays({name: arrays[name] for name in ADAPT_TRACK_ARRAYS if name in arrays})
+    return digest_arrays(tta_tracks(tracks.load()))
 
 
 def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
@@ -211,7 +263,10 @@ def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact
         return adapt_model(model, decoded["frames"], tracks.load() if tracks else None,
                            depth.load() if depth else None, cfg.adapt, cfg.predict, cfg.visibility, device, cfg.seed)
 
-    return run.stage("adapt", ADAPT_VERSION, key, inputs, compute)
+    artifact = run.stage("adapt", ADAPT_VERSION, key, inputs, compute)
+    if "skipped_reason" in artifact:   # never silent, also when the artifact is reused
+        run.warn(f"adapt: {artifact['skipped_reason']}")
+    return artifact
 
 
 def run_predict(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
@@ -267,6 +322,27 @@ def run_fuse(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
 # the same stages in memory, without a run directory (benchmarks: one set of tracks shared by many
 # settings, ground-truth tracks, ...). Same stage functions and configs as the cached stages above.
 # ----------------------------------------------------------------------------------------------
+
+def tracks_in_memory(frames: Any, source_frames: Any | None, cfg: Any, device: str, seed: int) -> dict[str, Any]:
+    """The tracks stage on arrays, at the tracking resolution as in `run_tracks`: `frames (T,H,W,3)` the
+    decoded (network) frames, `source_frames (T,H0,W0,3)` the same frames at the source's size (None: track
+    `frames`), resized here to `tracks.long_side` as the decode stage would. Tracks in `frames`' pixels."""
+    import cv2
+    import numpy as np
+
+    from st4r_cli.configs import DecodeConfig
+    from st4r_cli.stages.decode import processing_hw
+    from st4r_cli.stages.tracks import compute_tracks, tracking_long_side
+
+    frames_hw = tuple(int(v) for v in frames.shape[1:3])
+    long_side = tracking_long_side(source_frames.shape[1:3], frames_hw, cfg) if source_frames is not None else 0
+    if not long_side:
+        return compute_tracks(frames, cfg, device, seed)
+    h, w = processing_hw(source_frames.shape[1:3], DecodeConfig(long_side=long_side, multiple=1))
+    tracking = np.stack([frame if frame.shape[:2] == (h, w) else
+                         cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA) for frame in source_frames])
+    return compute_tracks(tracking, cfg, device, seed, decoded_hw=frames_hw)
+
 
 def geometry_in_memory(model: Any, frames: Any, tracks: dict[str, Any] | None, config: RunConfig, device: str
                        ) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -365,6 +441,8 @@ def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, A
         run.mark_failed(f"{type(err).__name__}: {err}")
         raise
     run.mark_complete()
+    for message in run.warnings:   # at the end, where it is seen (also with --quiet)
+        progress.console.print(f"[yellow]warning[/yellow]: {message}")
     return artifacts
 
 

@@ -81,7 +81,7 @@ def command(
     """2D point tracks (builtin or CoTracker3) of a video or run; writes RUN/tracks.npz."""
     set_verbosity(quiet, verbose)
     from st4r_cli import pipeline, progress
-    from st4r_cli.stages.tracks import TRACKS_VERSION, check_backend_available, compute_tracks
+    from st4r_cli.stages.tracks import check_backend_available
 
     def configure(cfg: RunConfig) -> None:
         tracks = cfg.tracks
@@ -99,11 +99,8 @@ def command(
     run, decoded, dev = open_or_start_run(input_path, out, config, set_, long_side, max_frames,
                                           force, device, seed, configure)
     with run, failures_recorded(run):
-        cfg, run_seed = run.config.tracks, run.config.seed
-        key_config, inputs = pipeline.tracks_cache_key(cfg, run_seed, decoded)
-        artifact = stage_through_cache(
-            run, "tracks", TRACKS_VERSION, key_config, inputs,
-            lambda: compute_tracks(decoded["frames"], cfg, dev, run_seed), force)
+        # the same stage (tracking resolution, cache key) as `st4r adapt`
+        artifact = pipeline.run_tracks(run, decoded, dev, force=bool({"tracks", "all"} & set(force or [])))
         path = run.publish(OUTPUT_NAME, artifact.load())
         finish_run(run, input_path)
         num_points, num_frames = artifact["visible"].shape

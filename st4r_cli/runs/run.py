@@ -212,6 +212,21 @@ class Run:
             raise St4rError(f"{cache} leads outside the run directory {self.dir} ({cache.resolve()}); "
                             "refusing to write there")
 
+    def warn(self, message: str) -> None:
+        """A warning about this run's result (e.g. a skipped test-time adaptation): printed at once and
+        listed in run.json's `warnings`, which the pipeline prints again at its end (also with --quiet)."""
+        progress.log(f"[yellow]warning[/yellow]: {message}")
+        status = self._read_status()
+        warnings = status.setdefault("warnings", [])
+        if message not in warnings:
+            warnings.append(message)
+        self._write_status(status)
+
+    @property
+    def warnings(self) -> list[str]:
+        """The warnings recorded in run.json by this run (`warn`)."""
+        return list(self._read_status().get("warnings", []))
+
     def _record_stage(self, artifact: Artifact) -> None:
         status = self._read_status()
         status.setdefault("stages", {})[artifact.stage] = {

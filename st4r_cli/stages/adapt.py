@@ -13,6 +13,12 @@ camera j by differentiable PnP on head 2, and minimises the TTA loss (`st4r_cli.
 the 2D pseudo-tracks (and mono-depth when available). Only the selected parameter groups change. The
 predict stage then runs the adapted network over every window.
 
+The TTA adapts on the tracker's own grid (`tta_tracks`): the tracks stage's tracks, or its `grid_*`
+tracks when the output queries are the user's (a handful of points would leave most windows without
+tracks). When the TTA cannot run all the same (no tracks, too few visible at every window anchor), the
+artifact says why in `skipped_reason ()` (a string; absent when the TTA ran) and the pipeline records it
+as a warning in run.json: a skipped TTA is never silent.
+
 A guard rolls the adapted parameters and the optimiser back to the last good state, and halves the
 learning rate, when a step's loss or gradient is non-finite, the loss jumps far above its running
 average for that window, or the robust visibility mask collapses (under 30% of its running average).
@@ -30,9 +36,10 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["ADAPT_VERSION", "AdaptConfig", "TTALossConfig", "adapt_model", "check_adapt_config", "resolve"]
+__all__ = ["ADAPT_VERSION", "AdaptConfig", "TTALossConfig", "adapt_model", "check_adapt_config", "resolve",
+           "tta_tracks"]
 
-ADAPT_VERSION = 4
+ADAPT_VERSION = 5
 
 # Parameter groups by name prefix (St4rNet / DUSt3R naming).
 PARAM_GROUPS: dict[str, tuple[str, ...]] = {
@@ -163,6 +170,21 @@ def tracks_for_window(tracks: dict[str, np.ndarray] | None, anchor: int, hw: tup
     return WindowTracks(index, xy[index].astype(np.float32))
 
 
+# the tracks stage's arrays the TTA reads (`tta_tracks`)
+TTA_TRACK_ARRAYS = ("tracks_xy", "visible", "confidence", "queries")
+MIN_WINDOW_TRACKS = 8   # a window trains only with this many tracks visible at its anchor
+
+
+def tta_tracks(tracks: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    """The tracks the TTA adapts on: the tracker's own frame-0 grid (`grid_tracks_xy`, `grid_visible`,
+    `grid_confidence`, `grid_queries`) when the tracks stage has it (user-given queries), else the
+    stage's tracks; `tracks_xy`, `visible`, `confidence`, `queries`. None without tracks."""
+    if tracks is None:
+        return None
+    prefix = "grid_" if "grid_tracks_xy" in tracks else ""
+    return {name: tracks[prefix + name] for name in TTA_TRACK_ARRAYS if prefix + name in tracks}
+
+
 def adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] | None,
                 depth: dict[str, np.ndarray] | None, config: AdaptConfig, predict: PredictConfig,
                 visibility: VisibilityConfig, device: str, seed: int) -> dict[str, np.ndarray]:
@@ -206,16 +228,20 @@ def _adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] |
     history: list[float] = []
     lrs: list[float] = []
     rollbacks = 0
+    tracks = tta_tracks(tracks)
+    skipped = ""
     if config.loss != "none" and tracks is not None and resolved.iters > 0:
         from st4r_cli.model.inference import frames_to_tensor
 
         encoder_adapts = any(name.startswith(("patch_embed", "enc_blocks", "enc_norm")) for name, _ in chosen)
         runner = PairRunner(model, frames_to_tensor(frames, device), cache_encoder=not encoder_adapts)
         focal = given_focal(predict, depth)
-        history, lrs, rollbacks = _tta_loop(runner, chosen, frames.shape[:3], starts, tracks, depth,
-                                            config, visibility, resolved, predict.window, focal, seed)
+        history, lrs, rollbacks, skipped = _tta_loop(runner, chosen, frames.shape[:3], starts, tracks, depth,
+                                                     config, visibility, resolved, predict.window, focal, seed)
     elif config.loss != "none":
-        progress.log("[yellow]-[/yellow] adapt: no 2D tracks, test-time adaptation skipped")
+        skipped = "no 2D tracks"
+    if skipped:
+        progress.log(f"[yellow]warning[/yellow]: adapt: test-time adaptation skipped: {skipped}")
     for param in model.parameters():
         param.requires_grad_(False)
     out = {f"delta.{name}": (param.detach() - original[name]).cpu().numpy().astype(np.float32)
@@ -223,6 +249,8 @@ def _adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] |
     out["loss_history"] = np.asarray(history, dtype=np.float32)
     out["lr_history"] = np.asarray(lrs, dtype=np.float32)
     out["rollbacks"] = np.asarray(rollbacks, dtype=np.int64)
+    if skipped:
+        out["skipped_reason"] = np.asarray(f"test-time adaptation skipped: {skipped}")
     return out
 
 
@@ -259,8 +287,9 @@ def frozen_window_outputs(runner: PairRunner, anchor: int, frames_w: list[int], 
 def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int], starts: list[int],
               tracks: dict[str, np.ndarray], depth: dict[str, np.ndarray] | None, config: AdaptConfig,
               visibility: VisibilityConfig, resolved: ResolvedAdapt, window: int, focal: float | None, seed: int
-              ) -> tuple[list[float], list[float], int]:
-    """The optimisation loop with the rollback guard. Returns (loss history, lr history, rollbacks)."""
+              ) -> tuple[list[float], list[float], int, str]:
+    """The optimisation loop with the rollback guard. Returns (loss history, lr history, rollbacks, why
+    the TTA was skipped or "")."""
     import copy
     import math
 
@@ -276,10 +305,11 @@ def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int]
     optimizer = torch.optim.AdamW(params, lr=resolved.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(seed)
     per_window = [tracks_for_window(tracks, start, (h, w)) for start in starts]
-    trainable = [k for k, wt in enumerate(per_window) if wt is not None and wt.index.size >= 8]
+    trainable = [k for k, wt in enumerate(per_window) if wt is not None and wt.index.size >= MIN_WINDOW_TRACKS]
     if not trainable:
-        progress.log("[yellow]-[/yellow] adapt: too few visible tracks at the window anchors, TTA skipped")
-        return [], [], 0
+        most = max((wt.index.size for wt in per_window if wt is not None), default=0)
+        return [], [], 0, (f"too few visible tracks at the window anchors (at most {most} at an anchor, "
+                           f"{MIN_WINDOW_TRACKS} needed, {len(tracks['tracks_xy'])} tracks)")
     tracks_xy = torch.as_tensor(tracks["tracks_xy"], dtype=torch.float32)
     visible = torch.as_tensor(tracks["visible"].astype(bool))
     depth_t = valid_t = None
@@ -397,4 +427,4 @@ def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int]
         if is_bad(w_idx, parts) or not all(torch.isfinite(p).all() for p in params):
             roll_back()
             progress.debug("adapt: the final update was rejected, rolled back")
-    return history, lrs, rollbacks
+    return history, lrs, rollbacks, ""
