@@ -35,7 +35,7 @@ from typing import Any
 from st4r_cli.configs import TracksConfig
 from st4r_cli.errors import St4rError
 
-TRACKS_VERSION = 3
+TRACKS_VERSION = 4
 BACKENDS = ("builtin", "cotracker3")
 # `long_side: 0` tracks at the source's own resolution up to this long side: a 4K phone video is tracked
 # at 1024 px (about 1.6x the cost of 854x480 per frame; the DIS flow runs at `flow_long_side` anyway,
