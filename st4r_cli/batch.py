@@ -45,6 +45,7 @@ class VideoResult:
     status: str          # complete | skipped | failed
     seconds: float
     error: str | None = None
+    torch_threads: int | None = None  # the task's torch CPU threads (None: not run)
 
 
 def collect_videos(source: Path) -> list[Path]:
@@ -82,7 +83,7 @@ def _is_image_folder(path: Path) -> bool:
 
 def run_names(videos: Sequence[Path]) -> list[str]:
     """One run directory name per video: its stem, made unique (`clip.mp4` + `clip.mov` -> clip_mp4, clip_mov)."""
-    stems = [video.stem if video.is_file() else video.name for video in videos]
+    stems = [video.stem if video.suffix.lower() in VIDEO_SUFFIXES else video.name for video in videos]
     names = []
     for video, stem in zip(videos, stems):
         name = stem if stems.count(stem) == 1 else f"{stem}_{video.suffix.lstrip('.') or 'dir'}"
@@ -111,8 +112,9 @@ def one_line(err: BaseException) -> str:
 def adapt_one(video: str, run_dir: str, options: Mapping[str, Any], threads: int) -> dict[str, Any]:
     """One video's `st4r adapt` run (what each Ray task executes); never raises.
 
-    Returns {"status": "complete"|"failed", "seconds", "error"}; the run directory's run.json has
-    the details. `threads`: torch intra-op CPU threads (the task's CPU reservation).
+    Returns {"status": "complete"|"failed", "seconds", "error", "torch_threads"}; the run
+    directory's run.json has the details. `threads`: torch intra-op CPU threads (the task's CPU
+    reservation).
     """
     import torch
 
@@ -127,8 +129,10 @@ def adapt_one(video: str, run_dir: str, options: Mapping[str, Any], threads: int
     except KeyboardInterrupt:
         raise
     except BaseException as err:  # noqa: BLE001 (a failing video must not stop the batch)
-        return {"status": "failed", "seconds": time.perf_counter() - start, "error": one_line(err)}
-    return {"status": "complete", "seconds": time.perf_counter() - start, "error": None}
+        return {"status": "failed", "seconds": time.perf_counter() - start, "error": one_line(err),
+                "torch_threads": torch.get_num_threads()}
+    return {"status": "complete", "seconds": time.perf_counter() - start, "error": None,
+            "torch_threads": torch.get_num_threads()}
 
 
 def check_options(videos: Sequence[Path], options: Mapping[str, Any]) -> None:
@@ -172,7 +176,8 @@ def run_batch(videos: Sequence[Path], out_dir: Path, options: Mapping[str, Any],
         for k, outcome in _run_on_ray([(str(videos[k]), str(out_dir / names[k])) for k in todo], options,
                                       resources, [*todo]):
             results[k] = VideoResult(str(videos[k]), str(out_dir / names[k]), outcome["status"],
-                                     round(float(outcome["seconds"]), 2), outcome["error"])
+                                     round(float(outcome["seconds"]), 2), outcome["error"],
+                                     outcome.get("torch_threads"))
             if on_result:
                 on_result(results[k])
     ordered = [results[k] for k in range(len(videos))]
