@@ -10,14 +10,20 @@ The problem (all float64, torch):
 We minimise sum_nt rho_cauchy(|r_nt| / s) with Levenberg-Marquardt and iteratively re-weighted
 least squares, s going from coarse to fine (`BundleOptions.robust_scales_px`). Every track has one
 unknown (its inverse depth), so the normal equations are solved by the Schur complement on the
-cameras: a dense (6F+1)^2 system for F moving frames whatever the number of tracks.
+cameras (`_System`): the point side stays sparse, as (track, frame) couplings; the camera block
+H_cc is summed per (observing, query) frame pair; the reduction H_cp H_pp^-1 H_cp^T is formed in
+blocks of REDUCTION_BLOCK frames, once per linearisation (the points are damped like the cameras,
+so a new LM damping only rescales it). Work per iteration: linear in the observations, ~36 x
+sum over tracks of (frames it touches)^2 for the reduction (linear in the frames for tracks of
+bounded length), plus one dense Cholesky of the (6F+1)^2 camera system (cubic with a small
+constant: 0.05 s at 150 frames, 1.4 s at 600 on one busy core). Memory: O(observations + F^2).
 
 Solving is incremental (`bundle_adjust`): the first chunk of frames starts from two-view geometry,
 later frames are placed by RANSAC PnP on the points already fixed and adjusted with the last
-`local_frames` frames; the final solve moves every frame (up to `global_max_frames`). Tracks that
-some observation does not fit are then dropped and the last stage runs again. Frame 0 stays fixed;
-the remaining scale freedom is removed by rescaling so the median track depth equals the initial one
-(the caller's scene scale is kept).
+`local_frames` frames; the final solve moves every frame (no cap unless `global_max_frames` is set)
+against every track. Tracks that some observation does not fit are then dropped and the last stage
+runs again. Frame 0 stays fixed; the remaining scale freedom is removed by rescaling so the median
+track depth equals the initial one (the caller's scene scale is kept).
 
 Per-observation Jacobians are analytic (`_Problem._linearise`) in the 14 local unknowns: the two
 camera increments (left-multiplied: R <- exp(omega) R, t <- exp(omega) t + v), the inverse depth, f.
