@@ -190,7 +190,10 @@ def _run_on_ray(jobs: list[tuple[str, str]], options: Mapping[str, Any], resourc
     """Yield (id, outcome) as the Ray tasks finish; starts (or joins) Ray and always shuts it down."""
     import logging
 
-    import ray
+    try:
+        import ray
+    except ImportError as err:
+        raise St4rError("st4r batch needs Ray: pip install -e '.[batch]' (or pip install 'ray>=2.9')") from err
 
     init: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False,
                             "configure_logging": True}
