@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 
 MIN_FRONT_FRACTION = 0.9  # a PnP pose is kept when this fraction of its inliers is in front of the camera
+OBS_CHUNK = 1 << 18       # observations linearised at a time (bounds the solver's memory)
 REDUCTION_BLOCK = 16      # moving frames per dense block of the Schur complement's point reduction
 
 
@@ -329,24 +330,31 @@ class _Problem:
         self.num_cam = 6 * len(order) + 1
 
     # --- residuals and Jacobians --------------------------------------------------------
-    def _geometry(self) -> dict[str, torch.Tensor]:
-        """Per-observation intermediate quantities (see `_linearise` for the Jacobians)."""
+    def _chunks(self) -> list[slice]:
+        """The observations in slices of at most OBS_CHUNK (per-observation work is done chunk by chunk,
+        so memory stays bounded whatever the number of frames)."""
+        count = len(self.obs_n)
+        return [slice(lo, lo + OBS_CHUNK) for lo in range(0, count, OBS_CHUNK)] or [slice(0, 0)]
+
+    def _geometry(self, part: slice = slice(None)) -> dict[str, torch.Tensor]:
+        """Per-observation intermediate quantities of observations `part` (see `_linearise`)."""
         import torch
 
-        s_frames = self.query_t[self.obs_n]
-        q_xy = self.query_xy[self.obs_n]
+        obs_n, obs_t = self.obs_n[part], self.obs_t[part]
+        s_frames = self.query_t[obs_n]
+        q_xy = self.query_xy[obs_n]
         ray = torch.cat([(q_xy - q_xy.new_tensor([self.cx, self.cy])) / self.focal,
                          q_xy.new_ones(q_xy.shape[0], 1)], dim=-1)            # (M, 3) K^-1 [q, 1]
-        rho = self.rho[self.obs_n]                                            # (M,)
+        rho = self.rho[obs_n]                                                 # (M,)
         rot_s, tr_s = self.w2c[s_frames, :3, :3], self.w2c[s_frames, :3, 3]
-        rot_t, tr_t = self.w2c[self.obs_t, :3, :3], self.w2c[self.obs_t, :3, 3]
+        rot_t, tr_t = self.w2c[obs_t, :3, :3], self.w2c[obs_t, :3, 3]
         cam_s = ray / rho[:, None]                                            # (M, 3) in camera s
         world = torch.einsum("mji,mj->mi", rot_s, cam_s - tr_s)               # R_s^T (P_s - t_s)
         cam_t = torch.einsum("mij,mj->mi", rot_t, world) + tr_t               # (M, 3) in camera t
         z = cam_t[:, 2]
         proj = self.focal * cam_t[:, :2] / z[:, None] + cam_t.new_tensor([self.cx, self.cy])
         return {"ray": ray, "rho": rho, "rot_s": rot_s, "rot_t": rot_t, "cam_s": cam_s, "cam_t": cam_t,
-                "z": z, "res": proj - self.obs_xy}
+                "z": z, "res": proj - self.obs_xy[part]}
 
     def residuals(self) -> torch.Tensor:
         """(M, 2) residuals at the current state (NaN/inf behind the camera are left to the caller)."""
@@ -357,11 +365,14 @@ class _Problem:
         projects, mirrored, onto a pixel that can fit the track: it must not count as fitting)."""
         import torch
 
-        geo = self._geometry()
-        return torch.where(geo["z"] > 0, geo["res"].norm(dim=-1), torch.inf)
+        norms = []
+        for part in self._chunks():
+            geo = self._geometry(part)
+            norms.append(torch.where(geo["z"] > 0, geo["res"].norm(dim=-1), torch.inf))
+        return torch.cat(norms)
 
-    def _linearise(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Residuals (M, 2) and Jacobians (M, 2, 14): [xi_t (6), xi_s (6), rho, f].
+    def _linearise(self, part: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residuals (M, 2) and Jacobians (M, 2, 14): [xi_t (6), xi_s (6), rho, f] of observations `part`.
 
         With P_t = (x, y, z) the point in camera t and J_pi = f [[1/z, 0, -x/z^2], [0, 1/z, -y/z^2]]:
           camera t (w2c <- exp(xi) w2c): dP_t = -[P_t]x d_omega + d_v
@@ -371,7 +382,7 @@ class _Problem:
         """
         import torch
 
-        g = self._geometry()
+        g = self._geometry(part)
         cam_t, z = g["cam_t"], g["z"]
         x, y = cam_t[:, 0], cam_t[:, 1]
         fz = self.focal / z
@@ -398,11 +409,7 @@ class _Problem:
         lam = opts.damping
         cost = self._cost(scale_px)
         for _ in range(opts.iters_per_stage):
-            res, jac = self._linearise()
-            weights = 1.0 / (1.0 + (res.norm(dim=-1) / scale_px) ** 2)  # Cauchy IRLS
-            if not with_focal:
-                jac[:, :, 13] = 0.0
-            system = self._normal_equations(res, jac, weights)
+            system = self._linearised_system(scale_px, with_focal)
             for _attempt in range(6):
                 step = self._step(system, lam)
                 if step is None:
@@ -426,12 +433,23 @@ class _Problem:
     def _cost(self, scale_px: float) -> torch.Tensor:
         import torch
 
-        geo = self._geometry()
-        norms = torch.where(geo["z"] > 0, geo["res"].norm(dim=-1), torch.inf)
-        norms = torch.nan_to_num(norms, nan=1e12, posinf=1e12)
+        norms = torch.nan_to_num(self.residual_norms(), nan=1e12, posinf=1e12)
         return (scale_px**2 / 2.0 * torch.log1p((norms / scale_px) ** 2)).sum()
 
-    def _normal_equations(self, res: torch.Tensor, jac: torch.Tensor, weights: torch.Tensor) -> _System:
+    def _linearised_system(self, scale_px: float, with_focal: bool) -> _System:
+        """The IRLS-weighted normal equations at the current state, built chunk by chunk."""
+        systems = []
+        for part in self._chunks():
+            res, jac = self._linearise(part)
+            weights = 1.0 / (1.0 + (res.norm(dim=-1) / scale_px) ** 2)  # Cauchy IRLS
+            if not with_focal:
+                jac[:, :, 13] = 0.0
+            systems.append(self._normal_equations(res, jac, weights, part))
+            del res, jac
+        return _System.merged(systems)
+
+    def _normal_equations(self, res: torch.Tensor, jac: torch.Tensor, weights: torch.Tensor,
+                          part: slice = slice(None)) -> _System:
         """The weighted normal equations, kept sparse on the point side (see `_System`).
 
         Work and memory are linear in the observations M; only the camera block H_cc (C, C) is
@@ -440,11 +458,10 @@ class _Problem:
         import torch
 
         ok = torch.isfinite(res).all(-1) & torch.isfinite(jac).all(-1).all(-1)
-        if bool(ok.all()):  # the usual case: no copies
-            w, n_idx, t_frames = weights, self.obs_n, self.obs_t
-        else:
+        n_idx, t_frames, w = self.obs_n[part], self.obs_t[part], weights
+        if not bool(ok.all()):  # the usual case needs no copies
             res, jac, w = res[ok], jac[ok], weights[ok]
-            n_idx, t_frames = self.obs_n[ok], self.obs_t[ok]
+            n_idx, t_frames = n_idx[ok], t_frames[ok]
         s_frames = self.query_t[n_idx]
         num_pts = self.rho.shape[0]
         size = self.num_cam
@@ -477,10 +494,13 @@ class _Problem:
         h_pp = torch.zeros(num_pts, dtype=torch.float64).index_add_(0, n_idx, (w[:, None] * jp**2).sum(-1))
         b_p = torch.zeros(num_pts, dtype=torch.float64).index_add_(0, n_idx, (jp * wr).sum(-1))
         vals = torch.einsum("mki,mk->mi", jc, w[:, None] * jp)                  # (M, 13): H_cp entries
-        # H_cp as (track, moving frame) pairs with a 6-vector each (+ the focal column)
-        frames = torch.cat([t_frames, s_frames])
-        pair_v = torch.cat([vals[:, :6], vals[:, 6:12]])
-        pair_n = torch.cat([n_idx, n_idx])
+        # H_cp as (track, moving frame) pairs with a 6-vector each (+ the focal column); a track's
+        # couplings to its query camera are summed into one pair
+        s_sum = torch.zeros(num_pts, 6, dtype=torch.float64).index_add_(0, n_idx, vals[:, 6:12])
+        tracks = torch.arange(num_pts)
+        frames = torch.cat([t_frames, self.query_t])
+        pair_v = torch.cat([vals[:, :6], s_sum])
+        pair_n = torch.cat([n_idx, tracks])
         moving = self.cam_col[frames] >= 0
         h_pf = torch.zeros(num_pts, dtype=torch.float64).index_add_(0, n_idx, vals[:, 12])
         return _System(h_cc.view(size, size), b_c, h_pp, b_p, pair_n[moving],
@@ -563,6 +583,19 @@ class _System:
         if "rhs" not in self._cache:
             self._cache["rhs"] = self.cp_times(self.inv_pp * self.b_p)
         return self._cache["rhs"]
+
+    @staticmethod
+    def merged(parts: list[_System]) -> _System:
+        """The normal equations of all observations from those of disjoint chunks of them."""
+        import torch
+
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        return _System(sum(p.h_cc for p in parts[1:]) + first.h_cc, sum(p.b_c for p in parts[1:]) + first.b_c,
+                       sum(p.h_pp for p in parts[1:]) + first.h_pp, sum(p.b_p for p in parts[1:]) + first.b_p,
+                       torch.cat([p.pair_n for p in parts]), torch.cat([p.pair_f for p in parts]),
+                       torch.cat([p.pair_v for p in parts]), sum(p.h_pf for p in parts[1:]) + first.h_pf)
 
     def cp_times(self, vec: torch.Tensor) -> torch.Tensor:
         """H_cp @ vec for vec (N,): (C,)."""

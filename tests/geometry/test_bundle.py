@@ -193,6 +193,17 @@ def test_sparse_schur_reduction_matches_the_dense_product():
     assert torch.allclose(system.cp_times(vec), h_cp @ vec, rtol=1e-9, atol=1e-8)
     cam = torch.linspace(-1, 1, size, dtype=torch.float64)
     assert torch.allclose(system.pc_times(cam), h_cp.T @ cam, rtol=1e-9, atol=1e-8)
+    # built in chunks of 100 observations (bounded memory), the system is the same
+    whole = prob._linearised_system(2.0, with_focal=True)
+    bundle.OBS_CHUNK, saved = 100, bundle.OBS_CHUNK
+    try:
+        chunked = prob._linearised_system(2.0, with_focal=True)
+    finally:
+        bundle.OBS_CHUNK = saved
+    assert len(prob._chunks()) == 1 and len(obs_n) > 300
+    for name in ("h_cc", "b_c", "h_pp", "b_p", "h_pf"):
+        assert torch.allclose(getattr(chunked, name), getattr(whole, name), rtol=1e-10, atol=1e-8), name
+    assert torch.allclose(chunked.reduction(inv_pp), whole.reduction(inv_pp), rtol=1e-9, atol=1e-6 * dense.abs().max())
 
 
 def _long_scene(num_frames=200, per_seed=60, seed=0, noise_px=0.3):
