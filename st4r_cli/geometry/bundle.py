@@ -438,15 +438,16 @@ class _Problem:
 
     def _linearised_system(self, scale_px: float, with_focal: bool) -> _System:
         """The IRLS-weighted normal equations at the current state, built chunk by chunk."""
-        systems = []
+        total = None
         for part in self._chunks():
             res, jac = self._linearise(part)
             weights = 1.0 / (1.0 + (res.norm(dim=-1) / scale_px) ** 2)  # Cauchy IRLS
             if not with_focal:
                 jac[:, :, 13] = 0.0
-            systems.append(self._normal_equations(res, jac, weights, part))
+            system = self._normal_equations(res, jac, weights, part)
             del res, jac
-        return _System.merged(systems)
+            total = system if total is None else total.add(system)
+        return total
 
     def _normal_equations(self, res: torch.Tensor, jac: torch.Tensor, weights: torch.Tensor,
                           part: slice = slice(None)) -> _System:
@@ -513,9 +514,10 @@ class _Problem:
 
         # the point block is damped like the cameras, H_pp (1 + lam), so the reduction
         # H_cp H_pp^-1 H_cp^T is formed once per linearisation and divided by (1 + lam)
-        h_cc_d = system.h_cc + lam * torch.diag(torch.diagonal(system.h_cc).clamp(min=1e-9))
         inv_pp = system.inv_pp / (1.0 + lam)
-        schur = h_cc_d - system.reduced() / (1.0 + lam)
+        schur = system.reduced() / -(1.0 + lam)                               # one (C, C) temporary
+        schur += system.h_cc
+        schur.diagonal().add_(lam * torch.diagonal(system.h_cc).clamp(min=1e-9))
         rhs = system.b_c - system.reduced_rhs() / (1.0 + lam)
         try:
             factor, info = torch.linalg.cholesky_ex(schur)
@@ -584,18 +586,22 @@ class _System:
             self._cache["rhs"] = self.cp_times(self.inv_pp * self.b_p)
         return self._cache["rhs"]
 
-    @staticmethod
-    def merged(parts: list[_System]) -> _System:
-        """The normal equations of all observations from those of disjoint chunks of them."""
+    def add(self, other: _System) -> _System:
+        """Add the normal equations of other (disjoint) observations in place; returns self.
+
+        The dense parts are summed in place (no per-chunk copies of the (C, C) block are kept)."""
         import torch
 
-        if len(parts) == 1:
-            return parts[0]
-        first = parts[0]
-        return _System(sum(p.h_cc for p in parts[1:]) + first.h_cc, sum(p.b_c for p in parts[1:]) + first.b_c,
-                       sum(p.h_pp for p in parts[1:]) + first.h_pp, sum(p.b_p for p in parts[1:]) + first.b_p,
-                       torch.cat([p.pair_n for p in parts]), torch.cat([p.pair_f for p in parts]),
-                       torch.cat([p.pair_v for p in parts]), sum(p.h_pf for p in parts[1:]) + first.h_pf)
+        self.h_cc += other.h_cc
+        self.b_c += other.b_c
+        self.h_pp += other.h_pp
+        self.b_p += other.b_p
+        self.h_pf += other.h_pf
+        self.pair_n = torch.cat([self.pair_n, other.pair_n])
+        self.pair_f = torch.cat([self.pair_f, other.pair_f])
+        self.pair_v = torch.cat([self.pair_v, other.pair_v])
+        self._cache.clear()
+        return self
 
     def cp_times(self, vec: torch.Tensor) -> torch.Tensor:
         """H_cp @ vec for vec (N,): (C,)."""
