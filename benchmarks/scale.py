@@ -103,6 +103,8 @@ class PeakSampler:
 
     def __exit__(self, *exc: object) -> None:
         self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
 
 
 def child(args: list[str], report: Path) -> None:
