@@ -44,6 +44,12 @@ def plane_clip_folder(tmp_path):
 
 
 @pytest.fixture
+def make_plane_clip():
+    """Factory: write_plane_clip(folder, num_frames, hw, shift_px, seed)."""
+    return write_plane_clip
+
+
+@pytest.fixture
 def tiny_set():
     """--set values for a run of a few seconds."""
     return dict(TINY_SET)

@@ -44,14 +44,12 @@ def test_bad_options_fail_before_ray_starts(tmp_path, plane_clip_folder, capsys)
     assert not (tmp_path / "runs" / "summary.json").exists()
 
 
-def test_batch_on_local_ray(tmp_path, micro_checkpoint, tiny_set, capsys):
+def test_batch_on_local_ray(tmp_path, micro_checkpoint, tiny_set, make_plane_clip, capsys):
     import ray
 
-    from conftest import write_plane_clip
-
     videos = tmp_path / "videos"
-    write_plane_clip(videos / "pan_a", num_frames=6, seed=1)
-    write_plane_clip(videos / "pan_b", num_frames=6, seed=2)
+    make_plane_clip(videos / "pan_a", num_frames=6, seed=1)
+    make_plane_clip(videos / "pan_b", num_frames=6, seed=2)
     (videos / "broken.mp4").write_bytes(b"this is not a video")
     runs = tmp_path / "runs"
     args = ["batch", str(videos), "--out", str(runs), "--num-cpus", "2", "--cpus-per-video", "2",
