@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from st4r_cli import __version__, progress
-from st4r_cli.cli import (cmd_adapt, cmd_depth, cmd_doctor, cmd_eval, cmd_export, cmd_pretrain,
+from st4r_cli.cli import (cmd_adapt, cmd_batch, cmd_depth, cmd_doctor, cmd_eval, cmd_export, cmd_pretrain,
                           cmd_synth, cmd_tracks, cmd_view, cmd_weights)
 from st4r_cli.errors import St4rError
 
@@ -27,7 +27,7 @@ app = typer.Typer(
     help="st4r: monocular video -> 4D (world-frame 3D tracks, dynamic point clouds, intrinsics, "
          "camera poses) with ST4RTrack+ test-time adaptation.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -56,7 +56,7 @@ def _entry(module: ModuleType, name: str) -> Callable[..., Any]:
 
 
 def _register() -> None:
-    commands = [("adapt", cmd_adapt), ("export", cmd_export), ("view", cmd_view), ("eval", cmd_eval),
+    commands = [("adapt", cmd_adapt), ("batch", cmd_batch), ("export", cmd_export), ("view", cmd_view), ("eval", cmd_eval),
                 ("tracks", cmd_tracks), ("depth", cmd_depth), ("synth", cmd_synth),
                 ("pretrain", cmd_pretrain), ("doctor", cmd_doctor)]
     for name, module in commands:

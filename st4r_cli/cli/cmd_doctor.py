@@ -43,17 +43,26 @@ def command(
     weights: Annotated[Optional[Path], typer.Option(  # noqa: UP007
         "--weights", help="Weights folder to check (default: ./weights, else the install's).")] = None,
     device: DeviceOpt = Device.auto,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the report as JSON on stdout (and nothing else there).")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Check the installation: versions, device, CUDA, optional backends, weights/ files."""
+    import contextlib
+
     set_verbosity(quiet, verbose)
     checks: list[Check] = []
-    checks += _package_checks()
-    checks += _device_checks(device)
-    checks += _backend_checks()
-    checks += _weights_checks(weights_dir(weights))
-    _print_report(checks, quiet)
+    # with --json, stdout carries the JSON only: anything a loader prints goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext():
+        checks += _package_checks()
+        checks += _device_checks(device)
+        checks += _backend_checks()
+        checks += _weights_checks(weights_dir(weights))
+    if json_out:
+        _print_json(checks)
+    else:
+        _print_report(checks, quiet)
     problems = [c for c in checks if c.ok is False]
     if problems:
         raise St4rError(f"{len(problems)} problem(s) found: " + ", ".join(c.name for c in problems),
@@ -216,6 +225,16 @@ def _load_moge(path: Path) -> str:
 def _one_line(err: BaseException, limit: int = 200) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _print_json(checks: list[Check]) -> None:
+    """{"ok": no problem found, "problems": [names], "checks": [{section, name, ok, detail}]} on stdout."""
+    import json
+    from dataclasses import asdict
+
+    problems = [c.name for c in checks if c.ok is False]
+    print(json.dumps({"ok": not problems, "problems": problems, "checks": [asdict(c) for c in checks]}, indent=1),
+          flush=True)
 
 
 def _print_report(checks: list[Check], quiet: bool) -> None:

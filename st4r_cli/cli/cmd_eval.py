@@ -23,6 +23,8 @@ def command(
                            "this many ground-truth pixels.")] = 1.0,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Where to write the metrics JSON (default: RUN/metrics.json).")] = None,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the metrics as JSON on stdout (and nothing else there) instead of the table.")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -39,8 +41,27 @@ def command(
     # a run's scene counts only when the run is complete and its scene.npz intact
     report = run_eval(run, gt, match_px=match_px, check_scene=checked_run_output)
     path = write_metrics_json(report, out or metrics_json_path(run))
-    if not progress.is_quiet():
+    if json_out:
+        _print_json(path)
+    elif not progress.is_quiet():
         from rich.console import Console
 
         Console().print(render_table(report))
     progress.log(f"metrics written to {path}")
+
+
+def _print_json(metrics_file: Path) -> None:
+    """The metrics JSON just written, on stdout (NaN/inf as null, so any JSON parser reads it)."""
+    import json
+    import math
+
+    def clean(value: object) -> object:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [clean(item) for item in value]
+        return value
+
+    print(json.dumps(clean(json.loads(metrics_file.read_text())), indent=1), flush=True)

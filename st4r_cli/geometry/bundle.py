@@ -10,14 +10,20 @@ The problem (all float64, torch):
 We minimise sum_nt rho_cauchy(|r_nt| / s) with Levenberg-Marquardt and iteratively re-weighted
 least squares, s going from coarse to fine (`BundleOptions.robust_scales_px`). Every track has one
 unknown (its inverse depth), so the normal equations are solved by the Schur complement on the
-cameras: a dense (6F+1)^2 system for F moving frames whatever the number of tracks.
+cameras (`_System`): the point side stays sparse, as (track, frame) couplings; the camera block
+H_cc is summed per (observing, query) frame pair; the reduction H_cp H_pp^-1 H_cp^T is formed in
+blocks of REDUCTION_BLOCK frames, once per linearisation (the points are damped like the cameras,
+so a new LM damping only rescales it). Work per iteration: linear in the observations, ~36 x
+sum over tracks of (frames it touches)^2 for the reduction (linear in the frames for tracks of
+bounded length), plus one dense Cholesky of the (6F+1)^2 camera system (cubic with a small
+constant: 0.05 s at 150 frames, 1.4 s at 600 on one busy core). Memory: O(observations + F^2).
 
 Solving is incremental (`bundle_adjust`): the first chunk of frames starts from two-view geometry,
 later frames are placed by RANSAC PnP on the points already fixed and adjusted with the last
-`local_frames` frames; the final solve moves every frame (up to `global_max_frames`). Tracks that
-some observation does not fit are then dropped and the last stage runs again. Frame 0 stays fixed;
-the remaining scale freedom is removed by rescaling so the median track depth equals the initial one
-(the caller's scene scale is kept).
+`local_frames` frames; the final solve moves every frame (no cap unless `global_max_frames` is set)
+against every track. Tracks that some observation does not fit are then dropped and the last stage
+runs again. Frame 0 stays fixed; the remaining scale freedom is removed by rescaling so the median
+track depth equals the initial one (the caller's scene scale is kept).
 
 Per-observation Jacobians are analytic (`_Problem._linearise`) in the 14 local unknowns: the two
 camera increments (left-multiplied: R <- exp(omega) R, t <- exp(omega) t + v), the inverse depth, f.
@@ -25,7 +31,7 @@ camera increments (left-multiplied: R <- exp(omega) R, t <- exp(omega) t + v), t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -34,6 +40,8 @@ if TYPE_CHECKING:
 
 
 MIN_FRONT_FRACTION = 0.9  # a PnP pose is kept when this fraction of its inliers is in front of the camera
+OBS_CHUNK = 1 << 18       # observations linearised at a time (bounds the solver's memory)
+REDUCTION_BLOCK = 16      # moving frames per dense block of the Schur complement's point reduction
 
 
 @dataclass
@@ -49,8 +57,9 @@ class BundleOptions:
     reject_track_px: float = 3.0     # after the solve, tracks with any residual above this are dropped
                                      # and the last stage runs again without them (0: keep all)
     local_frames: int = 16           # frames that move when a chunk joins (earlier ones stay fixed)
-    global_max_frames: int = 64      # the final solve moves every frame up to this many, else the last
-                                     # `local_frames` (its cost grows with the square of the frames)
+    global_max_frames: int | None = None  # None: the final solve moves every frame (no cap); N: only
+                                     # videos up to N frames get a global solve, longer ones move their
+                                     # last `local_frames` (the behaviour before the sparse solver)
 
 
 @dataclass
@@ -73,7 +82,8 @@ def bundle_adjust(cam_w2c: np.ndarray, focal: float, principal_point: tuple[floa
     """Refine cameras, focal and inverse depths on 2D tracks (see `_bundle_adjust`).
 
     Runs with one torch thread: the work is many small tensor operations, which extra threads
-    only slow down (about 4x on a busy 2-core machine).
+    only slow down (about 4x on a busy 2-core machine; the global solve over 150 frames took 2x
+    longer with 2 threads than with 1 on the shared 2-core test machine).
     """
     import torch
 
@@ -122,7 +132,8 @@ def _bundle_adjust(cam_w2c: np.ndarray, focal: float, principal_point: tuple[flo
         _two_view_init(state, principal_point, query_t, tracks_xy, seen, frame)
     light = BundleOptions(robust_scales_px=opts.robust_scales_px[-2:], iters_per_stage=max(3, opts.iters_per_stage // 3),
                           refine_focal=False, damping=opts.damping, min_depth_ratio=opts.min_depth_ratio)
-    final_start = 0 if num_frames <= opts.global_max_frames else max(0, num_frames - opts.local_frames)
+    capped = opts.global_max_frames is not None and num_frames > opts.global_max_frames
+    final_start = max(0, num_frames - opts.local_frames) if capped else 0
     for k, end in enumerate(progress.track(ends, progress_desc) if progress_desc else ends):
         if k > 0:
             _rescale_new_tracks(state, query_t, inv_depth, ends[k - 1], end)
@@ -319,24 +330,31 @@ class _Problem:
         self.num_cam = 6 * len(order) + 1
 
     # --- residuals and Jacobians --------------------------------------------------------
-    def _geometry(self) -> dict[str, torch.Tensor]:
-        """Per-observation intermediate quantities (see `_linearise` for the Jacobians)."""
+    def _chunks(self) -> list[slice]:
+        """The observations in slices of at most OBS_CHUNK (per-observation work is done chunk by chunk,
+        so memory stays bounded whatever the number of frames)."""
+        count = len(self.obs_n)
+        return [slice(lo, lo + OBS_CHUNK) for lo in range(0, count, OBS_CHUNK)] or [slice(0, 0)]
+
+    def _geometry(self, part: slice = slice(None)) -> dict[str, torch.Tensor]:
+        """Per-observation intermediate quantities of observations `part` (see `_linearise`)."""
         import torch
 
-        s_frames = self.query_t[self.obs_n]
-        q_xy = self.query_xy[self.obs_n]
+        obs_n, obs_t = self.obs_n[part], self.obs_t[part]
+        s_frames = self.query_t[obs_n]
+        q_xy = self.query_xy[obs_n]
         ray = torch.cat([(q_xy - q_xy.new_tensor([self.cx, self.cy])) / self.focal,
                          q_xy.new_ones(q_xy.shape[0], 1)], dim=-1)            # (M, 3) K^-1 [q, 1]
-        rho = self.rho[self.obs_n]                                            # (M,)
+        rho = self.rho[obs_n]                                                 # (M,)
         rot_s, tr_s = self.w2c[s_frames, :3, :3], self.w2c[s_frames, :3, 3]
-        rot_t, tr_t = self.w2c[self.obs_t, :3, :3], self.w2c[self.obs_t, :3, 3]
+        rot_t, tr_t = self.w2c[obs_t, :3, :3], self.w2c[obs_t, :3, 3]
         cam_s = ray / rho[:, None]                                            # (M, 3) in camera s
         world = torch.einsum("mji,mj->mi", rot_s, cam_s - tr_s)               # R_s^T (P_s - t_s)
         cam_t = torch.einsum("mij,mj->mi", rot_t, world) + tr_t               # (M, 3) in camera t
         z = cam_t[:, 2]
         proj = self.focal * cam_t[:, :2] / z[:, None] + cam_t.new_tensor([self.cx, self.cy])
         return {"ray": ray, "rho": rho, "rot_s": rot_s, "rot_t": rot_t, "cam_s": cam_s, "cam_t": cam_t,
-                "z": z, "res": proj - self.obs_xy}
+                "z": z, "res": proj - self.obs_xy[part]}
 
     def residuals(self) -> torch.Tensor:
         """(M, 2) residuals at the current state (NaN/inf behind the camera are left to the caller)."""
@@ -347,11 +365,14 @@ class _Problem:
         projects, mirrored, onto a pixel that can fit the track: it must not count as fitting)."""
         import torch
 
-        geo = self._geometry()
-        return torch.where(geo["z"] > 0, geo["res"].norm(dim=-1), torch.inf)
+        norms = []
+        for part in self._chunks():
+            geo = self._geometry(part)
+            norms.append(torch.where(geo["z"] > 0, geo["res"].norm(dim=-1), torch.inf))
+        return torch.cat(norms)
 
-    def _linearise(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Residuals (M, 2) and Jacobians (M, 2, 14): [xi_t (6), xi_s (6), rho, f].
+    def _linearise(self, part: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residuals (M, 2) and Jacobians (M, 2, 14): [xi_t (6), xi_s (6), rho, f] of observations `part`.
 
         With P_t = (x, y, z) the point in camera t and J_pi = f [[1/z, 0, -x/z^2], [0, 1/z, -y/z^2]]:
           camera t (w2c <- exp(xi) w2c): dP_t = -[P_t]x d_omega + d_v
@@ -361,24 +382,24 @@ class _Problem:
         """
         import torch
 
-        from st4r_cli.geometry.lie import skew
-
-        g = self._geometry()
+        g = self._geometry(part)
         cam_t, z = g["cam_t"], g["z"]
-        m = cam_t.shape[0]
-        j_pi = torch.zeros(m, 2, 3, dtype=torch.float64)
-        j_pi[:, 0, 0] = self.focal / z
-        j_pi[:, 1, 1] = self.focal / z
-        j_pi[:, 0, 2] = -self.focal * cam_t[:, 0] / z**2
-        j_pi[:, 1, 2] = -self.focal * cam_t[:, 1] / z**2
-        eye = torch.eye(3, dtype=torch.float64).expand(m, 3, 3)
-        d_t = torch.cat([-skew(cam_t), eye], dim=-1)                           # (M, 3, 6)
-        rel = g["rot_t"] @ g["rot_s"].transpose(-1, -2)                        # R_t R_s^T
-        d_s = torch.cat([rel @ skew(g["cam_s"]), -rel], dim=-1)                # (M, 3, 6)
-        d_rho = -(rel @ g["ray"][:, :, None])[..., 0] / g["rho"][:, None] ** 2  # (M, 3)
-        d_ray_f = torch.cat([-g["ray"][:, :2] / self.focal, torch.zeros(m, 1, dtype=torch.float64)], dim=-1)
-        d_f = (j_pi @ (rel @ d_ray_f[:, :, None]))[..., 0] / g["rho"][:, None] + cam_t[:, :2] / z[:, None]
-        jac = torch.cat([j_pi @ d_t, j_pi @ d_s, (j_pi @ d_rho[:, :, None]), d_f[:, :, None]], dim=-1)
+        x, y = cam_t[:, 0], cam_t[:, 1]
+        fz = self.focal / z
+        # J_pi (M, 2, 3) and its product with -[P_t]x written out (the usual pinhole derivatives)
+        zero = torch.zeros_like(z)
+        j_pi = torch.stack([torch.stack([fz, zero, -fz * x / z], -1),
+                            torch.stack([zero, fz, -fz * y / z], -1)], 1)
+        j_rot_t = torch.stack([torch.stack([-fz * x * y / z, fz * (z + x * x / z), -fz * y], -1),
+                               torch.stack([-fz * (z + y * y / z), fz * x * y / z, fz * x], -1)], 1)
+        a_mat = j_pi @ (g["rot_t"] @ g["rot_s"].transpose(-1, -2))             # J_pi R_t R_s^T (M, 2, 3)
+        # a^T [P_s]x = (a x P_s)^T for each row a
+        j_rot_s = torch.linalg.cross(a_mat, g["cam_s"][:, None, :].expand_as(a_mat), dim=-1)
+        rho = g["rho"][:, None]
+        d_rho = -(a_mat @ g["ray"][:, :, None])[..., 0] / rho**2               # (M, 2)
+        d_ray_f = torch.cat([-g["ray"][:, :2] / self.focal, torch.zeros_like(rho)], dim=-1)
+        d_f = (a_mat @ d_ray_f[:, :, None])[..., 0] / rho + cam_t[:, :2] / z[:, None]
+        jac = torch.cat([j_rot_t, j_pi, j_rot_s, -a_mat, d_rho[..., None], d_f[..., None]], dim=-1)
         return g["res"], jac
 
     # --- one LM solve at a fixed robust scale --------------------------------------------
@@ -388,11 +409,7 @@ class _Problem:
         lam = opts.damping
         cost = self._cost(scale_px)
         for _ in range(opts.iters_per_stage):
-            res, jac = self._linearise()
-            weights = 1.0 / (1.0 + (res.norm(dim=-1) / scale_px) ** 2)  # Cauchy IRLS
-            if not with_focal:
-                jac[:, :, 13] = 0.0
-            system = self._normal_equations(res, jac, weights)
+            system = self._linearised_system(scale_px, with_focal)
             for _attempt in range(6):
                 step = self._step(system, lam)
                 if step is None:
@@ -416,63 +433,102 @@ class _Problem:
     def _cost(self, scale_px: float) -> torch.Tensor:
         import torch
 
-        geo = self._geometry()
-        norms = torch.where(geo["z"] > 0, geo["res"].norm(dim=-1), torch.inf)
-        norms = torch.nan_to_num(norms, nan=1e12, posinf=1e12)
+        norms = torch.nan_to_num(self.residual_norms(), nan=1e12, posinf=1e12)
         return (scale_px**2 / 2.0 * torch.log1p((norms / scale_px) ** 2)).sum()
 
-    def _normal_equations(self, res: torch.Tensor, jac: torch.Tensor, weights: torch.Tensor
-                          ) -> tuple[torch.Tensor, ...]:
-        """Weighted normal equations: H_cc (C, C), b_c (C,), H_pp (N,) diagonal, b_p (N,), H_cp (C, N)."""
+    def _linearised_system(self, scale_px: float, with_focal: bool) -> _System:
+        """The IRLS-weighted normal equations at the current state, built chunk by chunk."""
+        total = None
+        for part in self._chunks():
+            res, jac = self._linearise(part)
+            weights = 1.0 / (1.0 + (res.norm(dim=-1) / scale_px) ** 2)  # Cauchy IRLS
+            if not with_focal:
+                jac[:, :, 13] = 0.0
+            system = self._normal_equations(res, jac, weights, part)
+            del res, jac
+            total = system if total is None else total.add(system)
+        return total
+
+    def _normal_equations(self, res: torch.Tensor, jac: torch.Tensor, weights: torch.Tensor,
+                          part: slice = slice(None)) -> _System:
+        """The weighted normal equations, kept sparse on the point side (see `_System`).
+
+        Work and memory are linear in the observations M; only the camera block H_cc (C, C) is
+        dense (C = 6 moving frames + 1).
+        """
         import torch
 
         ok = torch.isfinite(res).all(-1) & torch.isfinite(jac).all(-1).all(-1)
-        res, jac, w = res[ok], jac[ok], weights[ok]
-        n_idx = self.obs_n[ok]
+        n_idx, t_frames, w = self.obs_n[part], self.obs_t[part], weights
+        if not bool(ok.all()):  # the usual case needs no copies
+            res, jac, w = res[ok], jac[ok], weights[ok]
+            n_idx, t_frames = n_idx[ok], t_frames[ok]
         s_frames = self.query_t[n_idx]
-        t_frames = self.obs_t[ok]
         num_pts = self.rho.shape[0]
+        size = self.num_cam
         # columns of the 13 camera-side local unknowns in the global camera vector (fixed: zeroed)
         col_t = self.cam_col[t_frames][:, None] + torch.arange(6)
         col_s = self.cam_col[s_frames][:, None] + torch.arange(6)
         col_t[self.cam_col[t_frames] < 0] = -1
         col_s[self.cam_col[s_frames] < 0] = -1
-        cols = torch.cat([col_t, col_s, torch.full((len(res), 1), self.num_cam - 1)], dim=1)  # (M, 13)
+        cols = torch.cat([col_t, col_s, torch.full((len(res), 1), size - 1)], dim=1)  # (M, 13)
         jc = jac[:, :, [*range(12), 13]] * (cols >= 0)[:, None, :]            # (M, 2, 13)
         jp = jac[:, :, 12]                                                     # (M, 2)
         cols = cols.clamp(min=0)
         wr = w[:, None] * res                                                  # (M, 2)
-        wjc = jc * w[:, None, None]
-        size = self.num_cam
-        blocks = torch.einsum("mki,mkj->mij", wjc, jc)                         # (M, 13, 13)
-        flat = (cols[:, :, None] * size + cols[:, None, :]).reshape(-1)
-        h_cc = torch.zeros(size * size, dtype=torch.float64).index_add_(0, flat, blocks.reshape(-1)).view(size, size)
+        # camera block: one (2 m x 13)^T (2 m x 13) product per (observing frame, query frame) pair
+        # of frames (their m observations share the 13 columns), scattered as one 13 x 13 block
+        pair_ids, group = torch.unique(t_frames * len(self.cam_col) + s_frames, return_inverse=True)
+        order = torch.argsort(group, stable=True)
+        rows = (jc * w.sqrt()[:, None, None])[order].reshape(-1, 13)            # (2M, 13) grouped
+        sums = torch.empty(len(pair_ids), 13, 13, dtype=torch.float64)
+        first = 0
+        for k, count in enumerate(torch.bincount(group, minlength=len(pair_ids)).tolist()):
+            block = rows[2 * first:2 * (first + count)]
+            sums[k] = block.T @ block
+            first += count
+        pair_cols = cols[order[torch.cumsum(torch.bincount(group), 0) - 1]]    # (G, 13) of each pair
+        flat = (pair_cols[:, :, None] * size + pair_cols[:, None, :]).reshape(-1)
+        h_cc = torch.zeros(size * size, dtype=torch.float64).index_add_(0, flat, sums.reshape(-1))
         b_c = torch.zeros(size, dtype=torch.float64).index_add_(0, cols.reshape(-1),
                                                                  torch.einsum("mki,mk->mi", jc, wr).reshape(-1))
         h_pp = torch.zeros(num_pts, dtype=torch.float64).index_add_(0, n_idx, (w[:, None] * jp**2).sum(-1))
         b_p = torch.zeros(num_pts, dtype=torch.float64).index_add_(0, n_idx, (jp * wr).sum(-1))
-        vals = torch.einsum("mki,mk->mi", wjc, jp)                             # (M, 13)
-        h_cp = torch.zeros(size * num_pts, dtype=torch.float64)
-        h_cp.index_add_(0, (cols * num_pts + n_idx[:, None]).reshape(-1), vals.reshape(-1))
-        return h_cc, b_c, h_pp, b_p, h_cp.view(size, num_pts)
+        vals = torch.einsum("mki,mk->mi", jc, w[:, None] * jp)                  # (M, 13): H_cp entries
+        # H_cp as (track, moving frame) pairs with a 6-vector each (+ the focal column); a track's
+        # couplings to its query camera are summed into one pair
+        s_sum = torch.zeros(num_pts, 6, dtype=torch.float64).index_add_(0, n_idx, vals[:, 6:12])
+        tracks = torch.arange(num_pts)
+        frames = torch.cat([t_frames, self.query_t])
+        pair_v = torch.cat([vals[:, :6], s_sum])
+        pair_n = torch.cat([n_idx, tracks])
+        moving = self.cam_col[frames] >= 0
+        h_pf = torch.zeros(num_pts, dtype=torch.float64).index_add_(0, n_idx, vals[:, 12])
+        return _System(h_cc.view(size, size), b_c, h_pp, b_p, pair_n[moving],
+                       torch.div(self.cam_col[frames[moving]], 6, rounding_mode="floor"), pair_v[moving], h_pf)
 
     @staticmethod
-    def _step(system: tuple[torch.Tensor, ...], lam: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _step(system: _System, lam: float) -> tuple[torch.Tensor, torch.Tensor] | None:
         """LM step (camera unknowns (C,), inverse-depth steps (N,)) by the Schur complement."""
         import torch
 
-        h_cc, b_c, h_pp, b_p, h_cp = system
-        h_cc_d = h_cc + lam * torch.diag(torch.diagonal(h_cc).clamp(min=1e-9))
-        inv_pp = 1.0 / (h_pp * (1.0 + lam) + 1e-12)
-        schur = h_cc_d - (h_cp * inv_pp) @ h_cp.T
-        rhs = b_c - h_cp @ (inv_pp * b_p)
+        # the point block is damped like the cameras, H_pp (1 + lam), so the reduction
+        # H_cp H_pp^-1 H_cp^T is formed once per linearisation and divided by (1 + lam)
+        inv_pp = system.inv_pp / (1.0 + lam)
+        schur = system.reduced() / -(1.0 + lam)                               # one (C, C) temporary
+        schur += system.h_cc
+        schur.diagonal().add_(lam * torch.diagonal(system.h_cc).clamp(min=1e-9))
+        rhs = system.b_c - system.reduced_rhs() / (1.0 + lam)
         try:
-            d_cam = -torch.linalg.solve(schur, rhs)
+            factor, info = torch.linalg.cholesky_ex(schur)
+            if int(info) != 0:
+                return None
+            d_cam = -torch.cholesky_solve(rhs[:, None], factor)[:, 0]
         except RuntimeError:
             return None
         if not torch.isfinite(d_cam).all():
             return None
-        d_rho = -(b_p + h_cp.T @ d_cam) * inv_pp
+        d_rho = -(system.b_p + system.pc_times(d_cam)) * inv_pp
         return d_cam, d_rho
 
     def _apply(self, d_cam: torch.Tensor, d_rho: torch.Tensor, opts: BundleOptions) -> None:
@@ -491,3 +547,135 @@ class _Problem:
         rho = self.rho + d_rho
         typical = torch.median(self.rho)
         self.rho = rho.clamp(min=typical * 1e-3, max=typical / opts.min_depth_ratio)
+
+
+@dataclass
+class _System:
+    """Normal equations of one linearisation, sparse on the point side.
+
+    h_cc (C, C) dense camera block (C = 6 per moving frame + 1 for the focal, last), b_c (C,);
+    h_pp (N,) and b_p (N,) the diagonal point block; the camera-point block H_cp is kept as (track,
+    moving frame, 6-vector) pairs `pair_n` (P,), `pair_f` (P,) (camera columns 6 f .. 6 f + 5),
+    `pair_v` (P, 6) (repeated pairs add up) plus its focal row `h_pf` (N,).
+    """
+
+    h_cc: torch.Tensor
+    b_c: torch.Tensor
+    h_pp: torch.Tensor
+    b_p: torch.Tensor
+    pair_n: torch.Tensor
+    pair_f: torch.Tensor
+    pair_v: torch.Tensor
+    h_pf: torch.Tensor
+    _cache: dict = field(default_factory=dict)
+
+    @property
+    def inv_pp(self) -> torch.Tensor:
+        """1 / H_pp (N,) (a tiny epsilon keeps unobserved points finite)."""
+        return 1.0 / (self.h_pp + 1e-12)
+
+    def reduced(self) -> torch.Tensor:
+        """H_cp H_pp^-1 H_cp^T (C, C), computed once."""
+        if "reduced" not in self._cache:
+            self._cache["reduced"] = self.reduction(self.inv_pp)
+        return self._cache["reduced"]
+
+    def reduced_rhs(self) -> torch.Tensor:
+        """H_cp H_pp^-1 b_p (C,), computed once."""
+        if "rhs" not in self._cache:
+            self._cache["rhs"] = self.cp_times(self.inv_pp * self.b_p)
+        return self._cache["rhs"]
+
+    def add(self, other: _System) -> _System:
+        """Add the normal equations of other (disjoint) observations in place; returns self.
+
+        The dense parts are summed in place (no per-chunk copies of the (C, C) block are kept)."""
+        import torch
+
+        self.h_cc += other.h_cc
+        self.b_c += other.b_c
+        self.h_pp += other.h_pp
+        self.b_p += other.b_p
+        self.h_pf += other.h_pf
+        self.pair_n = torch.cat([self.pair_n, other.pair_n])
+        self.pair_f = torch.cat([self.pair_f, other.pair_f])
+        self.pair_v = torch.cat([self.pair_v, other.pair_v])
+        self._cache.clear()
+        return self
+
+    def cp_times(self, vec: torch.Tensor) -> torch.Tensor:
+        """H_cp @ vec for vec (N,): (C,)."""
+        import torch
+
+        size = self.h_cc.shape[0]
+        out = torch.zeros(size, dtype=torch.float64)
+        cols = (self.pair_f[:, None] * 6 + torch.arange(6)).reshape(-1)
+        out.index_add_(0, cols, (self.pair_v * vec[self.pair_n, None]).reshape(-1))
+        out[-1] = (self.h_pf * vec).sum()
+        return out
+
+    def pc_times(self, vec: torch.Tensor) -> torch.Tensor:
+        """H_cp^T @ vec for vec (C,): (N,)."""
+        import torch
+
+        cams = vec[:-1].view(-1, 6)
+        out = torch.zeros(self.h_pp.shape[0], dtype=torch.float64)
+        if len(cams):
+            out.index_add_(0, self.pair_n, (self.pair_v * cams[self.pair_f]).sum(-1))
+        return out + self.h_pf * vec[-1]
+
+    def reduction(self, inv_pp: torch.Tensor) -> torch.Tensor:
+        """H_cp diag(inv_pp) H_cp^T (C, C), dense output, formed blockwise.
+
+        Moving frames are grouped in blocks of REDUCTION_BLOCK; each block gets a dense (tracks that
+        touch it x its columns) matrix, and every pair of blocks that share tracks contributes one
+        product over their shared tracks. The work is about 36 x sum over tracks of (frames it
+        touches)^2, not (6 frames)^2 x tracks: linear in the frames for tracks of bounded length.
+        """
+        import torch
+
+        size = self.h_cc.shape[0]
+        num_pts = self.h_pp.shape[0]
+        out = torch.zeros(size, size, dtype=torch.float64)
+        root = inv_pp.sqrt()
+        out[-1, -1] = (self.h_pf**2 * inv_pp).sum()
+        focal_row = self.cp_times(self.h_pf * inv_pp)
+        out[-1, :-1] = focal_row[:-1]
+        out[:-1, -1] = focal_row[:-1]
+        if len(self.pair_n) == 0:
+            return out
+        num_frames = (size - 1) // 6
+        blk = torch.div(self.pair_f, REDUCTION_BLOCK, rounding_mode="floor")
+        width = 6 * REDUCTION_BLOCK
+        scaled = self.pair_v * root[self.pair_n, None]
+        dense, rowmap, tracks = [], [], []
+        for b in range((num_frames + REDUCTION_BLOCK - 1) // REDUCTION_BLOCK):
+            sel = torch.nonzero(blk == b).flatten()
+            ids, rows = torch.unique(self.pair_n[sel], return_inverse=True)
+            mat = torch.zeros(len(ids), width, dtype=torch.float64)
+            cols = ((self.pair_f[sel] - b * REDUCTION_BLOCK)[:, None] * 6 + torch.arange(6))
+            mat.index_put_((rows[:, None].expand(-1, 6), cols), scaled[sel], accumulate=True)
+            where = torch.full((num_pts,), -1, dtype=torch.long)
+            where[ids] = torch.arange(len(ids))
+            dense.append(mat)
+            rowmap.append(where)
+            tracks.append(ids)
+        last_block = torch.full((num_pts,), -1, dtype=torch.long)
+        last_block.scatter_reduce_(0, self.pair_n, blk, reduce="amax")
+        for b1, ids in enumerate(tracks):
+            if len(ids) == 0:
+                continue
+            r0 = b1 * width
+            reach = int(last_block[ids].max())
+            for b2 in range(b1, reach + 1):
+                shared = ids[rowmap[b2][ids] >= 0]
+                if len(shared) == 0:
+                    continue
+                prod = dense[b1][rowmap[b1][shared]].T @ dense[b2][rowmap[b2][shared]]
+                c0 = b2 * width
+                rows1 = min(width, size - 1 - r0)
+                cols2 = min(width, size - 1 - c0)
+                out[r0:r0 + rows1, c0:c0 + cols2] += prod[:rows1, :cols2]
+                if b2 != b1:
+                    out[c0:c0 + cols2, r0:r0 + rows1] += prod[:rows1, :cols2].T
+        return out
