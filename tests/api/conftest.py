@@ -5,7 +5,7 @@ import pytest
 
 # settings that keep a whole `st4r adapt` run to a few seconds on one CPU
 TINY_SET = {"tracks.grid_size": 6, "adapt.iters": 2, "adapt.frames_per_step": 3, "adapt.pnp_stride": 2,
-            "chain.window": 5, "chain.overlap": 2}
+            "predict.window": 5, "predict.overlap": 2}
 
 
 def write_plane_clip(folder, num_frames=8, hw=(32, 48), shift_px=2, seed=0):
