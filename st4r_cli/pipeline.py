@@ -176,7 +176,26 @@ def run_cameras(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifa
         return compute_cameras(tracks.load() if tracks else None, frames.shape[1:3], frames.shape[0], cfg, focal)
 
     key = {"cameras": keyed_fields(cfg), "focal": float(given)}
-    return run.stage("cameras", CAMERAS_VERSION, key, inputs, compute)
+    artifact = run.stage("cameras", CAMERAS_VERSION, key, inputs, compute)
+    _note_cameras(run, artifact)
+    return artifact
+
+
+def _note_cameras(run: Run, cameras: Artifact) -> None:
+    """The camera solver's verdict in run.json (`cameras`: status, repaired spikes, breaks, reprojection);
+    a repair or a rejection is also a warning (also when the artifact is reused)."""
+    status = str(cameras["camera_status"])
+    run.note("cameras", {"status": status, "spikes": [int(t) for t in cameras["camera_spikes"]],
+                         "breaks": [int(t) for t in cameras["camera_breaks"]],
+                         "median_reprojection_px": float(cameras["ba_residual_px"]),
+                         "focal_px": float(cameras["intrinsics"][0, 0])})
+    if status.startswith("rejected"):
+        run.warn(f"cameras: the bundle adjustment was {status}; the network's cameras are used, without "
+                 "multi-view depth")
+    elif status == "repaired":
+        spikes = ", ".join(str(int(t)) for t in cameras["camera_spikes"])
+        run.warn(f"cameras: frame(s) {spikes} were off the camera path the images support; put back "
+                 "between their neighbours")
 
 
 def run_depth(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact | None:

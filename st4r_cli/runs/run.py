@@ -222,6 +222,10 @@ class Run:
             warnings.append(message)
         self._write_status(status)
 
+    def note(self, key: str, value: Any) -> None:
+        """Record a fact about this run's result in run.json under `key` (e.g. the camera solver's verdict)."""
+        self._update_status(**{key: value})
+
     @property
     def warnings(self) -> list[str]:
         """The warnings recorded in run.json by this run (`warn`)."""

@@ -72,6 +72,8 @@ def test_a_setting_recomputes_only_its_stage_and_later_ones(tmp_path, make_clip,
             "--set", "adapt.frames_per_step=3", "--set", "predict.window=5", "--set", "predict.overlap=2"]
     assert cli_run(base) == 0, capsys.readouterr().err
     assert _recomputed(run_dir) == ["decode", "tracks", "cameras", "depth", "adapt", "predict", "fuse"]
+    verdict = json.loads((run_dir / "run.json").read_text())["cameras"]     # the camera solver's, in run.json
+    assert verdict["status"] == "solved" and verdict["breaks"] == [] and verdict["median_reprojection_px"] < 4
     first = read_scene(run_dir / "scene.npz")
 
     assert cli_run(base + ["--set", "cameras.ba_accept_px=3.5"]) == 0
