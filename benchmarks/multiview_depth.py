@@ -4,7 +4,8 @@
         [--out benchmarks/results/multiview_depth.json]
 
 Per 7-Scenes clip (32 frames): `st4r adapt` with no TTA (`--set adapt.loss=none`) solves the cameras
-(bundle adjustment on the 2D tracks) and gives the network's pointmaps; multi-view depth is computed from
+(bundle adjustment on the 2D tracks) and gives its scene (`scene_no_tta`; rows written before b0cd6de
+call it `network`: then the scene was the network's own geometry); multi-view depth is computed from
 those cameras and intrinsics at the run's resolution, and once more from the dataset's poses and nominal
 intrinsics (a reference: 7-Scenes' poses are the depth camera's and fx = 585 is an approximation of the
 colour camera, so "ground-truth" cameras are not exact for the colour frames). Scored against the
@@ -120,7 +121,7 @@ def clip_rows(clip: Path) -> dict[str, dict]:
     height, width = scene["pointmaps"].shape[1:3]
     frames = np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in sequence.frames])
     gt = np.stack([cv2.resize(d, (width, height), interpolation=cv2.INTER_NEAREST) for d in sequence.depth_m])
-    rows = {"network": {**scores(network_depth(scene), np.ones_like(gt, bool), gt),
+    rows = {"scene_no_tta": {**scores(network_depth(scene), np.ones_like(gt, bool), gt),
                         "seconds": round(seconds_adapt, 2)},
             "constant": scores(np.ones_like(gt), np.ones_like(gt, bool), gt)}
     start = time.perf_counter()
@@ -144,7 +145,7 @@ def clip_rows(clip: Path) -> dict[str, dict]:
         track_scores(scene, lifted_tracks(scene, mv["depth"], mv["valid"]), scale, sequence),
         depth_scale_to_metres=round(scale, 4))
     net_scale = float(median_depth_scale(network_depth(scene), gt, gt > 0))
-    rows["network"].update(track_scores(scene, scene["tracks3d"][:, 0].astype(np.float64), net_scale, sequence))
+    rows["scene_no_tta"].update(track_scores(scene, scene["tracks3d"][:, 0].astype(np.float64), net_scale, sequence))
     rows["multiview_dataset_cameras"] = scores(mv_gt["depth"], mv_gt["valid"], gt)
     return rows
 
