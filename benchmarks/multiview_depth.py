@@ -87,10 +87,9 @@ def lifted_tracks(scene: dict[str, np.ndarray], depth: np.ndarray, valid: np.nda
     return out
 
 
-def track_scores(scene: dict[str, np.ndarray], points: np.ndarray, scale: float, sequence) -> dict[str, float]:
-    """Median world error (metres) of the tracks' points and the fraction within 5 cm, against the
-    clip's frame-0 depth back-projected at the queries (world = camera 0; `scale` maps st4r units to
-    metres)."""
+def query_truth(scene: dict[str, np.ndarray], sequence) -> tuple[np.ndarray, np.ndarray]:
+    """(points (N, 3) metres in camera 0, depth (N,)): the clip's frame-0 depth back-projected at the
+    scene's queries (mapped from the scene's pixels to the clip's; depth 0 where invalid)."""
     height, width = scene["pointmaps"].shape[1:3]
     h0, w0 = sequence.frames.shape[1:3]
     query_xy = scene["query_xy"].astype(np.float64)
@@ -99,7 +98,14 @@ def track_scores(scene: dict[str, np.ndarray], points: np.ndarray, scale: float,
     rows = np.clip(np.round(native[:, 1]).astype(int), 0, h0 - 1)
     z = sequence.depth_m[0][rows, cols].astype(np.float64)
     k = sequence.intrinsics
-    truth = np.stack([(native[:, 0] - k[0, 2]) / k[0, 0] * z, (native[:, 1] - k[1, 2]) / k[1, 1] * z, z], 1)
+    return np.stack([(native[:, 0] - k[0, 2]) / k[0, 0] * z, (native[:, 1] - k[1, 2]) / k[1, 1] * z, z], 1), z
+
+
+def track_scores(scene: dict[str, np.ndarray], points: np.ndarray, scale: float, sequence) -> dict[str, float]:
+    """Median world error (metres) of the tracks' points and the fraction within 5 cm, against the
+    clip's frame-0 depth back-projected at the queries (world = camera 0; `scale` maps st4r units to
+    metres)."""
+    truth, z = query_truth(scene, sequence)
     scored = (z > 0) & (scene["query_t"] == 0) & np.isfinite(points).all(1)
     error = np.linalg.norm(points[scored] * scale - truth[scored], axis=1)
     return {"tracks_scored": int(scored.sum()), "tracks_total": int(len(points)),

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from multiview_depth import git_commit, network_depth
+from multiview_depth import git_commit, network_depth, query_truth
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "benchmarks"
@@ -68,14 +68,7 @@ def score(scene: dict[str, np.ndarray], sequence) -> dict[str, float]:
         row[f"depth_{name}_abs_rel"] = round(metrics["abs_rel"], 4)
         row[f"depth_{name}_delta_1.25"] = round(metrics["delta_1.25"], 4)
     scale = median_depth_scale(depth, gt, (gt > 0) & np.isfinite(depth))
-    h0, w0 = sequence.frames.shape[1:3]
-    query_xy = scene["query_xy"].astype(np.float64)
-    native = np.stack([(query_xy[:, 0] + 0.5) * w0 / width - 0.5, (query_xy[:, 1] + 0.5) * h0 / height - 0.5], 1)
-    cols = np.clip(np.round(native[:, 0]).astype(int), 0, w0 - 1)
-    rows = np.clip(np.round(native[:, 1]).astype(int), 0, h0 - 1)
-    z = sequence.depth_m[0][rows, cols].astype(np.float64)
-    k = sequence.intrinsics
-    truth = np.stack([(native[:, 0] - k[0, 2]) / k[0, 0] * z, (native[:, 1] - k[1, 2]) / k[1, 1] * z, z], 1)
+    truth, z = query_truth(scene, sequence)
     scored = (z > 0) & (scene["query_t"] == 0)
     tracks = scene["tracks3d"].astype(np.float64)[scored] * scale                     # (N, T, 3) metres
     error = np.linalg.norm(tracks - truth[scored][:, None], axis=-1)
