@@ -119,7 +119,8 @@ def surface_depths(pointmaps: np.ndarray, w2c: np.ndarray) -> np.ndarray:
 
 def surface_z_at(tracks2d: np.ndarray, surface_z: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """(N, T) depth of frame t's own surface (surface_z (T, H, W)) at the pixel nearest each track's
-    (N, T, 2) position (clamped into the image; callers mask what is outside)."""
+    (N, T, 2) position (clamped into the image; callers mask what is outside). Any per-frame map works
+    (a static-pixel mask, a motion mask, ...): the result has its dtype."""
     import numpy as np
 
     col = np.clip(np.rint(np.nan_to_num(tracks2d[..., 0])).astype(int), 0, hw[1] - 1)

@@ -250,20 +250,16 @@ def _lift_static_tracks(tracks2d: np.ndarray, visible: np.ndarray, depth_m: np.n
     median under `spread_rel` x its depth) is static at their median."""
     import numpy as np
 
-    from st4r_cli.geometry.camera_np import in_image, unproject
+    from st4r_cli.geometry.camera_np import in_image, surface_z_at, unproject
 
     count = len(tracks2d)
     points = np.full((count, 3), np.nan)
     static = np.zeros(count, bool)
-    usable = visible & in_image(tracks2d, hw)
-    col = np.clip(np.rint(np.nan_to_num(tracks2d[..., 0])).astype(int), 0, hw[1] - 1)
-    row = np.clip(np.rint(np.nan_to_num(tracks2d[..., 1])).astype(int), 0, hw[0] - 1)
-    frame = np.broadcast_to(np.arange(tracks2d.shape[1])[None], col.shape)
-    usable &= static_px[frame, row, col]
+    usable = visible & in_image(tracks2d, hw) & surface_z_at(tracks2d, static_px, hw)
     n_idx, t_idx = np.nonzero(usable)
     if n_idx.size == 0:
         return points, static
-    z = np.asarray(depth_m, np.float64)[t_idx, row[n_idx, t_idx], col[n_idx, t_idx]]
+    z = surface_z_at(tracks2d, np.asarray(depth_m, np.float64), hw)[n_idx, t_idx]
     cam = unproject(tracks2d[n_idx, t_idx], z, k_mat)
     world = np.einsum("kij,kj->ki", c2w[t_idx, :3, :3], cam) + c2w[t_idx, :3, 3]
     order = np.argsort(n_idx, kind="stable")
@@ -283,14 +279,11 @@ def _mostly_dynamic(scene: dict[str, np.ndarray], depth: dict[str, np.ndarray], 
     """(N,) bool: tracks on pixels the multi-view depth calls moving in most of the frames where seen."""
     import numpy as np
 
-    from st4r_cli.geometry.camera_np import in_image
+    from st4r_cli.geometry.camera_np import in_image, surface_z_at
 
     tracks2d = np.asarray(scene["tracks2d"], np.float64)
     seen = np.asarray(scene["visible"], bool) & in_image(tracks2d, hw)
-    col = np.clip(np.rint(np.nan_to_num(tracks2d[..., 0])).astype(int), 0, hw[1] - 1)
-    row = np.clip(np.rint(np.nan_to_num(tracks2d[..., 1])).astype(int), 0, hw[0] - 1)
-    frame = np.broadcast_to(np.arange(tracks2d.shape[1])[None], col.shape)
-    moving = np.asarray(depth["dynamic"], bool)[frame, row, col] & seen
+    moving = surface_z_at(tracks2d, np.asarray(depth["dynamic"], bool), hw) & seen
     return moving.sum(1) > 0.5 * np.maximum(seen.sum(1), 1)
 
 
