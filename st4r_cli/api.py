@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 
     from st4r_cli.runs import RunConfig
 
-TRACKERS = ("builtin", "cotracker3")
-DEPTH_BACKENDS = ("multiview", "moge", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -144,6 +142,8 @@ def build_config(video: str | Path, *, config: str | Path | None = None,
     """
     from st4r_cli.runs import RunConfig, apply_overrides, load_config
     from st4r_cli.runs.config import resolve_model_path
+    from st4r_cli.stages.depth import BACKENDS as DEPTH_BACKENDS
+    from st4r_cli.stages.tracks import BACKENDS as TRACKER_BACKENDS
 
     from st4r_cli.paths import check_input_path
 
@@ -154,7 +154,7 @@ def build_config(video: str | Path, *, config: str | Path | None = None,
     run_config.input = str(video.resolve())
     run_config.device = _choice("device", device, DEVICES) or "auto"
     run_config.model = resolve_model_path(model if model is not None else run_config.model)
-    tracker_name = _choice("tracker", tracker, TRACKERS)
+    tracker_name = _choice("tracker", tracker, TRACKER_BACKENDS)
     if tracker_name is not None:
         run_config.tracks.backend = tracker_name
     depth_name = _choice("depth", depth, DEPTH_BACKENDS)

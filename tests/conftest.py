@@ -1,4 +1,5 @@
-"""A tiny clip (image folder of a panning textured plane) and a micro checkpoint for end-to-end runs."""
+"""Shared by the end-to-end tests (tests/api, tests/batch): a tiny clip (image folder of a panning textured
+plane) and a micro checkpoint. Folders with their own fixtures of the same name (tests/security) keep theirs."""
 
 import numpy as np
 import pytest

@@ -34,7 +34,8 @@ def command(
     tracker: Annotated[Optional[Tracker], typer.Option(  # noqa: UP007
         "--tracker", case_sensitive=False, help="2D tracker backend.")] = None,
     depth: Annotated[Optional[DepthBackend], typer.Option(  # noqa: UP007
-        "--depth", case_sensitive=False, help="Mono-depth backend.")] = None,
+        "--depth", case_sensitive=False,
+        help="Depth: multiview (default; from the solved cameras), moge, none.")] = None,
     long_side: Annotated[Optional[int], typer.Option(  # noqa: UP007
         "--long-side", help="Processing resolution: long side in pixels.")] = None,
     start: Annotated[Optional[int], typer.Option("--start", help="First frame.")] = None,  # noqa: UP007

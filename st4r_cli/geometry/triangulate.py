@@ -17,14 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def pixel_rays(xy: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
-    """Camera-frame ray directions `(..., 3)` with z = 1 through pixels `xy (..., 2)`."""
-    xy = np.asarray(xy, dtype=np.float64)
-    k = np.asarray(intrinsics, dtype=np.float64)
-    x = (xy[..., 0] - k[0, 2]) / k[0, 0]
-    y = (xy[..., 1] - k[1, 2]) / k[1, 1]
-    return np.stack([x, y, np.ones_like(x)], axis=-1)
+from st4r_cli.geometry.camera_np import pixel_rays
 
 
 def triangulate_on_rays(xy_i: np.ndarray, xy_j: np.ndarray, intrinsics: np.ndarray,
@@ -41,7 +34,7 @@ def triangulate_on_rays(xy_i: np.ndarray, xy_j: np.ndarray, intrinsics: np.ndarr
     """
     k = np.asarray(intrinsics, dtype=np.float64)
     rot, trans = cam_i_to_j[:3, :3].astype(np.float64), cam_i_to_j[:3, 3].astype(np.float64)
-    rays = pixel_rays(xy_i, k)                                  # (..., 3)
+    rays = pixel_rays(np.asarray(xy_i, np.float64), k)          # (..., 3), z = 1
     a = rays @ (k @ rot).T
     b = k @ trans
     u, v = np.asarray(xy_j[..., 0], np.float64), np.asarray(xy_j[..., 1], np.float64)
