@@ -65,20 +65,20 @@ class ChainedFlow:
         self.max_offset = max(abs(o) for o in self.kept)
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         height, width = self.gray[0].shape
-        self._grid = np.stack(np.meshgrid(np.arange(width, dtype=np.float32),
+        self.grid = np.stack(np.meshgrid(np.arange(width, dtype=np.float32),
                                           np.arange(height, dtype=np.float32)), axis=-1)
         self._chains: dict[int, dict[int, np.ndarray]] = {}
 
     def _compose(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         """Flow of `first` followed by `second` (sampled where `first` lands)."""
-        where = self._grid + first
+        where = self.grid + first
         later = self._cv2.remap(second, where[..., 0], where[..., 1], self._cv2.INTER_LINEAR,
                                 borderMode=self._cv2.BORDER_REPLICATE)
         return first + later
 
     def _refine(self, src: int, dst: int, guess: np.ndarray) -> np.ndarray:
         """DIS's residual flow between frame `src` and frame `dst` warped by `guess`, added to `guess`."""
-        where = self._grid + guess
+        where = self.grid + guess
         warped = self._cv2.remap(self.gray[dst], where[..., 0], where[..., 1], self._cv2.INTER_LINEAR,
                                  borderMode=self._cv2.BORDER_REPLICATE)
         return self._compose(self._dis.calc(self.gray[src], warped, None), guess)
@@ -128,7 +128,7 @@ def _pair_evidence(flows: ChainedFlow, i: int, j: int, intrinsics: np.ndarray, c
 
     forward, backward = flows(i, j - i), flows(j, i - j)
     height, width = forward.shape[:2]
-    grid = flows._grid
+    grid = flows.grid
     matched = grid + forward
     back = cv2.remap(backward, matched[..., 0], matched[..., 1], cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_CONSTANT, borderValue=(np.nan, np.nan))
