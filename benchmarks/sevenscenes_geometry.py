@@ -6,7 +6,9 @@
 Per 7-Scenes clip (32 colour frames; the scene is static) and per variant:
 - `default`: `st4r adapt` as a user runs it (cameras from the tracks, multi-view depth, ST4RTrack+ TTA);
 - `no_mv`: `--depth none` (the adapted network's geometry in the solved cameras, no multi-view depth);
-- `no_tta`: the default without TTA (`--set adapt.loss=none`).
+- `no_tta`: the default without TTA (`--set adapt.loss=none`);
+- `tta_solved`: the default with the cameras stage's cameras in the TTA's reprojection loss
+  (`--set adapt.tta_cameras=solved`) instead of the network's PnP cameras.
 Scored on `scene.npz`: depth of every frame's pointmap in its camera (AbsRel, delta<1.25 after one
 median scale for the sequence, frame 0 and all frames); the 3D tracks against the clip's frame-0 depth
 back-projected at their queries (world = camera 0; st4r units to metres with the same depth scale):
@@ -33,7 +35,8 @@ from multiview_depth import git_commit, network_depth, query_truth
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "benchmarks"
 OUT = ROOT / "benchmarks" / "results" / "sevenscenes_geometry.json"
-VARIANTS = {"default": [], "no_mv": ["--depth", "none"], "no_tta": ["--set", "adapt.loss=none"]}
+VARIANTS = {"default": [], "no_mv": ["--depth", "none"], "no_tta": ["--set", "adapt.loss=none"],
+            "tta_solved": ["--set", "adapt.tta_cameras=solved"]}
 
 
 def run_adapt(clip: Path, workdir: Path, flags: list[str]) -> tuple[dict[str, np.ndarray], float]:

@@ -119,6 +119,10 @@ class AdaptConfig(TTALossConfig):
     pnp_stride: int = 4               # the differentiable PnP of each step uses every k-th pixel of head 2
     tta_focal: str = "fixed"          # estimated focal during TTA: fixed (pre-TTA anchor pointmap) |
                                       # per_step (re-fitted to the adapted pointmap at every step)
+    tta_cameras: str = "pnp"          # the reprojection loss's cameras: pnp (differentiable PnP on head 2 at
+                                      # every step) | solved (the cameras stage's, scaled to the network's
+                                      # units at every step, with their K (tta_focal unused); PnP when they
+                                      # were not solved or a step's anchor has no solved depth)
     prior_stride: int = 4             # points prior: every k-th pixel in x and y
     diverge_factor: float = 4.0       # a loss above this x its running average triggers a rollback
 

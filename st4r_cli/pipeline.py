@@ -258,8 +258,9 @@ def _adapt_tracks_digest(tracks: Artifact | None) -> str:
 def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
     """Test-time adaptation (`stages.adapt.adapt_model`): the adapted weights as deltas.
 
-    Inputs: decode, tracks, depth (when present) and the checkpoint's content digest; key: the adapt,
-    predict (windows, focal, batches) and visibility configs, the resolved device defaults, the seed.
+    Inputs: decode, tracks, depth (when present), the cameras (with `adapt.tta_cameras=solved` only: the
+    default PnP cameras do not read them) and the checkpoint's content digest; key: the adapt, predict
+    (windows, focal, batches) and visibility configs, the resolved device defaults, the seed.
     """
     import dataclasses
 
@@ -276,15 +277,20 @@ def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact
            "resolved": dataclasses.asdict(resolve(cfg.adapt, device, cfg.predict.batch_size)),
            "seed": cfg.seed, "device": _device_key(device)}
     inputs = [decoded.digest, _adapt_tracks_digest(tracks), _optional(depth, "no-depth"), model_digest(run)]
+    cameras = artifacts.get("cameras") if cfg.adapt.tta_cameras == "solved" else None
+    if cfg.adapt.tta_cameras == "solved":
+        inputs.append(_optional(cameras, "no-cameras"))
 
     def compute() -> dict[str, Any]:
         model = load_model(model_path(run), device)
         return adapt_model(model, decoded["frames"], tracks.load() if tracks else None,
-                           depth.load() if depth else None, cfg.adapt, cfg.predict, cfg.visibility, device, cfg.seed)
+                           depth.load() if depth else None, cfg.adapt, cfg.predict, cfg.visibility, device, cfg.seed,
+                           cameras.load() if cameras else None)
 
     artifact = run.stage("adapt", ADAPT_VERSION, key, inputs, compute)
-    if "skipped_reason" in artifact:   # never silent, also when the artifact is reused
-        run.warn(f"adapt: {artifact['skipped_reason']}")
+    for name in ("skipped_reason", "tta_cameras_fallback"):   # never silent, also when the artifact is reused
+        if name in artifact:
+            run.warn(f"adapt: {artifact[name]}")
     return artifact
 
 
@@ -382,13 +388,16 @@ def geometry_in_memory(model: Any, frames: Any, tracks: dict[str, Any] | None, c
 
 
 def predict_in_memory(model: Any, frames: Any, tracks: dict[str, Any] | None, depth: dict[str, Any] | None,
-                      config: RunConfig, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """adapt -> predict on arrays: (adapt arrays, predict arrays). `model` is adapted in place."""
+                      config: RunConfig, device: str, cameras: dict[str, Any] | None = None
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """adapt -> predict on arrays: (adapt arrays, predict arrays). `model` is adapted in place; `cameras`:
+    the cameras stage's arrays (`geometry_in_memory`), which `adapt.tta_cameras=solved` needs (without them
+    the TTA falls back to the PnP cameras and says so)."""
     from st4r_cli.stages.adapt import adapt_model
     from st4r_cli.stages.predict import compute_predict
 
     adapted = adapt_model(model, frames, tracks, depth, config.adapt, config.predict, config.visibility, device,
-                          config.seed)
+                          config.seed, cameras)
     return adapted, compute_predict(model, frames, config.predict, device, depth)
 
 

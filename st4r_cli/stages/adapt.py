@@ -1,7 +1,7 @@
 """Adapt stage: test-time adaptation, ST4RTrack's TTA (`baseline`) or ST4RTrack+ (`robust`, default).
 
-Input artifacts: decode (frames), tracks (2D pseudo-tracks), depth (optional mono-depth) and the
-checkpoint; config: `AdaptConfig` (its loss fields are `TTALossConfig`'s), plus the shared
+Input artifacts: decode (frames), tracks (2D pseudo-tracks), depth (optional mono-depth), cameras
+(with `tta_cameras=solved` only) and the checkpoint; config: `AdaptConfig` (its loss fields are `TTALossConfig`'s), plus the shared
 `PredictConfig` (windows, focal, batches, threads) and `VisibilityConfig` (the loss's z-buffer test and
 sigma). Output: the adapted weights as deltas (`adapt_model`).
 
@@ -12,6 +12,13 @@ the given focal; `tta_focal=per_step` re-fits it to the adapted pointmap at ever
 camera j by differentiable PnP on head 2, and minimises the TTA loss (`st4r_cli.losses.tta`) against
 the 2D pseudo-tracks (and mono-depth when available). Only the selected parameter groups change. The
 predict stage then runs the adapted network over every window.
+
+With `adapt.tta_cameras=solved` the loss's cameras are the cameras stage's instead (bundle adjustment on
+the 2D tracks, input artifact `cameras`): anchor a -> camera j is cam_w2c[j] inv(cam_w2c[a]), its
+translation converted to the network's units at every step by a factor without gradient
+(`solved_poses`), with the K they were solved with. A step whose anchor has too few pixels with a
+solved depth uses PnP (counted in `pnp_camera_steps`); when the cameras stage did not accept its
+solution the whole TTA uses PnP and the artifact says why (`tta_cameras_fallback`, a run.json warning).
 
 The TTA adapts on the tracker's own grid (`tta_tracks`): the tracks stage's tracks, or its `grid_*`
 tracks when the output queries are the user's (a handful of points would leave most windows without
@@ -36,10 +43,11 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["ADAPT_VERSION", "AdaptConfig", "TTALossConfig", "adapt_model", "check_adapt_config", "resolve",
-           "tta_tracks"]
+__all__ = ["ADAPT_VERSION", "AdaptConfig", "SolvedCameras", "TTALossConfig", "adapt_model", "check_adapt_config",
+           "resolve", "solved_cameras", "tta_tracks"]
 
-ADAPT_VERSION = 5
+ADAPT_VERSION = 6
+TTA_CAMERAS = ("pnp", "solved")
 
 # Parameter groups by name prefix (St4rNet / DUSt3R naming).
 PARAM_GROUPS: dict[str, tuple[str, ...]] = {
@@ -92,6 +100,8 @@ def check_adapt_config(config: AdaptConfig) -> None:
         raise St4rError(f"adapt.prior_kind must be points, anchor or depth, got '{config.prior_kind}'")
     if config.tta_focal not in ("fixed", "per_step"):
         raise St4rError(f"adapt.tta_focal must be fixed or per_step, got '{config.tta_focal}'")
+    if config.tta_cameras not in TTA_CAMERAS:
+        raise St4rError(f"adapt.tta_cameras must be pnp or solved, got '{config.tta_cameras}'")
     if config.prior_weight < 0 or config.outlier_gate < 0:
         raise St4rError("adapt.prior_weight and adapt.outlier_gate must be >= 0")
 
@@ -142,6 +152,146 @@ def solve_poses(recon_pts: torch.Tensor, recon_conf: torch.Tensor, intrinsics: t
 
 
 # ----------------------------------------------------------------------------------------------
+# the cameras stage's cameras in the reprojection loss (adapt.tta_cameras=solved)
+# ----------------------------------------------------------------------------------------------
+
+MIN_SCALE_SAMPLES = 8   # pixels (or bundle points) with a solved depth needed to scale one step's cameras
+
+
+@dataclass
+class SolvedCameras:
+    """The cameras stage's solution as the TTA uses it (`solved_cameras`).
+
+    cam_w2c (T, 4, 4) f64: world (camera of frame 0) -> camera t, in the solver's units (median track
+    depth 1); intrinsics (3, 3) f64: the K they were solved with; reference: per window anchor a, the
+    pixels (M, 2) f32 of frame a with a depth in the solver's units and those depths (M,) f64
+    (`reference_depth`), empty when frame a has none; source: per anchor, where they came from.
+    """
+
+    cam_w2c: np.ndarray
+    intrinsics: np.ndarray
+    reference: dict[int, tuple[np.ndarray, np.ndarray]]
+    source: dict[int, str]
+
+
+def solved_cameras(cameras: dict[str, np.ndarray] | None, depth: dict[str, np.ndarray] | None,
+                   tracks: dict[str, np.ndarray] | None, anchors: list[int], hw: tuple[int, int]
+                   ) -> tuple[SolvedCameras | None, str]:
+    """(the cameras stage's solution with each anchor's reference depth, "") or (None, why the TTA uses
+    the PnP cameras instead: no cameras stage result, or its solution was not accepted).
+
+    cameras: the cameras stage's arrays (cam_w2c, intrinsics, ba_accepted, camera_status,
+    track_bundle_points, track_bundle_fixed); depth: the depth stage's arrays or None; tracks: the
+    tracks stage's own tracks (the N the bundle points belong to), not the TTA's grid tracks.
+    """
+    import numpy as np
+
+    if cameras is None:
+        return None, "no solved cameras were given to the adapt stage"
+    if not bool(cameras["ba_accepted"]):
+        return None, f"the cameras stage did not solve the cameras ({cameras['camera_status']})"
+    cam_w2c = np.asarray(cameras["cam_w2c"], np.float64)
+    k_mat = np.asarray(cameras["intrinsics"], np.float64)
+    reference, source = {}, {}
+    for anchor in sorted(set(anchors)):
+        xy, z, source[anchor] = reference_depth(cameras, depth, tracks, anchor, hw)
+        reference[anchor] = (xy, z)
+    return SolvedCameras(cam_w2c, k_mat, reference, source), ""
+
+
+def reference_depth(cameras: dict[str, np.ndarray], depth: dict[str, np.ndarray] | None,
+                    tracks: dict[str, np.ndarray] | None, frame: int, hw: tuple[int, int]
+                    ) -> tuple[np.ndarray, np.ndarray, str]:
+    """Pixels (M, 2) f32 of `frame` and their z-depth (M,) f64 in the solved cameras' units, and the
+    source's name.
+
+    First choice, the multi-view depth (the depth stage's `multiview` arrays, recognised by their
+    `dynamic` flags: MoGe's depth is in other units): its valid pixels of `frame` not flagged moving,
+    dense and triangulated from these very cameras. Else the bundle's own points: the tracks stage's
+    tracks that are well fixed (`track_bundle_fixed`) and visible at `frame`, projected into its solved
+    camera (in front of it, inside the image). Empty arrays when neither gives `MIN_SCALE_SAMPLES`.
+    """
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import in_image, project_world
+
+    if depth is not None and "dynamic" in depth and tuple(depth["depth"].shape[1:3]) == tuple(hw):
+        z_map = np.asarray(depth["depth"][frame], np.float64)
+        ok = (np.asarray(depth["valid"][frame], bool) & ~np.asarray(depth["dynamic"][frame], bool)
+              & np.isfinite(z_map) & (z_map > 0))
+        rows, cols = np.nonzero(ok)
+        if rows.size >= MIN_SCALE_SAMPLES:
+            return np.stack([cols, rows], -1).astype(np.float32), z_map[rows, cols], "multiview depth"
+    points = np.asarray(cameras["track_bundle_points"], np.float64)
+    keep = np.asarray(cameras["track_bundle_fixed"], bool) & np.isfinite(points).all(-1)
+    if tracks is not None and len(tracks.get("visible", ())) == len(points):
+        keep &= np.asarray(tracks["visible"][:, frame], bool)
+    xy, z = project_world(points[keep], np.asarray(cameras["cam_w2c"][frame], np.float64),
+                          np.asarray(cameras["intrinsics"], np.float64))
+    inside = in_image(xy, hw) & (z > 0)
+    if int(inside.sum()) >= MIN_SCALE_SAMPLES:
+        return xy[inside].astype(np.float32), z[inside], "bundle points"
+    return np.zeros((0, 2), np.float32), np.zeros(0), "none"
+
+
+def network_scale(anchor_pts: torch.Tensor, xy: np.ndarray, z_solved: np.ndarray) -> float | None:
+    """Network units per solver unit at one anchor, no gradient: the median over the reference pixels
+    xy (M, 2) of the network's z-depth (head 1 of the pair (a, a), anchor_pts (H, W, 3), sampled
+    bilinearly) over the solved depth z_solved (M,). None with fewer than `MIN_SCALE_SAMPLES` usable
+    pixels (network depth > 0) or a non-finite / non-positive result."""
+    import numpy as np
+    import torch
+
+    from st4r_cli.geometry.camera import sample_bilinear
+
+    if len(xy) < MIN_SCALE_SAMPLES:
+        return None
+    with torch.no_grad():
+        query = torch.as_tensor(xy, dtype=anchor_pts.dtype, device=anchor_pts.device)
+        z_net = sample_bilinear(anchor_pts[..., 2:3].detach(), query)[:, 0].double().cpu().numpy()
+    usable = np.isfinite(z_net) & (z_net > 0)
+    if int(usable.sum()) < MIN_SCALE_SAMPLES:
+        return None
+    scale = float(np.median(z_net[usable] / z_solved[usable]))
+    return scale if np.isfinite(scale) and scale > 0 else None
+
+
+def relative_w2c(cam_w2c: np.ndarray, anchor: int, targets: list[int], scale: float = 1.0) -> np.ndarray:
+    """(P, 4, 4) anchor camera -> camera j for j in `targets`: cam_w2c[j] @ inv(cam_w2c[anchor]), its
+    translation multiplied by `scale` (solver units -> network units)."""
+    import numpy as np
+
+    rel = cam_w2c[targets] @ np.linalg.inv(cam_w2c[anchor])[None]
+    rel[:, :3, 3] *= scale
+    return rel
+
+
+def solved_poses(solved: SolvedCameras, anchor: int, targets: list[int], anchor_pts: torch.Tensor
+                 ) -> torch.Tensor | None:
+    """w2c (P, 4, 4), anchor camera -> camera j, from the cameras stage in the network's units (no
+    gradient), or None when this anchor's scale cannot be measured (the step then uses PnP).
+
+    The solved cameras' rotations need no conversion; their translations are in the solver's units
+    (the bundle's median track depth is 1) while the points the loss projects are head 1's, in the
+    network's. One factor per step converts them: the median ratio of the network's z-depth of frame a
+    (head 1 of the pair (a, a): the very points the reprojection loss projects, at the same step's
+    weights) to the solved depth at the same pixels (`reference_depth`: the multi-view depth, else the
+    bundle points). A median of per-pixel ratios is a scale-only fit that ignores the pixels where
+    either depth is wrong (moving objects, holes, sky). It carries no gradient: it is a change of
+    units, so the network cannot lower the loss by moving the cameras through its own scale, and the
+    loss sees exactly the solved rotation and baseline direction.
+    """
+    import torch
+
+    xy, z_solved = solved.reference[anchor]
+    scale = network_scale(anchor_pts, xy, z_solved)
+    if scale is None:
+        return None
+    rel = relative_w2c(solved.cam_w2c, anchor, targets, scale)
+    return torch.as_tensor(rel, dtype=anchor_pts.dtype, device=anchor_pts.device)
+
+
+# ----------------------------------------------------------------------------------------------
 # the stage
 # ----------------------------------------------------------------------------------------------
 
@@ -187,26 +337,31 @@ def tta_tracks(tracks: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | 
 
 def adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] | None,
                 depth: dict[str, np.ndarray] | None, config: AdaptConfig, predict: PredictConfig,
-                visibility: VisibilityConfig, device: str, seed: int) -> dict[str, np.ndarray]:
+                visibility: VisibilityConfig, device: str, seed: int,
+                cameras: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Test-time adaptation of `model` (in place) on one video: see `_adapt_model`."""
     from st4r_cli.model.windows import torch_threads
 
     check_adapt_config(config)
     with torch_threads(predict.cpu_threads, device):
-        return _adapt_model(model, frames, tracks, depth, config, predict, visibility, device, seed)
+        return _adapt_model(model, frames, tracks, depth, config, predict, visibility, device, seed, cameras)
 
 
 def _adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] | None,
                  depth: dict[str, np.ndarray] | None, config: AdaptConfig, predict: PredictConfig,
-                 visibility: VisibilityConfig, device: str, seed: int) -> dict[str, np.ndarray]:
+                 visibility: VisibilityConfig, device: str, seed: int,
+                 cameras: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Test-time adaptation of `model` (in place) on one video: the adapt stage's arrays.
 
     frames (T, H, W, 3) uint8; tracks: the tracks-stage arrays (tracks_xy (N,T,2), visible (N,T),
     queries (N,3)) or None; depth: depth-stage arrays (depth (T,H,W), valid (T,H,W), optional
-    intrinsics (3,3)) or None.
+    intrinsics (3,3)) or None; cameras: the cameras stage's arrays (read with `tta_cameras=solved`
+    only) or None.
     Returns `delta.<param>` arrays (adapted minus original parameters), loss_history (S,) f32,
     lr_history (S,) f32, rollbacks () int64 (the stage's time is in run.json, not in its arrays, so the
-    artifact's digest depends on its content only).
+    artifact's digest depends on its content only). With `tta_cameras=solved` also `solved_camera_steps
+    ()` and `pnp_camera_steps ()` int64 (loss evaluations that used the solved cameras / fell back to
+    PnP), and `tta_cameras_fallback ()` str when the solved cameras could not be used at all (why).
     """
     import numpy as np
     import torch
@@ -228,20 +383,31 @@ def _adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] |
     history: list[float] = []
     lrs: list[float] = []
     rollbacks = 0
+    solved, fallback = None, ""
+    if config.tta_cameras == "solved" and config.loss != "none":
+        solved, fallback = solved_cameras(cameras, depth, tracks, starts, (h, w))
+        if fallback:
+            progress.log(f"[yellow]warning[/yellow]: adapt: the TTA uses the PnP cameras: {fallback}")
     tracks = tta_tracks(tracks)
     skipped = ""
+    counts = {"solved": 0, "pnp": 0}
     if config.loss != "none" and tracks is not None and resolved.iters > 0:
         from st4r_cli.model.inference import frames_to_tensor
 
         encoder_adapts = any(name.startswith(("patch_embed", "enc_blocks", "enc_norm")) for name, _ in chosen)
         runner = PairRunner(model, frames_to_tensor(frames, device), cache_encoder=not encoder_adapts)
-        focal = given_focal(predict, depth)
+        focal = given_focal(predict, depth) if solved is None else float(solved.intrinsics[0, 0])
         history, lrs, rollbacks, skipped = _tta_loop(runner, chosen, frames.shape[:3], starts, tracks, depth,
-                                                     config, visibility, resolved, predict.window, focal, seed)
+                                                     config, visibility, resolved, predict.window, focal, seed,
+                                                     solved, counts)
     elif config.loss != "none":
         skipped = "no 2D tracks"
     if skipped:
         progress.log(f"[yellow]warning[/yellow]: adapt: test-time adaptation skipped: {skipped}")
+    if solved is not None and counts["pnp"]:
+        progress.log(f"[yellow]-[/yellow] adapt: the solved cameras could not be scaled at {counts['pnp']} of "
+                     f"{counts['pnp'] + counts['solved']} steps (too few pixels with a solved depth at the "
+                     "anchor); those used the PnP cameras")
     for param in model.parameters():
         param.requires_grad_(False)
     out = {f"delta.{name}": (param.detach() - original[name]).cpu().numpy().astype(np.float32)
@@ -251,6 +417,12 @@ def _adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] |
     out["rollbacks"] = np.asarray(rollbacks, dtype=np.int64)
     if skipped:
         out["skipped_reason"] = np.asarray(f"test-time adaptation skipped: {skipped}")
+    if config.tta_cameras == "solved" and config.loss != "none":
+        out["solved_camera_steps"] = np.asarray(counts["solved"], dtype=np.int64)
+        out["pnp_camera_steps"] = np.asarray(counts["pnp"], dtype=np.int64)
+        if fallback:
+            out["tta_cameras_fallback"] = np.asarray(f"adapt.tta_cameras=solved: the TTA used the PnP cameras: "
+                                                     f"{fallback}")
     return out
 
 
@@ -286,10 +458,13 @@ def frozen_window_outputs(runner: PairRunner, anchor: int, frames_w: list[int], 
 
 def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int], starts: list[int],
               tracks: dict[str, np.ndarray], depth: dict[str, np.ndarray] | None, config: AdaptConfig,
-              visibility: VisibilityConfig, resolved: ResolvedAdapt, window: int, focal: float | None, seed: int
+              visibility: VisibilityConfig, resolved: ResolvedAdapt, window: int, focal: float | None, seed: int,
+              solved: SolvedCameras | None = None, counts: dict[str, int] | None = None
               ) -> tuple[list[float], list[float], int, str]:
     """The optimisation loop with the rollback guard. Returns (loss history, lr history, rollbacks, why
-    the TTA was skipped or "")."""
+    the TTA was skipped or ""). With `solved`, every step's cameras and K are the cameras stage's
+    (`solved_poses`; PnP for a step whose scale cannot be measured); `counts` (keys solved, pnp) counts
+    the loss evaluations of each kind."""
     import copy
     import math
 
@@ -324,7 +499,10 @@ def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int]
                                                   config, focal, resolved.batch_size, seed)
 
     fixed_k: dict[int, torch.Tensor] = {}
-    if focal is None and config.tta_focal == "fixed":
+    if solved is not None:   # the K the cameras were solved with, for every window
+        k_solved = torch.as_tensor(solved.intrinsics, dtype=torch.float32, device=device)
+        fixed_k = {w_idx: k_solved for w_idx in trainable}
+    elif focal is None and config.tta_focal == "fixed":
         with torch.no_grad():
             for w_idx in trainable:
                 anchor = starts[w_idx]
@@ -359,7 +537,11 @@ def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int]
         anchor = targets[0]
         pred = runner([anchor] * len(targets), targets)
         k_mat = fixed_k[w_idx] if w_idx in fixed_k else anchor_intrinsics(pred["track_pts"][0], focal)
-        w2c = solve_poses(pred["recon_pts"], pred["recon_conf"], k_mat, config.pnp_stride, seed + step)
+        w2c = None if solved is None else solved_poses(solved, anchor, targets, pred["track_pts"][0])
+        if solved is not None and counts is not None:
+            counts["pnp" if w2c is None else "solved"] += 1
+        if w2c is None:
+            w2c = solve_poses(pred["recon_pts"], pred["recon_conf"], k_mat, config.pnp_stride, seed + step)
         dep = None if depth_t is None else depth_t[targets].to(device)
         val = None if valid_t is None else valid_t[targets].to(device)
         prior = None

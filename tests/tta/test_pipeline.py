@@ -93,6 +93,14 @@ def test_a_setting_recomputes_only_its_stage_and_later_ones(tmp_path, make_clip,
     assert cli_run(base + ["--force", "chain"]) == 0
     assert _recomputed(run_dir) == ["cameras", "predict", "fuse"]
     np.testing.assert_array_equal(read_scene(run_dir / "scene.npz")["tracks3d"], first["tracks3d"])
+    # the solved cameras in the TTA: adapt reads the cameras (and is keyed on their content), changes none
+    solved = base + ["--set", "adapt.tta_cameras=solved"]
+    assert cli_run(solved) == 0
+    assert _recomputed(run_dir) == ["adapt", "predict", "fuse"]
+    adapted = Run.open(run_dir).artifact("adapt")
+    assert int(adapted["solved_camera_steps"]) + int(adapted["pnp_camera_steps"]) == 2   # 1 step + the check
+    assert cli_run(solved + ["--set", "cameras.ba_accept_px=3.7"]) == 0
+    assert _recomputed(run_dir) == ["cameras", "fuse"]
 
 
 def _base_args(folder, run_dir, model_path) -> list[str]:
