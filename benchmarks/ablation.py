@@ -57,6 +57,8 @@ VARIANTS = {
     "robust_no_mask": {"loss": "robust", "use_mask": False, "use_tracker_visibility": False},
     "robust_no_sigma": {"loss": "robust", "use_sigma": False},
     "robust_no_gate": {"loss": "robust", "outlier_gate": 0.0},
+    "baseline_solved": {"loss": "baseline", "tta_cameras": "solved"},
+    "robust_solved": {"loss": "robust", "tta_cameras": "solved"},
 }
 HEADLINE = ["worldtrack/global/apd", "worldtrack/global/epe", "worldtrack/global/apd_rel",
             "worldtrack/global/epe_anchor", "worldtrack/global/epe_motion", "worldtrack/global_dyn/epe",
@@ -113,7 +115,7 @@ def run_variant(model, frames, tracks_tta, tracks_out, variant: dict, args, seed
             _GEOMETRY.clear()
             _GEOMETRY[key] = geometry_in_memory(model, frames, tracks_tta, config, "cpu")
         cameras, depth = _GEOMETRY[key]
-        adapted, pred = predict_in_memory(net, frames, tracks_tta, depth, config, "cpu")
+        adapted, pred = predict_in_memory(net, frames, tracks_tta, depth, config, "cpu", cameras)
         t_network = time.perf_counter() - start
         scene = scene_in_memory(frames, tracks_out, pred, cameras, depth, config)
         total = time.perf_counter() - start
