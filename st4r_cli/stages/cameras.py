@@ -120,7 +120,7 @@ def compute_cameras(tracks: dict[str, np.ndarray] | None, hw: tuple[int, int], n
         problems.append(f"{100 * behind:.1f}% of the observations behind their camera")
     if jumps["breaks"].size:
         problems.append(f"the camera path breaks at frame(s) {', '.join(map(str, jumps['breaks'].tolist()))}")
-    unlinked = _unlinked_steps(result, bundle, num_frames, config.ba_point_max_px)
+    unlinked = _unlinked_steps(result, bundle, num_frames, config.ba_accept_px)
     if unlinked.size:
         problems.append("no tracks link frame(s) " + ", ".join(f"{t - 1}-{t}" for t in unlinked.tolist())
                         + " (the video falls into separately solved parts)")
@@ -163,7 +163,7 @@ def _check_path(result: Any, bundle: dict[str, np.ndarray], w2c: np.ndarray, con
 
 def _unlinked_steps(result: Any, bundle: dict[str, np.ndarray], num_frames: int, max_px: float) -> np.ndarray:
     """Frames t (int64) that fewer than MIN_LINKS bundle tracks link to frame t-1: tracks fitted in both
-    frames (an observation under `max_px`, or the track's query frame). Across such a step nothing ties
+    frames (an observation under `max_px`, the acceptance threshold, or the track's query frame). Across such a step nothing ties
     the two parts of the solution together, so its relative pose is arbitrary however low the
     reprojection error (a fast pan that the tracker loses between two frames)."""
     import numpy as np
@@ -207,7 +207,9 @@ def _bundle_points_and_flags(result: Any, bundle: dict[str, np.ndarray], princip
 
 
 def bundle_tracks(tracks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Tracks for the bundle: the tracks stage's own (first, in their order) + its camera tracks.
+    """Tracks for the bundle: the tracks stage's own (first, in their order), its grid tracks (present
+    when the output queries are the user's: a handful of points cannot fix the cameras) and its camera
+    tracks.
 
     Returns query_t (B,) int64, query_xy (B, 2), tracks_xy (B, T, 2) f64, visible (B, T) bool.
     """
@@ -215,9 +217,11 @@ def bundle_tracks(tracks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     parts = [(np.asarray(tracks["queries"], np.float64), np.asarray(tracks["tracks_xy"], np.float64),
               np.asarray(tracks["visible"], bool))]
-    if "camera_queries" in tracks and len(tracks["camera_queries"]):
-        parts.append((np.asarray(tracks["camera_queries"], np.float64),
-                      np.asarray(tracks["camera_tracks_xy"], np.float64), np.asarray(tracks["camera_visible"], bool)))
+    for prefix in ("grid_", "camera_"):
+        if f"{prefix}queries" in tracks and len(tracks[f"{prefix}queries"]):
+            parts.append((np.asarray(tracks[f"{prefix}queries"], np.float64),
+                          np.asarray(tracks[f"{prefix}tracks_xy"], np.float64),
+                          np.asarray(tracks[f"{prefix}visible"], bool)))
     queries = np.concatenate([p[0] for p in parts])
     return {"query_t": np.rint(queries[:, 0]).astype(np.int64), "query_xy": queries[:, 1:3],
             "tracks_xy": np.concatenate([p[1] for p in parts]), "visible": np.concatenate([p[2] for p in parts])}
