@@ -72,6 +72,7 @@ class DepthConfig:
     mv_min_parallax_deg: float = 1.0  # a frame pair gives depth only above this triangulation angle
     mv_consistency_rel: float = 0.1   # pairs agree within this fraction of the median depth
     mv_max_fb_px: float = 1.0         # forward-backward flow consistency (px)
+    mv_propagate_reach: int = 8       # frames t +- this many lend their static points to t's holes (0: off)
 
 
 @dataclass

@@ -14,13 +14,17 @@ Per pixel: `dynamic` when at least `dynamic_vote` of the pairs that checked it p
 epipolar line; `depth` is the median over the static pairs, `valid` where at least `min_views` pairs agree
 within `consistency_rel` of that median and the pixel is not dynamic, `conf` the fraction of the frame's
 pairs that agree. A frame whose pairs have too little parallax (pure rotation, a camera that stands still)
-gets no valid depth and is listed in `low_parallax (T,) bool`: the caller falls back (no depth supervision
-there) and says so.
+gets no valid depth of its own and is listed in `low_parallax (T,) bool`.
+
+5. Propagation (`propagate_reach`): the static points of frames t +- reach are rendered into frame t, and
+   its pixels without depth take them where several frames agree (`propagated (T, H, W) bool`), so a
+   frame without parallax still gets the surfaces its neighbours triangulated; a frame whose neighbours
+   have none either gets nothing (the caller falls back and says so).
 
 Shapes: frames `(T, H, W, 3) uint8`, intrinsics `(3, 3)` (pixels of the frames), `cam_c2w (T, 4, 4)`.
 Output: `depth (T, H, W) f32` (0 where invalid), `valid (T, H, W) bool`, `conf (T, H, W) f32` in [0, 1],
 `dynamic (T, H, W) bool`, `parallax_deg (T,) f32` (median over the frame's triangulated pixels),
-`low_parallax (T,) bool`.
+`low_parallax (T,) bool`, `propagated (T, H, W) bool` (valid pixels that came from other frames).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class MultiviewOptions:
     dynamic_vote: float = 0.5         # share of the checking pairs that must flag a pixel as moving
     min_checks: int = 2               # pairs that must check a pixel before it can be called dynamic
     low_parallax_fraction: float = 0.02  # a frame with fewer valid pixels than this is 'low parallax'
+    propagate_reach: int = 8          # frames t +- this many lend their static points to frame t (0: off)
+    propagate_min_frames: int = 2     # ... a pixel takes them where this many frames agree within consistency_rel
 
 
 class ChainedFlow:
@@ -191,7 +197,7 @@ def multiview_depth(frames: np.ndarray, intrinsics: np.ndarray, cam_c2w: np.ndar
         progress: optional wrapper of the frame loop (e.g. `st4r_cli.progress.track`).
     Returns:
         `depth (T,H,W) f32`, `valid (T,H,W) bool`, `conf (T,H,W) f32`, `dynamic (T,H,W) bool`,
-        `parallax_deg (T,) f32`, `low_parallax (T,) bool`.
+        `parallax_deg (T,) f32`, `low_parallax (T,) bool`, `propagated (T,H,W) bool`.
     """
     frames = np.asarray(frames)
     num_frames, height, width = frames.shape[:3]
@@ -219,4 +225,50 @@ def multiview_depth(frames: np.ndarray, intrinsics: np.ndarray, cam_c2w: np.ndar
     out["depth"][low] = 0.0
     out["conf"][low] = 0.0
     out["low_parallax"] = low
+    out["propagated"] = np.zeros_like(out["valid"])
+    if opts.propagate_reach > 0:
+        _propagate(out, intrinsics, cam_c2w, opts)
     return out
+
+
+def _propagate(out: dict[str, np.ndarray], intrinsics: np.ndarray, cam_c2w: np.ndarray,
+               opts: MultiviewOptions) -> None:
+    """Step 5 (in place): frame t's pixels without depth take the static points of frames t +- reach.
+
+    Every frame's valid, non-moving pixels are lifted to world points and rendered into frame t
+    (z-buffer, one pixel per point); a pixel of t that is neither valid nor moving takes the median of
+    the rendered depths where at least `propagate_min_frames` frames agree within `consistency_rel` of
+    it (`propagated`, `conf` = the agreeing share). A frame without parallax of its own (a turning
+    camera) thus gets the depth of the surfaces its neighbours triangulated. On 7-Scenes redkitchen-0
+    / -3 this adds 26% / 23% of the pixels at AbsRel 0.11 / 0.09 (the frames' own: 0.08 / 0.05). The
+    pixels a frame cannot triangulate itself are often at occlusion edges, where a neighbour's
+    foreground can spill over them (z-buffer, one pixel per point): on the synthetic static scene the
+    added pixels' relative error has median 0.10 and mean 0.19 (own pixels: 0.05 / 0.09).
+    """
+    from st4r_cli.geometry.camera_np import render_depth, unproject_depth
+
+    num_frames, height, width = out["depth"].shape
+    w2c = np.linalg.inv(cam_c2w)
+    static = out["valid"] & ~out["dynamic"]
+    world = []
+    for s in range(num_frames):
+        cam = unproject_depth(out["depth"][s].astype(np.float64), intrinsics)[static[s]]
+        world.append(cam @ cam_c2w[s, :3, :3].T + cam_c2w[s, :3, 3])
+    for t in range(num_frames):
+        sources = [s for s in range(max(0, t - opts.propagate_reach), min(num_frames, t + opts.propagate_reach + 1))
+                   if s != t and len(world[s])]
+        if len(sources) < opts.propagate_min_frames:
+            continue
+        rendered = np.stack([render_depth(world[s], w2c[t], intrinsics, (height, width)) for s in sources])
+        hit = np.isfinite(rendered)
+        rendered[~hit] = np.nan
+        median = np.zeros((height, width))
+        some = hit.any(axis=0)
+        median[some] = np.nanmedian(rendered[:, some], axis=0)
+        with np.errstate(invalid="ignore"):
+            agreeing = np.sum(np.abs(rendered - median[None]) <= opts.consistency_rel * median[None], axis=0)
+        take = (agreeing >= opts.propagate_min_frames) & ~out["valid"][t] & ~out["dynamic"][t]
+        out["depth"][t][take] = median[take]
+        out["conf"][t][take] = agreeing[take] / len(sources)
+        out["valid"][t] |= take
+        out["propagated"][t] = take

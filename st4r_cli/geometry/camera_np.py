@@ -109,6 +109,23 @@ def in_image(xy: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
             & (xy[..., 1] >= 0) & (xy[..., 1] <= hw[0] - 1))
 
 
+def render_depth(points: np.ndarray, w2c: np.ndarray, k_mat: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(H, W) z-buffer render of world points (P, 3) into one camera (w2c (4, 4), k_mat (3, 3)): the
+    nearest point's depth at the pixel each projects to (rounded), inf where none lands. One pixel per
+    point, no splat radius (NumPy only: the depth stage is its one user)."""
+    import numpy as np
+
+    h, w = hw
+    cam = to_camera(np.asarray(points, np.float64), w2c)
+    cam = cam[cam[:, 2] > 1e-9]
+    xy, z = project(cam, k_mat)
+    col, row = np.rint(xy[:, 0]).astype(np.int64), np.rint(xy[:, 1]).astype(np.int64)
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    out = np.full(h * w, np.inf)
+    np.minimum.at(out, row[inside] * w + col[inside], z[inside])
+    return out.reshape(h, w)
+
+
 def surface_depths(pointmaps: np.ndarray, w2c: np.ndarray) -> np.ndarray:
     """(T, H, W) z-depth of each frame's own pointmap (T, H, W, 3) (world) in its camera w2c (T, 4, 4)."""
     import numpy as np

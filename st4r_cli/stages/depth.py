@@ -8,7 +8,8 @@ Output arrays (docs/architecture.md, "Stage contracts"):
                                    multiview: the solved cameras')
 moge adds `intrinsics_per_frame (T, 3, 3)` and `metric ()` bool; multiview adds `conf (T, H, W)`,
 `dynamic (T, H, W) bool` (pixels whose matches leave their epipolar lines: moving), `parallax_deg (T,)`
-and `low_parallax (T,) bool` (frames with too little parallax for depth, e.g. a camera that only turns).
+`low_parallax (T,) bool` (frames with too little parallax of their own, e.g. a camera that only turns) and
+`propagated (T, H, W) bool` (valid pixels whose depth came from the neighbouring frames' static points).
 
 Backends: `multiview` (the default: `st4r_cli/depth/multiview.py` on the cameras stage's solution; when
 the cameras were not solved there is no depth and the pipeline says so), `moge` (MoGe-2 or MoGe-1 from a
@@ -25,7 +26,7 @@ from typing import Any
 from st4r_cli.configs import DepthConfig
 from st4r_cli.errors import St4rError
 
-DEPTH_VERSION = 1
+DEPTH_VERSION = 2
 BACKENDS = ("multiview", "moge", "none")
 
 
@@ -50,6 +51,8 @@ def check_depth_config(cfg: DepthConfig) -> None:
         raise St4rError(f"depth.mv_offsets must be non-zero frame offsets, got {cfg.mv_offsets}")
     if min(cfg.mv_min_parallax_deg, cfg.mv_consistency_rel, cfg.mv_max_fb_px) <= 0:
         raise St4rError("depth.mv_min_parallax_deg, mv_consistency_rel and mv_max_fb_px must be > 0")
+    if cfg.mv_propagate_reach < 0:
+        raise St4rError(f"depth.mv_propagate_reach must be >= 0 (0: off), got {cfg.mv_propagate_reach}")
 
 
 def check_backend_available(cfg: DepthConfig) -> None:
@@ -91,13 +94,16 @@ def _multiview(frames: Any, cfg: DepthConfig, cameras: dict[str, Any] | None) ->
     if cameras is None or not bool(cameras["ba_accepted"]):
         raise St4rError("depth backend 'multiview' needs solved cameras (the cameras stage)")
     opts = MultiviewOptions(offsets=tuple(int(o) for o in cfg.mv_offsets), max_fb_px=cfg.mv_max_fb_px,
-                            min_parallax_deg=cfg.mv_min_parallax_deg, consistency_rel=cfg.mv_consistency_rel)
+                            min_parallax_deg=cfg.mv_min_parallax_deg, consistency_rel=cfg.mv_consistency_rel,
+                            propagate_reach=cfg.mv_propagate_reach)
     k_mat = np.asarray(cameras["intrinsics"], np.float64)
     out = multiview_depth(frames, k_mat, np.linalg.inv(np.asarray(cameras["cam_w2c"], np.float64)), opts,
                           progress=progress.track)
     low = int(out["low_parallax"].sum())
+    lent = int((out["low_parallax"] & out["propagated"].any(axis=(1, 2))).sum())
     progress.log(f"[green]✓[/green] depth (multiview): {100 * out['valid'].mean():.0f}% of the pixels, "
                  f"{100 * out['dynamic'].mean():.1f}% moving"
-                 + (f"; {low} frame(s) with too little parallax get none" if low else ""))
+                 + (f"; {low} frame(s) with too little parallax of their own"
+                    + (f", {lent} of them take depth from their neighbours" if lent else "") if low else ""))
     out["intrinsics"] = k_mat.astype(np.float32)
     return out
