@@ -36,6 +36,10 @@ Output arrays:
     ba_initial_residual_px () f32, ba_residual_px () f32 (medians), camera_spikes (S,) int64,
     camera_breaks (B,) int64, track_bundle_points (N, 3) f64, track_bundle_depth (N,) f64,
     track_bundle_fixed (N,) bool                    for the tracks stage's N tracks
+    moving_obs (M, 3) f32, fitted_obs (K, 3) f32    (t, x, y) of every visible position of the bundle
+                                                    tracks it dropped (seen in 2+ other frames, fit by
+                                                    no static point: moving objects, or tracker slips)
+                                                    and of the ones it kept (the depth stage's motion cue)
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CAMERAS_VERSION", "CamerasConfig", "check_cameras_config", "compute_cameras", "bundle_tracks"]
 
-CAMERAS_VERSION = 3
+CAMERAS_VERSION = 4
 MAX_BEHIND_FRACTION = 0.01  # solved cameras may put at most this fraction of observations behind the camera
 MIN_LINKS = 8               # fitted tracks that must link every two consecutive frames
 
@@ -77,7 +81,8 @@ def _not_solved(num_frames: int, hw: tuple[int, int], count: int, focal: float, 
             "ba_initial_residual_px": np.float32(np.nan), "ba_residual_px": np.float32(np.nan),
             "camera_spikes": np.zeros(0, np.int64), "camera_breaks": np.zeros(0, np.int64),
             "track_bundle_points": np.zeros((count, 3)), "track_bundle_depth": np.full(count, np.nan),
-            "track_bundle_fixed": np.zeros(count, bool)}
+            "track_bundle_fixed": np.zeros(count, bool), "moving_obs": np.zeros((0, 3), np.float32),
+            "fitted_obs": np.zeros((0, 3), np.float32)}
 
 
 def compute_cameras(tracks: dict[str, np.ndarray] | None, hw: tuple[int, int], num_frames: int,
@@ -138,8 +143,29 @@ def compute_cameras(tracks: dict[str, np.ndarray] | None, hw: tuple[int, int], n
                  f"{after:.2f} px, focal {result.focal:.1f} px{repaired}")
     points, depth, fixed = _bundle_points_and_flags(result, bundle, principal, new_w2c, config)
     out.update(ba_accepted=np.bool_(True), camera_status=np.str_(status), cam_w2c=new_w2c, intrinsics=new_k,
-               track_bundle_points=points[:count], track_bundle_depth=depth[:count], track_bundle_fixed=fixed[:count])
+               track_bundle_points=points[:count], track_bundle_depth=depth[:count], track_bundle_fixed=fixed[:count],
+               **_dropped_and_kept(result, bundle))
     return out
+
+
+def _dropped_and_kept(result: Any, bundle: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`moving_obs` / `fitted_obs` (module doc): (t, x, y) rows of the visible positions of the bundle
+    tracks the solution dropped (seen in 2+ frames besides their query frame, none of it kept) and of
+    those it kept."""
+    import numpy as np
+
+    kept = np.zeros(len(bundle["query_t"]), bool)
+    kept[result.obs_track] = True
+    visible = np.asarray(bundle["visible"], bool) & np.isfinite(bundle["tracks_xy"]).all(-1)
+    others = visible.copy()
+    others[np.arange(len(others)), bundle["query_t"]] = False
+    dropped = (others.sum(1) >= 2) & ~kept
+
+    def rows(select: np.ndarray) -> np.ndarray:
+        n_idx, t_idx = np.nonzero(visible & select[:, None])
+        return np.concatenate([t_idx[:, None], bundle["tracks_xy"][n_idx, t_idx]], 1).astype(np.float32)
+
+    return {"moving_obs": rows(dropped), "fitted_obs": rows(kept)}
 
 
 def _check_path(result: Any, bundle: dict[str, np.ndarray], w2c: np.ndarray, config: CamerasConfig

@@ -7,7 +7,8 @@ Output arrays (docs/architecture.md, "Stage contracts"):
     intrinsics  (3, 3)    float32  the backend's K in pixels of the frames (moge: median over frames;
                                    multiview: the solved cameras')
 moge adds `intrinsics_per_frame (T, 3, 3)` and `metric ()` bool; multiview adds `conf (T, H, W)`,
-`dynamic (T, H, W) bool` (pixels whose matches leave their epipolar lines: moving), `parallax_deg (T,)`
+`dynamic (T, H, W) bool` (pixels whose matches leave their epipolar lines, or where the tracks the
+camera solver dropped crowd: moving), `parallax_deg (T,)`
 `low_parallax (T,) bool` (frames with too little parallax of their own, e.g. a camera that only turns) and
 `propagated (T, H, W) bool` (valid pixels whose depth came from the neighbouring frames' static points).
 
@@ -26,7 +27,7 @@ from typing import Any
 from st4r_cli.configs import DepthConfig
 from st4r_cli.errors import St4rError
 
-DEPTH_VERSION = 2
+DEPTH_VERSION = 3
 BACKENDS = ("multiview", "moge", "none")
 
 
@@ -97,8 +98,10 @@ def _multiview(frames: Any, cfg: DepthConfig, cameras: dict[str, Any] | None) ->
                             min_parallax_deg=cfg.mv_min_parallax_deg, consistency_rel=cfg.mv_consistency_rel,
                             propagate_reach=cfg.mv_propagate_reach)
     k_mat = np.asarray(cameras["intrinsics"], np.float64)
+    track_obs = ((np.asarray(cameras["moving_obs"]), np.asarray(cameras["fitted_obs"]))
+                 if "moving_obs" in cameras else None)
     out = multiview_depth(frames, k_mat, np.linalg.inv(np.asarray(cameras["cam_w2c"], np.float64)), opts,
-                          progress=progress.track)
+                          progress=progress.track, track_obs=track_obs)
     low = int(out["low_parallax"].sum())
     lent = int((out["low_parallax"] & out["propagated"].any(axis=(1, 2))).sum())
     progress.log(f"[green]✓[/green] depth (multiview): {100 * out['valid'].mean():.0f}% of the pixels, "

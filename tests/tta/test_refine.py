@@ -186,6 +186,23 @@ def test_a_forward_moving_camera_is_solved_from_nothing():
     assert metrics["ate"] < 1e-4 and metrics["rpe_rot"] < 1e-3
 
 
+def test_the_tracks_the_bundle_drops_are_the_moving_ones():
+    """On a clip with moving objects (exact tracks), the positions of the tracks the bundle adjustment
+    drops (`moving_obs`) lie on the moving objects; those it keeps (`fitted_obs`) on the static scene."""
+    clip = clip_from_synthetic(render_clip("fast-motion", 1, 16, (96, 128)), seed=1, dense=True)
+    out = compute_cameras(_gt_tracks(clip), (96, 128), 16, CamerasConfig(), focal=float(clip.gt["intrinsics"][0, 0]))
+    assert bool(out["ba_accepted"])
+    moving = clip.gt["dynamic_mask"]
+
+    def on_moving(obs):
+        t, x, y = np.rint(obs).astype(int).T
+        inside = (x >= 0) & (x < 128) & (y >= 0) & (y < 96)
+        return moving[t[inside], y[inside], x[inside]]
+
+    assert len(out["moving_obs"]) > 500 and on_moving(out["moving_obs"]).mean() > 0.9   # 0.95
+    assert on_moving(out["fitted_obs"]).mean() < 0.03                                  # 0.012
+
+
 def test_a_video_in_two_unlinked_parts_is_rejected(static_clip):
     """No track is seen both before and after frame 8 (as when a fast pan loses every track): each part
     fits its tracks, but nothing fixes their relative pose, so the solution must not be accepted."""
