@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FUSE_VERSION", "FuseConfig", "check_fuse_config", "fuse_scene"]
 
-FUSE_VERSION = 3
+FUSE_VERSION = 4
 SPECK_SUPPORT = 0.25     # a multi-view pixel needs this share of its 7x7 neighbourhood valid to be kept
 FILL_MIN_SUPPORT = 0.05  # a hole pixel is filled at the finest scale whose valid-pixel weight reaches this
 
@@ -211,6 +211,11 @@ def _multiview_statics(scene: dict[str, np.ndarray], own: dict[str, np.ndarray] 
     points, static = _lift_static_tracks(np.asarray(scene["tracks2d"], np.float64), np.asarray(scene["visible"], bool),
                                          depth_m, source > 0, k_mat, c2w, config.static_spread_rel, hw)
     tracks3d = np.where(static[:, None, None], points[:, None, :], tracks3d)
+    tracker_xy, tracker_seen = _tracker_positions(scene, own, config, hw)
+    if tracker_xy is not None and static.any():
+        # the fixed point, at its depth in each camera, onto the tracker's ray: the 2D track keeps the
+        # tracker's precision (the point moves by its reprojection error, a few mm on 7-Scenes)
+        tracks3d[static] = _fuse(tracks3d[static], tracker_xy[static], tracker_seen[static], w2c, k_mat)
     tracks2d, z = project_tracks(tracks3d, w2c, k_mat)
     surface_z = surface_depths(pointmaps, w2c)
     out.update(tracks3d=tracks3d.astype(np.float32), tracks2d=tracks2d.astype(np.float32),
@@ -581,19 +586,12 @@ def _relift_tracks(scene: dict[str, np.ndarray], tracks: dict[str, np.ndarray] |
     """
     import numpy as np
 
-    from st4r_cli.geometry.camera_np import in_image, project_tracks
+    from st4r_cli.geometry.camera_np import project_tracks
 
     tracks3d = np.asarray(scene["tracks3d"], np.float64)                   # (N, T, 3)
     query_t = np.rint(np.asarray(scene["query_t"])).astype(np.int64)
-    count, num_frames = tracks3d.shape[:2]
-    tracker_xy = tracker_seen = None
-    if tracks is not None and config.fuse_tracks and len(tracks["tracks_xy"]) == count:
-        tracker_xy = np.asarray(tracks["tracks_xy"], np.float64)
-        tracker_seen = np.asarray(tracks["visible"], bool) & in_image(tracker_xy, hw)
-        tracker_seen &= np.arange(num_frames)[None] >= query_t[:, None]
-        tracker_seen[np.arange(count), query_t] = True
-        tracker_xy = tracker_xy.copy()
-        tracker_xy[np.arange(count), query_t] = np.asarray(scene["query_xy"], np.float64)
+    count = len(tracks3d)
+    tracker_xy, tracker_seen = _tracker_positions(scene, tracks, config, hw)
     if tracker_xy is not None:
         tracks3d = _fuse(tracks3d, tracker_xy, tracker_seen, new_w2c, new_k)
     static = _static_tracks(np.asarray(scene["tracks3d"], np.float64), query_t, cameras.ba_dynamic_rel)
@@ -613,6 +611,27 @@ def _relift_tracks(scene: dict[str, np.ndarray], tracks: dict[str, np.ndarray] |
     visible = _visibility(tracks2d, z, surface_z, tracks, config.visibility, eps_rel, hw)
     return {"tracks3d": tracks3d.astype(np.float32), "tracks2d": tracks2d.astype(np.float32), "visible": visible,
             "track_static": static}
+
+
+def _tracker_positions(scene: dict[str, np.ndarray], tracks: dict[str, np.ndarray] | None, config: FuseConfig,
+                       hw: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(tracker_xy (N, T, 2), seen (N, T)) of the scene's own tracks where the tracker sees them inside
+    the image (the query pixel at the query frame), or (None, None) without tracker tracks for these
+    rows or with `fuse.fuse_tracks` off."""
+    import numpy as np
+
+    from st4r_cli.geometry.camera_np import in_image
+
+    query_t = np.rint(np.asarray(scene["query_t"])).astype(np.int64)
+    count, num_frames = np.asarray(scene["tracks3d"]).shape[:2]
+    if tracks is None or not config.fuse_tracks or len(tracks["tracks_xy"]) != count:
+        return None, None
+    tracker_xy = np.array(tracks["tracks_xy"], np.float64)
+    seen = np.asarray(tracks["visible"], bool) & in_image(tracker_xy, hw)
+    seen &= np.arange(num_frames)[None] >= query_t[:, None]
+    seen[np.arange(count), query_t] = True
+    tracker_xy[np.arange(count), query_t] = np.asarray(scene["query_xy"], np.float64)
+    return tracker_xy, seen
 
 
 def _fits_static(points: np.ndarray, tracker_xy: np.ndarray, tracker_seen: np.ndarray, w2c: np.ndarray,

@@ -258,3 +258,28 @@ def test_refine_rejects_a_mirrored_bundle_solution_and_still_fuses_the_tracks(st
     assert moving.any() and np.max(err[moving[:, None] & vis]) < 1e-3
     per_track = np.nanmedian(np.where(vis, err, np.nan), axis=1)
     assert np.all(per_track[~moving] <= CamerasConfig().ba_point_max_px)
+
+
+def test_multiview_statics_keep_the_trackers_2d_positions(static_clip):
+    """Static tracks lifted from a multi-view depth that is 6% off in places still follow the tracker
+    in 2D (the fixed point is moved onto the tracker's ray at its depth), and stay static in 3D."""
+    from st4r_cli.stages.fuse import _multiview_statics
+
+    scene, gt_c2w = _scene_from_ground_truth(static_clip, rot_noise_deg=0.0)
+    scene["cam_c2w"] = gt_c2w.astype(np.float32)
+    gt = static_clip.gt
+    num_frames, h, w = gt["depth"].shape
+    scene.update(tracks2d=gt["tracks2d"].astype(np.float32), visible=gt["visible"].astype(bool),
+                 visibility_eps_rel=np.float32(0.05), track_static=np.zeros(len(gt["query_t"]), bool))
+    ripple = 1.0 + 0.06 * np.sin(np.arange(w) / 5.0)[None, None, :]
+    depth = {"depth": (gt["depth"] * ripple).astype(np.float32), "valid": gt["valid"].astype(bool),
+             "dynamic": np.zeros((num_frames, h, w), bool)}
+    out = _multiview_statics(scene, _gt_tracks(static_clip), depth, FuseConfig(), (h, w))
+    from st4r_cli.geometry.camera_np import in_image
+
+    seen = gt["visible"].astype(bool) & in_image(gt["tracks2d"], (h, w))
+    assert out["track_static"].mean() > 0.9
+    both = seen & out["track_static"][:, None]
+    np.testing.assert_allclose(out["tracks2d"][both], gt["tracks2d"][both], atol=1e-3)
+    motion = np.linalg.norm(out["tracks3d"] - out["tracks3d"][:, :1], axis=-1)[out["track_static"]]
+    assert np.median(motion) < 0.02 * np.median(gt["depth"])
