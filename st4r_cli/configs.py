@@ -168,7 +168,7 @@ class FuseConfig:
     sim3_stride: int = 4              # every k-th pixel of the overlap pointmaps for the windows' Sim(3)
     multiview: bool = True            # static pixels and tracks from the multi-view depth when present
     static_spread_rel: float = 0.05   # a track is static when its lifted points agree within this x depth
-    fill_radius_px: float = 64.0      # non-moving pixels this close to multi-view ones take a fill of their depth
+    fill_radius_px: float = 16.0      # non-moving pixels this close to multi-view ones take a fill of their depth
 
     queries: str = "tracks"           # tracks (the tracks stage's queries) | grid | dense (frame 0)
     grid_size: int = 32               # points per side for queries=grid
