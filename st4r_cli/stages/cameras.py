@@ -12,9 +12,10 @@ and the TTA that follow use its cameras.
    observable on a short clip: refined from the long side it landed at 2.7x the true one on 7-Scenes
    redkitchen-0 with the same reprojection error; `ba_refine_focal` refines it). The first chunk of frames starts from two-view geometry, later frames are placed
    by RANSAC PnP on the points already fixed; Cauchy-robust, and tracks that some observation does not
-   fit (moving objects) are dropped before the last pass. (The two-view start of a camera from nothing
-   takes the baseline that puts the shared tracks at depth 1: with a zero baseline a forward-moving
-   camera converged to a wrong rotation, 17 deg for the true 4, on the synthetic static-scene/1.) The scene's scale is the bundle's: the median
+   fit (moving objects) are dropped before the last pass. (The first chunk is solved from two two-view
+   starts, a zero baseline and the baseline that puts the shared tracks at depth 1, and the better fit
+   is kept: from a zero baseline alone a forward-moving camera converged to a wrong rotation, 17 deg for
+   the true 4, on the synthetic static-scene/1.) The scene's scale is the bundle's: the median
    track depth is 1. (Measured on 7-Scenes redkitchen-0 / -3: ATE 0.013 / 0.022 m from nothing, 0.014 /
    0.021 m when started from the network's chained cameras.)
 3. Checks. The solution is kept only when its median reprojection is under `ba_accept_px` and it puts at
@@ -189,9 +190,9 @@ def _check_path(result: Any, bundle: dict[str, np.ndarray], w2c: np.ndarray, con
 
 def _unlinked_steps(result: Any, bundle: dict[str, np.ndarray], num_frames: int, max_px: float) -> np.ndarray:
     """Frames t (int64) that fewer than MIN_LINKS bundle tracks link to frame t-1: tracks fitted in both
-    frames (an observation under `max_px`, the acceptance threshold, or the track's query frame). Across such a step nothing ties
-    the two parts of the solution together, so its relative pose is arbitrary however low the
-    reprojection error (a fast pan that the tracker loses between two frames)."""
+    frames (an observation under `max_px`, the acceptance threshold, or the track's query frame).
+    Across such a step nothing ties the two parts of the solution together, so its relative pose is
+    arbitrary however low the reprojection error (a fast pan that the tracker loses between two frames)."""
     import numpy as np
 
     fits = np.isfinite(result.residual_px) & (result.residual_px < max_px)
