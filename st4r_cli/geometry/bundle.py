@@ -180,7 +180,8 @@ def _first_chunk(state: _State, principal_point: tuple[float, float], query_t: n
         for frame in range(1, end):
             _two_view_init(trial, principal_point, query_t, tracks_xy, seen, frame, with_baseline)
         _solve(trial, principal_point, query_t, query_xy, tracks_xy, seen, 0, end, opts)
-        residual_px = _make_problem(trial, principal_point, query_t, query_xy, tracks_xy, seen, 0, end)[0].residual_norms()
+        problem = _make_problem(trial, principal_point, query_t, query_xy, tracks_xy, seen, 0, end)[0]
+        residual_px = problem.residual_norms()
         median_px = float(np.median(residual_px.numpy())) if residual_px.numel() else np.inf  # behind: inf
         if median_px < best_px:
             best, best_px = trial, median_px

@@ -1,9 +1,10 @@
 """Adapt stage: test-time adaptation, ST4RTrack's TTA (`baseline`) or ST4RTrack+ (`robust`, default).
 
 Input artifacts: decode (frames), tracks (2D pseudo-tracks), depth (optional mono-depth), cameras
-(with `tta_cameras=solved` only) and the checkpoint; config: `AdaptConfig` (its loss fields are `TTALossConfig`'s), plus the shared
-`PredictConfig` (windows, focal, batches, threads) and `VisibilityConfig` (the loss's z-buffer test and
-sigma). Output: the adapted weights as deltas (`adapt_model`).
+(with `tta_cameras=solved` only) and the checkpoint; config: `AdaptConfig` (its loss fields are
+`TTALossConfig`'s), plus the shared `PredictConfig` (windows, focal, batches, threads) and
+`VisibilityConfig` (the loss's z-buffer test and sigma). Output: the adapted weights as deltas
+(`adapt_model`).
 
 The video is cut into overlapping windows (`predict.window/overlap`), each anchored on its first
 frame. Every TTA step picks a window, its anchor a and `frames_per_step - 1` other frames j, runs the

@@ -38,9 +38,11 @@ cameras and the bundle points) and depth (the multi-view depth, when it ran); co
 5. Multi-view statics (`fuse.multiview`, with multi-view depth and solved cameras). Every pixel with a
    valid multi-view depth that the depth stage did not flag as moving takes its multi-view point
    (`pointmap_source` 1), a pixel within `fill_radius_px` of one that is not moving a smooth fill of the
-   multi-view depth around it (2, `_filled_depth`); the rest keeps the adapted network's (0). A track whose visible positions on pixels of
-   source 1 or 2 lift to world points that agree (2+ of them, spread under `static_spread_rel` x depth) is
-   static at their median; the others keep the network's motion. `dynamic_mask` is the depth stage's.
+   multi-view depth around it (2, `_filled_depth`); the rest keeps the adapted network's (0). A track
+   whose visible positions on pixels of source 1 or 2 lift to world points that agree (2+ of them,
+   spread under `static_spread_rel` x depth) is static at their median, moved in each frame onto the
+   tracker's ray at its depth (the 2D track keeps the tracker's precision); the others keep the
+   network's motion. `dynamic_mask` is the depth stage's.
 """
 
 from __future__ import annotations
