@@ -123,9 +123,9 @@ def run_st4r(problem, start, iters):
     calls = {"n": 0}
     original = prob._linearise
 
-    def counted():
+    def counted(*args, **kwargs):
         calls["n"] += 1
-        return original()
+        return original(*args, **kwargs)
 
     prob._linearise = counted
     begin = time.perf_counter()
