@@ -39,33 +39,15 @@ FOCAL = 140.0
 PP = ((HW[1] - 1) / 2, (HW[0] - 1) / 2)
 
 
-def scene(num_frames: int, per_seed: int = 60, far: int = 80, seed: int = 0, noise_px: float = 0.3):
-    """(gt w2c (T,4,4), query_t (N,), query_xy (N,2), inv_depth (N,), tracks (N,T,2), visible (N,T))."""
-    from scipy.spatial.transform import Rotation
+def scene(num_frames: int) -> tuple[np.ndarray, ...]:
+    """(gt w2c (T,4,4), query_t (N,), query_xy (N,2), inv_depth (N,), tracks (N,T,2), visible (N,T)):
+    `st4r_cli.synthetic.point_tracks.travelling_camera_tracks`, without the query frames' observations
+    (the solvers here build their residuals from `visible` directly)."""
+    from st4r_cli.synthetic.point_tracks import travelling_camera_tracks
 
-    rng = np.random.default_rng(seed)
-    w2c = np.tile(np.eye(4), (num_frames, 1, 1))
-    for t in range(num_frames):
-        c2w = np.eye(4)
-        c2w[:3, :3] = Rotation.from_rotvec(np.array([0.0, 0.0, 0.0005]) * t).as_matrix()
-        c2w[:3, 3] = np.array([0.05, 0.0, 0.01]) * t
-        w2c[t] = np.linalg.inv(c2w)
-    query_t = np.concatenate([np.full(per_seed, s) for s in range(0, num_frames - 1, 8)] + [np.zeros(far, int)])
-    count = len(query_t)
-    query_xy = rng.uniform([5, 5], [HW[1] - 6, HW[0] - 6], size=(count, 2))
-    depth = np.concatenate([rng.uniform(2.0, 6.0, count - far), rng.uniform(40.0, 80.0, far)])
-    ray = np.concatenate([(query_xy - PP) / FOCAL, np.ones((count, 1))], 1)
-    c2w_q = np.linalg.inv(w2c[query_t])
-    world = np.einsum("nij,nj->ni", c2w_q[:, :3, :3], ray * depth[:, None]) + c2w_q[:, :3, 3]
-    cam = np.einsum("tij,nj->nti", w2c[:, :3, :3], world) + w2c[None, :, :3, 3]
-    xy = FOCAL * cam[..., :2] / cam[..., 2:3] + PP
-    after = np.arange(num_frames)[None] >= query_t[:, None]
-    inside = (cam[..., 2] > 0) & (xy[..., 0] >= 0) & (xy[..., 0] <= HW[1] - 1) & (xy[..., 1] >= 0) \
-        & (xy[..., 1] <= HW[0] - 1)
-    visible = np.cumprod(inside | ~after, axis=1).astype(bool) & inside & after
-    noisy = xy + rng.normal(size=xy.shape) * noise_px
-    visible[np.arange(count), query_t] = False
-    return w2c, query_t, query_xy, 1.0 / depth, noisy, visible
+    w2c, query_t, query_xy, inv_depth, tracks, visible = travelling_camera_tracks(num_frames, hw=HW, focal=FOCAL)
+    visible[np.arange(len(query_t)), query_t] = False
+    return w2c, query_t, query_xy, inv_depth, tracks, visible
 
 
 def perturb(w2c, inv_depth, seed: int = 7):

@@ -6,6 +6,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from st4r_cli.geometry.bundle import BundleOptions, _Problem, bundle_adjust
+from st4r_cli.synthetic.point_tracks import travelling_camera_tracks
 
 HW = (120, 160)
 FOCAL = 140.0
@@ -206,34 +207,10 @@ def test_sparse_schur_reduction_matches_the_dense_product():
     assert torch.allclose(chunked.reduction(inv_pp), whole.reduction(inv_pp), rtol=1e-9, atol=1e-6 * dense.abs().max())
 
 
-def _long_scene(num_frames=200, per_seed=60, seed=0, noise_px=0.3):
+def _long_scene():
     """A camera travelling 200 frames past a wide scene: local tracks seeded every 8 frames plus far
     points tracked the whole way (they tie the early cameras to the late ones), with pixel noise."""
-    rng = np.random.default_rng(seed)
-    w2c = np.tile(np.eye(4), (num_frames, 1, 1))
-    for t in range(num_frames):
-        c2w = np.eye(4)
-        c2w[:3, :3] = Rotation.from_rotvec(np.array([0.0, 0.0, 0.0005]) * t).as_matrix()
-        c2w[:3, 3] = np.array([0.05, 0.0, 0.01]) * t
-        w2c[t] = np.linalg.inv(c2w)
-    seeds = [*range(0, num_frames - 1, 8)]
-    query_t = np.concatenate([np.full(per_seed, s) for s in seeds] + [np.zeros(80, int)])
-    count = len(query_t)
-    query_xy = rng.uniform([5, 5], [HW[1] - 6, HW[0] - 6], size=(count, 2))
-    depth = np.concatenate([rng.uniform(2.0, 6.0, count - 80), rng.uniform(40.0, 80.0, 80)])
-    ray = np.concatenate([(query_xy - PP) / FOCAL, np.ones((count, 1))], 1)
-    c2w_q = np.linalg.inv(w2c[query_t])
-    world = np.einsum("nij,nj->ni", c2w_q[:, :3, :3], ray * depth[:, None]) + c2w_q[:, :3, 3]
-    cam_all = np.einsum("tij,nj->nti", w2c[:, :3, :3], world) + w2c[None, :, :3, 3]
-    xy = FOCAL * cam_all[..., :2] / cam_all[..., 2:3] + PP
-    visible = ((cam_all[..., 2] > 0) & (xy[..., 0] >= 0) & (xy[..., 0] <= HW[1] - 1) & (xy[..., 1] >= 0)
-               & (xy[..., 1] <= HW[0] - 1) & (np.arange(num_frames)[None] >= query_t[:, None]))
-    # a track is lost for good once it leaves the image
-    visible = np.cumprod(visible | (np.arange(num_frames)[None] < query_t[:, None]), axis=1).astype(bool) & visible
-    noisy = xy + rng.normal(size=xy.shape) * noise_px
-    noisy[np.arange(count), query_t] = xy[np.arange(count), query_t]
-    query_xy = xy[np.arange(count), query_t]
-    return w2c, query_t, query_xy, 1.0 / depth, noisy, visible
+    return travelling_camera_tracks(200, hw=HW, focal=FOCAL)
 
 
 def _centre_errors(w2c, gt_w2c):
