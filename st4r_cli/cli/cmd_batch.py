@@ -7,7 +7,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from st4r_cli.cli.common import DepthBackend, Device, DeviceOpt, ForceOpt, QuietOpt, Tracker, VerboseOpt, set_verbosity
+from st4r_cli.cli.common import (ConfigOpt, DepthOpt, Device, DeviceOpt, EndOpt, ForceOpt, ModelOpt, QuietOpt,
+                                 RunLongSideOpt, RunMaxFramesOpt, RunSeedOpt, SetOpt, StartOpt, StrideOpt,
+                                 TrackerOpt, VerboseOpt, set_verbosity)
 from st4r_cli.errors import St4rError
 
 
@@ -25,27 +27,19 @@ def command(
         "--gpus-per-video", help="GPUs each video reserves (e.g. 1, or 0.5 to share one).")] = 0.0,
     num_cpus: Annotated[Optional[int], typer.Option(  # noqa: UP007
         "--num-cpus", help="Local Ray only: CPUs it may use (default: all).")] = None,
-    config: Annotated[Optional[Path], typer.Option(  # noqa: UP007
-        "--config", help="YAML run config to start from.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option(  # noqa: UP007
-        "--set", metavar="SECTION.FIELD=VALUE", help="Override any config value (repeatable).")] = None,
-    model: Annotated[Optional[str], typer.Option(  # noqa: UP007
-        "--model", help="Checkpoint (default: the embedded weights/st4r-tiny).")] = None,
-    tracker: Annotated[Optional[Tracker], typer.Option(  # noqa: UP007
-        "--tracker", case_sensitive=False, help="2D tracker backend.")] = None,
-    depth: Annotated[Optional[DepthBackend], typer.Option(  # noqa: UP007
-        "--depth", case_sensitive=False,
-        help="Depth: multiview (default; from the solved cameras), moge, none.")] = None,
-    long_side: Annotated[Optional[int], typer.Option(  # noqa: UP007
-        "--long-side", help="Processing resolution: long side in pixels.")] = None,
-    start: Annotated[Optional[int], typer.Option("--start", help="First frame.")] = None,  # noqa: UP007
-    end: Annotated[Optional[int], typer.Option("--end", help="Stop before this frame.")] = None,  # noqa: UP007
-    stride: Annotated[Optional[int], typer.Option("--stride", help="Keep every N-th frame.")] = None,  # noqa: UP007
-    max_frames: Annotated[Optional[int], typer.Option(  # noqa: UP007
-        "--max-frames", help="Keep at most N frames.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    model: ModelOpt = None,
+    tracker: TrackerOpt = None,
+    depth: DepthOpt = None,
+    long_side: RunLongSideOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    stride: StrideOpt = None,
+    max_frames: RunMaxFramesOpt = None,
     force: ForceOpt = None,
     device: DeviceOpt = Device.auto,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (default 0).")] = None,  # noqa: UP007
+    seed: RunSeedOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:

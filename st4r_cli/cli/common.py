@@ -58,6 +58,30 @@ ForceOpt = Annotated[Optional[list[str]], typer.Option(  # noqa: UP007 (typer ne
 OutOpt = Annotated[Path, typer.Option(
     "--out", "-o", help="Run directory to write (created if missing).")]
 
+# the run options of `st4r adapt`, which `st4r batch` passes on to every video's run
+ConfigOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP007
+    "--config", help="YAML run config to start from (e.g. a previous run's config.yaml).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(  # noqa: UP007
+    "--set", metavar="SECTION.FIELD=VALUE",
+    help="Override any config value, e.g. --set tracks.grid_size=16 (repeatable).")]
+ModelOpt = Annotated[Optional[str], typer.Option(  # noqa: UP007
+    "--model", help="Checkpoint (default: the embedded weights/st4r-tiny).")]
+TrackerOpt = Annotated[Optional[Tracker], typer.Option(  # noqa: UP007
+    "--tracker", case_sensitive=False, help="2D tracker backend.")]
+DepthOpt = Annotated[Optional[DepthBackend], typer.Option(  # noqa: UP007
+    "--depth", case_sensitive=False,
+    help="Depth for the TTA and the static scene: multiview (default; from the solved cameras), "
+         "moge (MoGe-2 mono-depth), none.")]
+RunLongSideOpt = Annotated[Optional[int], typer.Option(  # noqa: UP007
+    "--long-side", help="Processing resolution: long side in pixels.")]
+StartOpt = Annotated[Optional[int], typer.Option("--start", help="First frame.")]  # noqa: UP007
+EndOpt = Annotated[Optional[int], typer.Option("--end", help="Stop before this frame.")]  # noqa: UP007
+StrideOpt = Annotated[Optional[int], typer.Option("--stride", help="Keep every N-th frame.")]  # noqa: UP007
+RunMaxFramesOpt = Annotated[Optional[int], typer.Option(  # noqa: UP007
+    "--max-frames", help="Keep at most N frames.")]
+RunSeedOpt = Annotated[Optional[int], typer.Option(  # noqa: UP007
+    "--seed", help="Random seed (default 0); deterministic for a fixed seed on CPU.")]
+
 
 def resolve_device(device: Device | str) -> str:
     """Return the torch device string for a `--device` value: "cpu" or "cuda".
