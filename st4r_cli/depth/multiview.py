@@ -264,18 +264,25 @@ def track_motion_mask(moving_obs: np.ndarray, fitted_obs: np.ndarray, num_frames
     sigma = opts.track_mask_sigma_rel * max(hw)
     area = 2.0 * np.pi * sigma**2
 
-    def counts(obs: np.ndarray, t: int) -> np.ndarray:
-        rows = obs[np.rint(obs[:, 0]) == t]
-        inside = (rows[:, 1] >= 0) & (rows[:, 1] <= width - 1) & (rows[:, 2] >= 0) & (rows[:, 2] <= height - 1)
+    def per_frame(obs: np.ndarray) -> list[np.ndarray]:
+        """The (x, y) rows of each frame 0..T-1, grouped in one sort."""
+        frame = np.rint(obs[:, 0]).astype(np.int64)
+        order = np.argsort(frame, kind="stable")
+        bounds = np.searchsorted(frame[order], np.arange(num_frames + 1))
+        return [obs[order[bounds[t]:bounds[t + 1]], 1:] for t in range(num_frames)]
+
+    def counts(xy: np.ndarray) -> np.ndarray:
+        inside = (xy[:, 0] >= 0) & (xy[:, 0] <= width - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= height - 1)
         image = np.zeros(hw)
-        np.add.at(image, (np.rint(rows[inside, 2]).astype(np.int64), np.rint(rows[inside, 1]).astype(np.int64)), 1.0)
+        np.add.at(image, (np.rint(xy[inside, 1]).astype(np.int64), np.rint(xy[inside, 0]).astype(np.int64)), 1.0)
         return ndimage.gaussian_filter(image, sigma, mode="constant") * area
 
     mask = np.zeros((num_frames, height, width), bool)
-    for t in np.unique(np.rint(moving_obs[:, 0]).astype(np.int64)):
-        if not 0 <= t < num_frames:
+    moving_xy, fitted_xy = per_frame(moving_obs), per_frame(fitted_obs)
+    for t in range(num_frames):
+        if not len(moving_xy[t]):
             continue
-        dropped, kept = counts(moving_obs, t), counts(fitted_obs, t)
+        dropped, kept = counts(moving_xy[t]), counts(fitted_xy[t])
         mask[t] = (dropped >= opts.track_mask_count) & (dropped >= opts.track_mask_share * (dropped + kept))
     return mask
 
