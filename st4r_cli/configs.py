@@ -154,7 +154,9 @@ class CamerasConfig:
     ba_chunk: int = 8                 # frames join the bundle adjustment in chunks of this size
     ba_dynamic_rel: float = 0.05      # fuse: a network track moving more than this x the scene depth is dynamic
     ba_accept_px: float = 4.0         # the solved cameras are kept when the median reprojection is below
-    ba_refine_focal: bool = False     # also refine the focal (needs rotation and parallax to be observable)
+    ba_focal: str = "auto"            # fixed (the start: focal_init / the network's) | refine (with the
+                                      # cameras) | auto (both solved; the refined one kept only when it fits
+                                      # clearly better within 1.3x of the start: stages.cameras._pick_focal)
     ba_point_max_px: float = 2.0      # static tracks become bundle points below this median residual ...
     ba_min_parallax_deg: float = 6.0  # ... and above this parallax at the bundle's solution ...
     ba_min_parallax_2d_deg: float = 1.0  # ... and this one on the 2D tracks, the best camera rotation taken out
@@ -199,11 +201,12 @@ MOVED_FIELDS: dict[str, str] = {
     **{f"adapt.{name}": f"predict.{name}" for name in ("focal", "use_depth_intrinsics", "batch_size", "cpu_threads")},
     **{f"{section}.{name}": f"fuse.{name}" for section in ("chain", "cameras") for name in ("pnp_stride", "sim3_stride")},
     **{f"chain.{name}": f"cameras.{name}" for name in ("refine", "ba_chunk",
-                                                      "ba_dynamic_rel", "ba_accept_px", "ba_refine_focal",
+                                                      "ba_dynamic_rel", "ba_accept_px",
                                                       "ba_point_max_px", "ba_min_parallax_deg",
                                                       "ba_min_parallax_2d_deg")},
     **{f"chain.{name}": f"fuse.{name}" for name in ("queries", "grid_size", "dense_stride", "visibility",
                                                    "visibility_quantile", "sigma_fill_px", "fuse_tracks")},
+    "chain.ba_refine_focal": "cameras.ba_focal", "cameras.ba_refine_focal": "cameras.ba_focal",
     "chain.ba_every_k": "tracks.camera_every_k", "chain.ba_grid_size": "tracks.camera_grid_size",
     **{f"{section}.{name}": f"visibility.{name}" for section in ("adapt", "chain")
        for name in ("mask_eps_rel", "sigma_floor_px")},

@@ -188,7 +188,8 @@ def _note_cameras(run: Run, cameras: Artifact) -> None:
     run.note("cameras", {"status": status, "spikes": [int(t) for t in cameras["camera_spikes"]],
                          "breaks": [int(t) for t in cameras["camera_breaks"]],
                          "median_reprojection_px": float(cameras["ba_residual_px"]),
-                         "focal_px": float(cameras["intrinsics"][0, 0])})
+                         "focal_px": float(cameras["intrinsics"][0, 0]),
+                         "focal": str(cameras["focal_status"]) if "focal_status" in cameras else ""})
     if status.startswith("rejected"):
         run.warn(f"cameras: the bundle adjustment was {status}; the network's cameras are used, without "
                  "multi-view depth")

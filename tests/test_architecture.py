@@ -48,7 +48,8 @@ def test_every_config_field_is_defined_once_per_section_and_moved_fields_exist()
     for old, new in MOVED_FIELDS.items():
         section, field = new.split(".")
         assert field in fields[section], f"{old} -> {new}: no such field"
-        assert old.split(".")[0] not in SECTIONS or field not in fields[old.split(".")[0]], f"{old} still exists"
+        old_section, old_field = old.split(".")
+        assert old_section not in SECTIONS or old_field not in fields[old_section], f"{old} still exists"
     shared = fields["visibility"]
     for name, names in fields.items():
         assert name == "visibility" or not (names & shared), f"{name} repeats {names & shared}"
