@@ -28,9 +28,9 @@ def flip_bytes(path: Path) -> None:
 
 
 def resave_with_one_value_changed(path: Path) -> None:
-    """Same size, still a valid .npz: one value of the largest array changed, the archive rewritten."""
+    """Same size, still a valid .npz: one value of the largest numeric array changed, the archive rewritten."""
     arrays = load_npz(path)
-    name = max(arrays, key=lambda k: arrays[k].nbytes)
+    name = max((k for k in arrays if arrays[k].dtype.kind in "biuf"), key=lambda k: arrays[k].nbytes)
     changed = arrays[name].copy()
     flat = changed.reshape(-1)
     flat[len(flat) // 2] = flat[len(flat) // 2] + (1 if changed.dtype != bool else True)
