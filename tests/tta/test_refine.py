@@ -258,6 +258,18 @@ def test_auto_focal_refuses_a_focal_a_near_still_camera_cannot_fix():
     assert refined["intrinsics"][0, 0] > 2 * focal
 
 
+def test_a_long_video_chooses_its_focal_on_its_first_frames(monkeypatch):
+    """A video longer than FOCAL_PREFIX_FRAMES (here 16 of 24) decides on its first frames, then solves
+    the whole video once more at the refined focal: the true focal and cameras again."""
+    import st4r_cli.stages.cameras as cameras_stage
+
+    monkeypatch.setattr(cameras_stage, "FOCAL_PREFIX_FRAMES", 16)
+    out, gt_c2w, focal = _solve_gt("static-scene", 3, 0.86, "auto")
+    assert "on the first 16 frames; the whole video solved at" in str(out["focal_status"])
+    assert abs(out["intrinsics"][0, 0] / focal - 1.0) < 0.01
+    assert camera_metrics(np.linalg.inv(out["cam_w2c"]), gt_c2w)["ate"] < 1e-3
+
+
 def test_a_stretch_of_frames_the_bundle_fits_badly_rejects_the_solution():
     """The tracks of frames 12-14 are swirled by 1.5 px about the image centre, a motion no camera
     makes: the bundle fits the other frames at 0.01 px and those at 1.1-1.2 px, a low median over the
