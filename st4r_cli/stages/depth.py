@@ -27,7 +27,7 @@ from typing import Any
 from st4r_cli.configs import DepthConfig
 from st4r_cli.errors import St4rError
 
-DEPTH_VERSION = 3
+DEPTH_VERSION = 4
 BACKENDS = ("multiview", "moge", "none")
 
 
@@ -101,7 +101,7 @@ def _multiview(frames: Any, cfg: DepthConfig, cameras: dict[str, Any] | None) ->
     track_obs = ((np.asarray(cameras["moving_obs"]), np.asarray(cameras["fitted_obs"]))
                  if "moving_obs" in cameras else None)
     out = multiview_depth(frames, k_mat, np.linalg.inv(np.asarray(cameras["cam_w2c"], np.float64)), opts,
-                          progress=progress.track, track_obs=track_obs)
+                          progress=progress.track, track_obs=track_obs, scene_depth=_scene_depth(cameras))
     low = int(out["low_parallax"].sum())
     lent = int((out["low_parallax"] & out["propagated"].any(axis=(1, 2))).sum())
     progress.log(f"[green]✓[/green] depth (multiview): {100 * out['valid'].mean():.0f}% of the pixels, "
@@ -110,3 +110,12 @@ def _multiview(frames: Any, cfg: DepthConfig, cameras: dict[str, Any] | None) ->
                     + (f", {lent} of them take depth from their neighbours" if lent else "") if low else ""))
     out["intrinsics"] = k_mat.astype(np.float32)
     return out
+
+
+def _scene_depth(cameras: dict[str, Any]) -> float:
+    """Median depth of the bundle's tracks in the solved cameras' units (the bundle sets it to 1)."""
+    import numpy as np
+
+    depth = np.asarray(cameras["track_bundle_depth"], np.float64)
+    depth = depth[np.isfinite(depth) & (depth > 0)]
+    return float(np.median(depth)) if depth.size else 1.0

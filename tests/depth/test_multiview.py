@@ -55,6 +55,22 @@ def test_pure_rotation_is_reported_as_low_parallax(clips):
     assert out["valid"].mean() < 0.01
 
 
+def test_pairs_whose_baseline_the_scene_depth_dwarfs_give_no_depth(clips):
+    """Given the scene's median depth, a pair is used only when its baseline subtends min_parallax_deg
+    there. At the static-scene clip's own median depth nearly every pair passes (a few +-2 pairs where
+    the camera slows do not) and the depth is as good; told the scene is 100x farther (a camera that
+    barely moves for it), no pair passes and every frame is reported as low parallax."""
+    clip = clips["static-scene"]
+    scene_depth = float(np.median(clip.depth[clip.valid]))
+    plain = multiview_depth(clip.frames, clip.intrinsics, clip.cam_c2w, OPTS)
+    near = multiview_depth(clip.frames, clip.intrinsics, clip.cam_c2w, OPTS, scene_depth=scene_depth)
+    assert near["valid"].mean() > 0.98 * plain["valid"].mean()                       # 0.925 / 0.926
+    scores = depth_metrics(near["depth"], clip.depth, near["valid"] & clip.valid, alignment="none")
+    assert scores["abs_rel"] < 0.15
+    far = multiview_depth(clip.frames, clip.intrinsics, clip.cam_c2w, OPTS, scene_depth=100 * scene_depth)
+    assert far["low_parallax"].all() and not far["valid"].any()
+
+
 def test_propagation_gives_a_frame_without_its_own_depth_its_neighbours_surfaces(clips):
     """Frame 8 loses its own depth (as a frame without parallax would): the static points of frames 0-16,
     rendered into it, give it back the true depth where several frames agree."""
