@@ -131,7 +131,11 @@ def clip_rows(clip: Path) -> dict[str, dict]:
                         "seconds": round(seconds_adapt, 2)},
             "constant": scores(np.ones_like(gt), np.ones_like(gt, bool), gt)}
     start = time.perf_counter()
-    mv = multiview_depth(frames, scene["intrinsics"], scene["cam_c2w"])
+    scene_depth = network_depth(scene)
+    # the depth stage gates pairs by their baseline at the scene's median depth (the bundle's tracks);
+    # here: the median of the written depth maps (solved units) and of the clip's depth (metres)
+    mv = multiview_depth(frames, scene["intrinsics"], scene["cam_c2w"],
+                         scene_depth=float(np.median(scene_depth[scene_depth > 0])))
     rows["multiview_solved_cameras"] = {**scores(mv["depth"], mv["valid"], gt),
                                         "seconds": round(time.perf_counter() - start, 2),
                                         "dynamic_fraction": round(float(mv["dynamic"].mean()), 4),
@@ -143,7 +147,8 @@ def clip_rows(clip: Path) -> dict[str, dict]:
     k_nominal[1] *= height / h0
     k_nominal[0, 2] = (sequence.intrinsics[0, 2] + 0.5) * width / w0 - 0.5
     k_nominal[1, 2] = (sequence.intrinsics[1, 2] + 0.5) * height / h0 - 0.5
-    mv_gt = multiview_depth(frames, k_nominal, np.linalg.inv(sequence.cam_c2w[0]) @ sequence.cam_c2w)
+    mv_gt = multiview_depth(frames, k_nominal, np.linalg.inv(sequence.cam_c2w[0]) @ sequence.cam_c2w,
+                            scene_depth=float(np.median(gt[gt > 0])))
     from st4r_cli.geometry.align import median_depth_scale
 
     scale = float(median_depth_scale(mv["depth"], gt, mv["valid"] & (gt > 0)))
