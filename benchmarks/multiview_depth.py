@@ -132,7 +132,7 @@ def clip_rows(clip: Path) -> dict[str, dict]:
             "constant": scores(np.ones_like(gt), np.ones_like(gt, bool), gt)}
     start = time.perf_counter()
     scene_depth = network_depth(scene)
-    # the depth stage gates pairs by their baseline at the scene's median depth (the bundle's tracks);
+    # the depth stage gives a frame no depth when no pair's baseline subtends min_parallax_deg at the scene's median depth;
     # here: the median of the written depth maps (solved units) and of the clip's depth (metres)
     mv = multiview_depth(frames, scene["intrinsics"], scene["cam_c2w"],
                          scene_depth=float(np.median(scene_depth[scene_depth > 0])))

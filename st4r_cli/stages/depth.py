@@ -27,7 +27,7 @@ from typing import Any
 from st4r_cli.configs import DepthConfig
 from st4r_cli.errors import St4rError
 
-DEPTH_VERSION = 4
+DEPTH_VERSION = 5
 BACKENDS = ("multiview", "moge", "none")
 
 

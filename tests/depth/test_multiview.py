@@ -55,18 +55,16 @@ def test_pure_rotation_is_reported_as_low_parallax(clips):
     assert out["valid"].mean() < 0.01
 
 
-def test_pairs_whose_baseline_the_scene_depth_dwarfs_give_no_depth(clips):
-    """Given the scene's median depth, a pair is used only when its baseline subtends min_parallax_deg
-    there. At the static-scene clip's own median depth nearly every pair passes (a few +-2 pairs where
-    the camera slows do not) and the depth is as good; told the scene is 100x farther (a camera that
-    barely moves for it), no pair passes and every frame is reported as low parallax."""
+def test_a_frame_whose_baselines_the_scene_depth_dwarfs_gets_no_depth(clips):
+    """Given the scene's median depth, frame i gets depth of its own only when the baseline to one of its
+    neighbours subtends min_parallax_deg there. At the static-scene clip's own median depth every frame
+    has such a neighbour and the depth is the same as without the test; told the scene is 100x farther
+    (a camera that barely moves for it), no frame has one and every frame is reported as low parallax."""
     clip = clips["static-scene"]
     scene_depth = float(np.median(clip.depth[clip.valid]))
     plain = multiview_depth(clip.frames, clip.intrinsics, clip.cam_c2w, OPTS)
     near = multiview_depth(clip.frames, clip.intrinsics, clip.cam_c2w, OPTS, scene_depth=scene_depth)
-    assert near["valid"].mean() > 0.98 * plain["valid"].mean()                       # 0.925 / 0.926
-    scores = depth_metrics(near["depth"], clip.depth, near["valid"] & clip.valid, alignment="none")
-    assert scores["abs_rel"] < 0.15
+    assert np.array_equal(near["valid"], plain["valid"]) and np.array_equal(near["depth"], plain["depth"])
     far = multiview_depth(clip.frames, clip.intrinsics, clip.cam_c2w, OPTS, scene_depth=100 * scene_depth)
     assert far["low_parallax"].all() and not far["valid"].any()
 
