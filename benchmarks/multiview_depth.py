@@ -130,12 +130,13 @@ def clip_rows(clip: Path) -> dict[str, dict]:
     rows = {"scene_no_tta": {**scores(network_depth(scene), np.ones_like(gt, bool), gt),
                         "seconds": round(seconds_adapt, 2)},
             "constant": scores(np.ones_like(gt), np.ones_like(gt, bool), gt)}
+    written_depth = network_depth(scene)
     start = time.perf_counter()
-    scene_depth = network_depth(scene)
-    # the depth stage gives a frame no depth when no pair's baseline subtends min_parallax_deg at the scene's median depth;
-    # here: the median of the written depth maps (solved units) and of the clip's depth (metres)
+    # the depth stage gives a frame no depth when no pair's baseline subtends min_parallax_deg at the
+    # scene's median depth; here: the median of the written depth maps (solved units) and of the clip's
+    # depth (metres)
     mv = multiview_depth(frames, scene["intrinsics"], scene["cam_c2w"],
-                         scene_depth=float(np.median(scene_depth[scene_depth > 0])))
+                         scene_depth=float(np.median(written_depth[written_depth > 0])))
     rows["multiview_solved_cameras"] = {**scores(mv["depth"], mv["valid"], gt),
                                         "seconds": round(time.perf_counter() - start, 2),
                                         "dynamic_fraction": round(float(mv["dynamic"].mean()), 4),

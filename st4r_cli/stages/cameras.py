@@ -100,7 +100,8 @@ def _not_solved(num_frames: int, hw: tuple[int, int], count: int, focal: float, 
             "camera_spikes": np.zeros(0, np.int64), "camera_breaks": np.zeros(0, np.int64),
             "track_bundle_points": np.zeros((count, 3)), "track_bundle_depth": np.full(count, np.nan),
             "track_bundle_fixed": np.zeros(count, bool), "moving_obs": np.zeros((0, 3), np.float32),
-            "fitted_obs": np.zeros((0, 3), np.float32), "focal_status": np.str_(f"the start, {focal:.1f} px (cameras not solved)")}
+            "fitted_obs": np.zeros((0, 3), np.float32),
+            "focal_status": np.str_(f"the start, {focal:.1f} px (cameras not solved)")}
 
 
 def compute_cameras(tracks: dict[str, np.ndarray] | None, hw: tuple[int, int], num_frames: int,
