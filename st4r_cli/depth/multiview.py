@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from st4r_cli.geometry.camera_np import in_image
 from st4r_cli.geometry.triangulate import triangulate_on_rays
 
 
@@ -152,9 +153,7 @@ def _pair_evidence(flows: ChainedFlow, i: int, j: int, intrinsics: np.ndarray, c
     back = cv2.remap(backward, matched[..., 0], matched[..., 1], cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_CONSTANT, borderValue=(np.nan, np.nan))
     fb_px = np.hypot(*(forward + back).transpose(2, 0, 1))
-    inside = (matched[..., 0] >= 0) & (matched[..., 0] <= width - 1) & \
-             (matched[..., 1] >= 0) & (matched[..., 1] <= height - 1)
-    checked = inside & (fb_px < opts.max_fb_px)
+    checked = in_image(matched, (height, width)) & (fb_px < opts.max_fb_px)
     cam_i_to_j = np.linalg.inv(cam_c2w[j]) @ cam_c2w[i]
     tri = triangulate_on_rays(grid, matched, intrinsics, cam_i_to_j)
     epi = tri["epipolar_px"]
@@ -291,7 +290,7 @@ def track_motion_mask(moving_obs: np.ndarray, fitted_obs: np.ndarray, num_frames
         return [obs[order[bounds[t]:bounds[t + 1]], 1:] for t in range(num_frames)]
 
     def counts(xy: np.ndarray) -> np.ndarray:
-        inside = (xy[:, 0] >= 0) & (xy[:, 0] <= width - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= height - 1)
+        inside = in_image(xy, hw)
         image = np.zeros(hw)
         np.add.at(image, (np.rint(xy[inside, 1]).astype(np.int64), np.rint(xy[inside, 0]).astype(np.int64)), 1.0)
         return ndimage.gaussian_filter(image, sigma, mode="constant") * area

@@ -19,6 +19,8 @@ def travelling_camera_tracks(num_frames: int, per_seed: int = 60, far: int = 80,
     """
     from scipy.spatial.transform import Rotation
 
+    from st4r_cli.geometry.camera_np import in_image
+
     height, width = hw
     principal = np.array([(width - 1) / 2, (height - 1) / 2])
     rng = np.random.default_rng(seed)
@@ -38,8 +40,7 @@ def travelling_camera_tracks(num_frames: int, per_seed: int = 60, far: int = 80,
     cam = np.einsum("tij,nj->nti", w2c[:, :3, :3], world) + w2c[None, :, :3, 3]
     xy = focal * cam[..., :2] / cam[..., 2:3] + principal
     after = np.arange(num_frames)[None] >= query_t[:, None]
-    inside = (cam[..., 2] > 0) & (xy[..., 0] >= 0) & (xy[..., 0] <= width - 1) & (xy[..., 1] >= 0) \
-        & (xy[..., 1] <= height - 1)
+    inside = (cam[..., 2] > 0) & in_image(xy, hw)
     visible = np.cumprod(inside | ~after, axis=1).astype(bool) & inside & after
     noisy = xy + rng.normal(size=xy.shape) * noise_px
     rows = np.arange(count)
