@@ -189,7 +189,7 @@ def _note_cameras(run: Run, cameras: Artifact) -> None:
                          "breaks": [int(t) for t in cameras["camera_breaks"]],
                          "median_reprojection_px": float(cameras["ba_residual_px"]),
                          "focal_px": float(cameras["intrinsics"][0, 0]),
-                         "focal": str(cameras["focal_status"]) if "focal_status" in cameras else ""})
+                         "focal": str(cameras["focal_status"])})
     if status.startswith("rejected"):
         run.warn(f"cameras: the bundle adjustment was {status}; the network's cameras are used, without "
                  "multi-view depth")

@@ -98,8 +98,7 @@ def _multiview(frames: Any, cfg: DepthConfig, cameras: dict[str, Any] | None) ->
                             min_parallax_deg=cfg.mv_min_parallax_deg, consistency_rel=cfg.mv_consistency_rel,
                             propagate_reach=cfg.mv_propagate_reach)
     k_mat = np.asarray(cameras["intrinsics"], np.float64)
-    track_obs = ((np.asarray(cameras["moving_obs"]), np.asarray(cameras["fitted_obs"]))
-                 if "moving_obs" in cameras else None)
+    track_obs = (np.asarray(cameras["moving_obs"]), np.asarray(cameras["fitted_obs"]))
     out = multiview_depth(frames, k_mat, np.linalg.inv(np.asarray(cameras["cam_w2c"], np.float64)), opts,
                           progress=progress.track, track_obs=track_obs, scene_depth=_scene_depth(cameras))
     low = int(out["low_parallax"].sum())
