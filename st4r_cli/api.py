@@ -197,16 +197,28 @@ def run_adapt(video: str | Path, out: str | Path | None = None, *, config: str |
     pipeline.check_run_config(run_config)
     check_run_inputs(run_config)       # the model file, the query file: before the run dir exists
     resolved_device = resolve_device(run_config.device)
-    out_dir = Path(out) if out is not None else Path("runs") / Path(video).stem
+    out_dir = run_dir_for(video, out)
     with Run.create(out_dir, run_config, force=force) as run:
         progress.log(f"run [bold]{out_dir}[/bold] on {resolved_device}")
         pipeline.run_pipeline(run, resolved_device, until=until)
-    if (out_dir / pipeline.SCENE_FILE).is_file() and until is None:
-        from st4r_cli.viz.summary import write_summary
+        if (out_dir / pipeline.SCENE_FILE).is_file() and until is None:
+            from st4r_cli.viz.summary import write_summary
 
-        progress.log(f"summary picture: {write_summary(out_dir)}")
+            progress.log(f"summary picture: {write_summary(run)}")
     progress.log(f"[green]done[/green]: {out_dir}")
     return out_dir
+
+
+def run_dir_for(video: str | Path, out: str | Path | None) -> Path:
+    """The run directory of `st4r adapt VIDEO [--out OUT]`: OUT (St4rError when empty), else
+    `runs/<video name>` (`runs.run.run_name_for`)."""
+    from st4r_cli.runs.run import run_name_for
+
+    if out is not None:
+        if not str(out).strip():
+            raise St4rError("--out is empty: give the run directory to write (e.g. --out runs/NAME)")
+        return Path(out)
+    return Path("runs") / run_name_for(Path(video))
 
 
 def adapt(video: str | Path, out: str | Path | None = None, *, quiet: bool | None = None,

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from st4r_cli.errors import St4rError
+from st4r_cli.paths import VIDEO_SUFFIXES
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SUMMARY_NAME = "summary.json"
 OBJECT_STORE_BYTES = 100 * 1024**2  # the tasks pass paths and small dicts: a small store is plenty
@@ -82,13 +82,19 @@ def _is_image_folder(path: Path) -> bool:
 
 
 def run_names(videos: Sequence[Path]) -> list[str]:
-    """One run directory name per video: its stem, made unique (`clip.mp4` + `clip.mov` -> clip_mp4, clip_mov)."""
-    stems = [video.stem if video.suffix.lower() in VIDEO_SUFFIXES else video.name for video in videos]
+    """One run directory name per video: its stem, made unique (`clip.mp4` + `clip.mov` -> clip_mp4, clip_mov).
+
+    St4rError for a video whose name would make the run the runs folder itself (a list line `/`); a
+    name that would collide with the batch summary (`summary.json.mp4`) gets its suffix appended."""
+    from st4r_cli.runs.run import run_name_for
+
+    stems = [run_name_for(video) for video in videos]
     names = []
     for video, stem in zip(videos, stems):
-        name = stem if stems.count(stem) == 1 else f"{stem}_{video.suffix.lstrip('.') or 'dir'}"
+        unique = stems.count(stem) == 1 and stem != SUMMARY_NAME
+        name = stem if unique else f"{stem}_{video.suffix.lstrip('.') or 'dir'}"
         base, k = name, 2
-        while name in names:
+        while name in names or name == SUMMARY_NAME:
             name, k = f"{base}_{k}", k + 1
         names.append(name)
     return names
@@ -160,8 +166,8 @@ def run_batch(videos: Sequence[Path], out_dir: Path, options: Mapping[str, Any],
     videos = [Path(video).resolve() for video in videos]
     out_dir = Path(out_dir).resolve()
     check_options(videos, options)
-    out_dir.mkdir(parents=True, exist_ok=True)
     names = run_names(videos)
+    out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[int, VideoResult] = {}
     todo = []
     for k, (video, name) in enumerate(zip(videos, names)):

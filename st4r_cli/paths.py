@@ -6,6 +6,8 @@ from pathlib import Path
 
 from st4r_cli.errors import St4rError
 
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
+
 
 def repo_root() -> Path:
     """The directory holding the st4r package (the repository root for a source checkout)."""

@@ -14,8 +14,9 @@ from st4r_cli.cli.common import (ConfigOpt, DepthOpt, Device, DeviceOpt, EndOpt,
 
 def command(
     video: Annotated[Path, typer.Argument(help="Video file, or a folder of images.")],
-    out: Annotated[Optional[Path], typer.Option(  # noqa: UP007
-        "--out", "-o", help="Run directory (default: runs/<video name>).")] = None,
+    out: Annotated[Optional[str], typer.Option(  # noqa: UP007 (str: an empty --out is refused, not '.')
+        "--out", "-o", help="Run directory (default: runs/<video name>); an existing directory must be "
+                            "empty or a st4r run.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     model: ModelOpt = None,

@@ -38,7 +38,7 @@ class CotrackerMode(str, Enum):
 
 
 InputArg = Annotated[Path, typer.Argument(help="Video file, folder of images, or a run directory.")]
-RunOutOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP007
+RunOutOpt = Annotated[Optional[str], typer.Option(  # noqa: UP007 (str: an empty --out is refused, not '.')
     "--out", "-o", help="Run directory for a video input (default: runs/<video name>).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP007
     "--config", help="YAML run config to start from (video input only).")]
@@ -109,7 +109,7 @@ def command(
 
 
 # -- shared with `st4r depth` ---------------------------------------------------------------------
-def open_or_start_run(input_path: Path, out: Path | None, config: Path | None, overrides: list[str] | None,
+def open_or_start_run(input_path: Path, out: str | Path | None, config: Path | None, overrides: list[str] | None,
                       long_side: int | None, max_frames: int | None, force: list[str] | None,
                       device: Device, seed: int | None,
                       configure: Any) -> tuple[Run, Artifact, str]:
@@ -151,7 +151,9 @@ def open_or_start_run(input_path: Path, out: Path | None, config: Path | None, o
         run.config = run_config
         run.force = set(force or [])
     else:
-        run = Run.create(out if out is not None else Path("runs") / input_path.stem, run_config,
+        from st4r_cli.api import run_dir_for
+
+        run = Run.create(run_dir_for(input_path, out), run_config,
                          force=force or [])
     try:
         with failures_recorded(run):

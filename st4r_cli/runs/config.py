@@ -13,14 +13,15 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from st4r_cli.configs import (SECTIONS, AdaptConfig, CamerasConfig, DecodeConfig, DepthConfig, FuseConfig,
+from st4r_cli.configs import (OPEN, SECTIONS, AdaptConfig, CamerasConfig, DecodeConfig, DepthConfig, FuseConfig,
                               PredictConfig, TracksConfig, VisibilityConfig)
 from st4r_cli.errors import St4rError
 from st4r_cli.paths import repo_root, resolve_model_path
 
 DEFAULT_MODEL = "weights/st4r-tiny/model.safetensors"
+CONFIG_HEADER = "# st4r run configuration"   # the first line of every config.yaml st4r writes
 
 # Section name -> config class, in pipeline order (st4r_cli/configs.py).
 STAGE_CONFIGS: dict[str, type] = SECTIONS
@@ -29,6 +30,8 @@ STAGE_CONFIGS: dict[str, type] = SECTIONS
 @dataclass
 class RunConfig:
     """Everything that determines a run's results (saved to `<run>/config.yaml`)."""
+
+    LIMITS: ClassVar[dict[str, tuple]] = {"seed": (0, 2**32 - 1)}   # NumPy seeds are 32-bit
 
     input: str = ""                   # video file or folder of images (absolute path)
     model: str = DEFAULT_MODEL        # checkpoint (st4r safetensors/torch, or an official St4RTrack .pth)
@@ -104,7 +107,41 @@ def check_field_value(cls: type, name: str, value: Any, where: str) -> Any:
     if declared is None:
         declared = type(_field_default(cls, name)) if _field_default(cls, name) is not None else Any
     allow_nonfinite = name in getattr(cls, "ALLOW_NONFINITE", ())
-    return _check_type(declared, value, where, allow_nonfinite)
+    value = _check_type(declared, value, where, allow_nonfinite)
+    check_limit(cls, name, value, where)
+    return value
+
+
+def check_limit(cls: type, name: str, value: Any, where: str) -> None:
+    """St4rError when `value` (a number, a tuple of numbers or None) is outside the field's bound in
+    `cls.LIMITS` (st4r_cli/configs.py): "fuse.pnp_stride=0: must be in [1, 64]"."""
+    bound = getattr(cls, "LIMITS", {}).get(name)
+    if bound is None or value is None:
+        return
+    low, high, *flags = bound
+    for number in value if isinstance(value, tuple) else (value,):
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            continue
+        too_low = number <= low if OPEN in flags else number < low
+        if too_low or number > high:
+            interval = f"{'(' if OPEN in flags else '['}{_number(low)}, {_number(high)}]"
+            raise St4rError(f"{where}={value!r}: must be in {interval}")
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def check_limits(config: RunConfig) -> None:
+    """Every bounded value of a run config checked (St4rError naming the first one out of bounds),
+    whichever way it was set (flags and the API set fields directly)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in STAGE_CONFIGS:
+            for g in dataclasses.fields(value):
+                check_limit(type(value), g.name, getattr(value, g.name), f"{f.name}.{g.name}")
+        else:
+            check_limit(RunConfig, f.name, value, f.name)
 
 
 def _check_type(declared: Any, value: Any, where: str, allow_nonfinite: bool = False) -> Any:
@@ -241,7 +278,7 @@ def save_config(config: RunConfig, path: Path) -> None:
 
     from st4r_cli.runs.atomic import atomic_write_text
 
-    text = "# st4r run configuration (written before the run starts)\n"
+    text = f"{CONFIG_HEADER} (written before the run starts)\n"
     text += yaml.safe_dump(_plain(config.to_dict()), sort_keys=False)
     atomic_write_text(path, text)
 

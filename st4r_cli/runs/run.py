@@ -4,15 +4,18 @@
       config.yaml      the full RunConfig, written before anything else
       run.json         status (running | complete | failed | interrupted), per-stage record, outputs
       cache/           stage artifacts: <stage>-<key16>.npz + .json (see runs/cache.py)
-      scene.npz ...    published outputs (listed in run.json; removed when a new run starts)
+      scene.npz ...    published outputs (OUTPUT_NAMES; run.json lists them with their sha256; a new run
+                       removes them only when their bytes still match)
       .lock            held (flock) while a process works in the run
 
-`Run.create(out_dir, config)` starts (or restarts) a run; `Run.open(run_dir)` is for later commands
+`Run.create(out_dir, config)` starts (or restarts) a run in a new or empty directory, or in a st4r run
+(`check_run_dir_owned`: any other existing directory is refused); `Run.open(run_dir)` is for later commands
 (`export`, `eval`, `tracks RUN_DIR`). `run.stage(...)` runs a stage through the cache.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -24,11 +27,18 @@ from st4r_cli import progress
 from st4r_cli.errors import St4rError
 from st4r_cli.runs.atomic import atomic_save_npz, atomic_write_text, remove_stale_temps
 from st4r_cli.runs.cache import Artifact, StageCache
-from st4r_cli.runs.config import RunConfig, load_config, save_config
+from st4r_cli.runs.config import CONFIG_HEADER, RunConfig, load_config, save_config
+
+MAX_CONFIG_BYTES = 1 << 20   # a run's config.yaml is a few KiB
 
 CONFIG_NAME = "config.yaml"
 STATUS_NAME = "run.json"
 RESERVED_NAMES = frozenset({CONFIG_NAME, STATUS_NAME, ".lock", "cache"})  # never an output
+# every file st4r publishes into a run directory: a stale one is removed when a run restarts, and only
+# when its bytes still hash to the sha256 run.json recorded for it (never because run.json lists it)
+OUTPUT_NAMES = frozenset({"scene.npz", "tracks.npz", "depth.npz", "summary.png"})
+# what a run directory may hold besides OUTPUT_NAMES and RESERVED_NAMES (`export/`, temp files)
+RUN_STATUSES = frozenset({"running", "complete", "failed", "interrupted"})
 
 
 class Run:
@@ -50,6 +60,7 @@ class Run:
         published are removed, so nothing stale looks finished if this run fails.
         """
         out_dir = Path(out_dir)
+        check_run_dir_owned(out_dir)
         _make_writable_dir(out_dir)
         run = cls(out_dir, config, force)
         run._acquire_lock()
@@ -66,8 +77,9 @@ class Run:
                 if path.name in RESERVED_NAMES or (path.is_dir() and not path.is_symlink()):
                     raise St4rError(f"refusing to delete {path}: run.json lists it as an output, but it "
                                     "is part of the run itself (run.json may have been edited)")
+            recorded = previous.get("output_sha256", {})
             for path in stale:
-                path.unlink(missing_ok=True)
+                run._remove_own_output(path, recorded.get(path.name) if isinstance(recorded, dict) else None)
         except BaseException:
             run.close()
             raise
@@ -76,6 +88,23 @@ class Run:
         run._write_status({"status": "running", "started": _now(), "pid": os.getpid(),
                            "stages": {}, "outputs": []})
         return run
+
+    def _remove_own_output(self, path: Path, recorded_sha256: Any) -> None:
+        """Delete a stale output of an earlier run, only when st4r can prove it wrote it: a name st4r
+        publishes (`OUTPUT_NAMES`), a regular file (not a link), bytes hashing to the recorded sha256.
+        Anything else is left where it is (the new run overwrites its own outputs atomically)."""
+        from st4r_cli.runs.cache import sha256_file
+
+        if path.is_symlink() or not path.is_file():
+            return
+        if path.name not in OUTPUT_NAMES or not isinstance(recorded_sha256, str):
+            progress.log(f"[yellow]warning[/yellow]: left {path} in place: run.json lists it, but st4r "
+                         "did not record writing it")
+            return
+        if sha256_file(path) != recorded_sha256:
+            progress.log(f"[yellow]warning[/yellow]: left {path} in place: it changed since st4r wrote it")
+            return
+        path.unlink(missing_ok=True)
 
     @classmethod
     def open(cls, run_dir: Path, lock: bool = False) -> Run:
@@ -141,11 +170,25 @@ class Run:
             atomic_save_npz(path, dict(arrays))
         except OSError as err:
             raise St4rError(f"cannot write {path}: {err.strerror or err}") from None
+        self._record_output(filename, sha256_file(path))
+        return path
+
+    def publish_file(self, filename: str, writer: Callable[[Path], Any]) -> Path:
+        """Write an output file with `writer(tmp_path)` (e.g. summary.png) atomically and record it
+        in run.json as `publish` does."""
+        from st4r_cli.runs.atomic import atomic_write_with
+        from st4r_cli.runs.cache import sha256_file
+
+        path = self._inside(filename, "write")
+        atomic_write_with(path, writer)
+        self._record_output(filename, sha256_file(path))
+        return path
+
+    def _record_output(self, filename: str, sha256: str) -> None:
         status = self._read_status()
         status["outputs"] = sorted(set(_output_names(status)) | {filename})
-        status.setdefault("output_sha256", {})[filename] = sha256_file(path)
+        status.setdefault("output_sha256", {})[filename] = sha256
         self._write_status(status)
-        return path
 
     def verify_output(self, filename: str) -> Path:
         """The path of a published output, checked against the sha256 run.json recorded for it
@@ -275,6 +318,74 @@ def _output_names(status: Mapping[str, Any]) -> list[str]:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise St4rError(f"run.json: 'outputs' must be a list of file names, got {names!r}")
     return names
+
+
+def is_run_dir(path: Path) -> bool:
+    """True when `path` holds a st4r run: a `config.yaml` that st4r wrote (its header line, every
+    section of a RunConfig) and, when present, a `run.json` with a run status. (A run killed right after
+    its config was written has no run.json yet.)"""
+    import yaml
+
+    path = Path(path)
+    config_path, status_path = path / CONFIG_NAME, path / STATUS_NAME
+    try:
+        if config_path.is_symlink() or not config_path.is_file() or config_path.stat().st_size > MAX_CONFIG_BYTES:
+            return False
+        text = config_path.read_text()
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    if not text.startswith(CONFIG_HEADER) or not isinstance(data, dict):
+        return False
+    if set(data) != {f.name for f in dataclasses.fields(RunConfig)}:
+        return False
+    try:
+        RunConfig.from_dict(data)
+    except St4rError:
+        return False
+    if not status_path.exists():
+        return True
+    try:
+        status = json.loads(status_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(status, dict) and status.get("status") in RUN_STATUSES
+
+
+def run_name_for(video: Path, reserved: tuple[str, ...] = ()) -> str:
+    """The default run directory name of an input: a video's stem, an image folder's name (`.` is the
+    current folder's name). St4rError when that name is empty (`/`) or one of `reserved` (e.g. the batch
+    summary's file name): the run would be the runs folder itself, or collide with another file."""
+    from st4r_cli.paths import VIDEO_SUFFIXES
+
+    path = Path(video).expanduser().resolve()
+    name = path.stem if path.suffix.lower() in VIDEO_SUFFIXES else path.name
+    if not name.strip() or name in (".", "..") or name in reserved:
+        raise St4rError(f"cannot name a run directory after {str(video)!r} (it would be {name!r}); "
+                        "give the run directory with --out")
+    return name
+
+
+def check_run_dir_owned(path: Path) -> None:
+    """St4rError unless `path` may become (or stay) a run directory: it does not exist yet, is an empty
+    directory, or is a st4r run (`is_run_dir`). An existing directory st4r did not create is never
+    written into: st4r would replace its config.yaml and run.json."""
+    if not str(path).strip():
+        raise St4rError("--out is empty: give the run directory to write (e.g. --out runs/NAME)")
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise St4rError(f"output directory {path} is a dangling link")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise St4rError(f"output path exists and is not a directory: {path}")
+    try:
+        empty = next(path.iterdir(), None) is None
+    except OSError as err:
+        raise St4rError(f"cannot read output directory {path}: {err.strerror or err}") from None
+    if not empty and not is_run_dir(path):
+        raise St4rError(f"refusing to write into {path}: it is an existing directory that is not empty and "
+                        "not a st4r run; choose a new or empty directory with --out")
 
 
 def _make_writable_dir(path: Path) -> None:

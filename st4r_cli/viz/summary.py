@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
+    from st4r_cli.runs.run import Run
     from st4r_cli.viz.data import ViewData
 
 PANEL_HEIGHT = 360
@@ -109,15 +110,12 @@ def summary_image(view: ViewData) -> np.ndarray:
     return np.concatenate([top, bottom], axis=0)
 
 
-def write_summary(run_dir: Path) -> Path:
-    """Write RUN/summary.png and return its path."""
+def write_summary(run: Run) -> Path:
+    """Write RUN/summary.png (recorded in run.json as the run's output) and return its path."""
     from PIL import Image
 
-    from st4r_cli.runs.atomic import atomic_write_with
     from st4r_cli.viz.data import load_view_data
 
-    view = load_view_data(Path(run_dir))
+    view = load_view_data(run.dir)
     image = summary_image(view)
-    path = view.source.parent / "summary.png"
-    atomic_write_with(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
-    return path
+    return run.publish_file("summary.png", lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))

@@ -76,8 +76,17 @@ def test_tracks_video_shows_each_track_at_its_position(synthetic_run):
 
 
 def test_summary_picture(synthetic_run):
-    path = write_summary(synthetic_run)
-    assert path == synthetic_run / "summary.png"
+    from st4r_cli.formats.scene import read_scene
+    from st4r_cli.runs import Run, RunConfig
+
+    run_dir = synthetic_run.parent / "complete_run"
+    with Run.create(run_dir, RunConfig()) as run:   # a run publishing the synthetic scene
+        run.publish("scene.npz", read_scene(synthetic_run / "scene.npz"))
+        run.mark_complete()
+        path = write_summary(run)
+    assert path == run_dir / "summary.png"
+    status = json.loads((run_dir / "run.json").read_text())
+    assert "summary.png" in status["outputs"] and status["output_sha256"]["summary.png"]
     image = np.asarray(Image.open(path).convert("RGB")).astype(int)
     top, bottom = image[:360], image[360:]
     assert top.shape[1] == 2 * round(W * 360 / H)
