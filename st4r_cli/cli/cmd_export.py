@@ -22,8 +22,9 @@ def command(
         "--video", help="tracks2d.mp4 (tracks on the frames) and depth.mp4 (frame | depth | confidence).")] = False,
     maps: Annotated[bool, typer.Option(
         "--maps", help="Per-frame depth and confidence PNGs and 16-bit depth PNGs (maps/).")] = False,
-    out: Annotated[Optional[Path], typer.Option(  # noqa: UP007
-        "--out", "-o", help="Output directory (default: RUN_DIR/export).")] = None,
+    out: Annotated[Optional[str], typer.Option(  # noqa: UP007 (str: an empty --out is refused, not '.')
+        "--out", "-o", help="Output directory (default: RUN_DIR/export); an existing one must be empty or "
+                            "an earlier export.")] = None,
     conf_quantile: Annotated[float, typer.Option(
         "--conf-quantile", help="Drop this fraction of each frame's least confident points.")] = 0.3,
     every: Annotated[int, typer.Option("--every", help="Frame stride of the accumulated cloud.")] = 1,
@@ -34,7 +35,7 @@ def command(
     set_verbosity(quiet, verbose)
     from st4r_cli import progress
     from st4r_cli.formats.scene import read_scene
-    from st4r_cli.stages.export import FORMATS, ExportConfig, export_scene
+    from st4r_cli.stages.export import FORMATS, ExportConfig, check_export_dir, export_scene, write_export_manifest
 
     from st4r_cli.runs.run import checked_run_output
 
@@ -46,9 +47,11 @@ def command(
         raise St4rError(f"{run_dir} has no scene.npz (run `st4r adapt` to completion first)")
     chosen = [name for name, flag in zip(FORMATS, (ply, glb, tum, colmap, npz)) if flag]
     chosen = chosen or ([] if video or maps else list(FORMATS))
-    out_dir = out if out is not None else (run_dir.parent if run_dir.is_file() else run_dir) / "export"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise St4rError(f"output path exists and is not a directory: {out_dir}")
+    if out is not None and not str(out).strip():
+        raise St4rError("--out is empty: give the export directory")
+    home = run_dir.parent if run_dir.is_file() else run_dir
+    out_dir = Path(out) if out is not None else home / "export"
+    check_export_dir(out_dir, run_dir=home if out is None else None)   # before anything is read or written
     scene = read_scene(scene_path)
     config = ExportConfig(conf_quantile=conf_quantile, every=every)
     source_run = None if run_dir.is_file() else run_dir
@@ -60,6 +63,7 @@ def command(
     written = export_scene(scene, out_dir, chosen, config, timestamps=_timestamps(run_dir, scene),
                            tracker=tracker, original=original)
     written += _export_pictures(run_dir, out_dir, video, maps)
+    write_export_manifest(out_dir, written, scene_path)
     progress.log(f"[green]done[/green]: {len(written)} file(s) in {out_dir}")
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 FORMATS = ("ply", "glb", "tum", "colmap", "npz")
+MANIFEST_NAME = "st4r-export.json"   # written into every export directory: st4r made it
 
 
 @dataclass
@@ -54,6 +55,81 @@ def check_export_config(config: ExportConfig) -> None:
         raise St4rError("--every must be >= 1")
     if config.max_points < 1 or config.glb_max_points < 1:
         raise St4rError("point caps must be >= 1")
+
+
+def check_export_dir(out_dir: Path, run_dir: Path | None = None) -> None:
+    """St4rError unless exporting into `out_dir` touches nothing but st4r's own export files.
+
+    - `out_dir` is new, an empty directory, or an export directory st4r wrote (its `st4r-export.json`;
+      the run's own `RUN/export` of an older st4r, without one, is accepted too);
+    - with `run_dir` (the default `RUN/export`), `out_dir` and everything in it stay inside the run;
+    - nothing inside `out_dir` is a symbolic link (st4r never makes one: a link there would send the
+      files elsewhere, overwriting what is there).
+    """
+    from st4r_cli.errors import St4rError
+
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink():
+        raise St4rError(f"refusing to export into {out_dir}: it is a symbolic link "
+                        f"(to {out_dir.resolve()}); st4r writes exports into real directories only")
+    if not out_dir.exists():
+        _check_parent_inside(out_dir, run_dir)
+        return
+    if not out_dir.is_dir():
+        raise St4rError(f"output path exists and is not a directory: {out_dir}")
+    _check_parent_inside(out_dir, run_dir)
+    owned = (out_dir / MANIFEST_NAME).is_file() or run_dir is not None or next(out_dir.iterdir(), None) is None
+    if not owned:
+        raise St4rError(f"refusing to export into {out_dir}: it is an existing directory that is not empty "
+                        f"and not a st4r export (no {MANIFEST_NAME}); choose a new or empty directory")
+    for path in sorted(_walk_no_follow(out_dir)):
+        if path.is_symlink():
+            raise St4rError(f"refusing to export into {out_dir}: {path} is a symbolic link "
+                            f"(to {path.resolve()}); remove it or export elsewhere")
+
+
+def _check_parent_inside(out_dir: Path, run_dir: Path | None) -> None:
+    """St4rError when `out_dir` (the run's own export directory) resolves outside `run_dir`."""
+    from st4r_cli.errors import St4rError
+
+    if run_dir is None:
+        return
+    target = out_dir.parent.resolve() / out_dir.name
+    if not target.is_relative_to(Path(run_dir).resolve()):
+        raise St4rError(f"refusing to export into {out_dir}: it leads outside the run directory {run_dir}")
+
+
+def _walk_no_follow(root: Path) -> list[Path]:
+    """Every entry under `root` (files, folders and links), without following links."""
+    import os
+
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        found += [Path(folder) / name for name in (*dirs, *files)]
+    return found
+
+
+def write_export_manifest(out_dir: Path, written: list[Path], source: Path) -> Path:
+    """`out_dir/st4r-export.json`: which scene was exported and the files st4r wrote (merged with an
+    earlier export's list); it marks the directory as st4r's (`check_export_dir`)."""
+    import json
+    import time
+
+    from st4r_cli.runs.atomic import atomic_write_text
+
+    out_dir = Path(out_dir)
+    path = out_dir / MANIFEST_NAME
+    files: set[str] = set()
+    try:
+        previous = json.loads(path.read_text())
+        files = {str(name) for name in previous.get("files", []) if isinstance(name, str)}
+    except (OSError, ValueError, AttributeError):
+        pass
+    files |= {str(Path(p).relative_to(out_dir)) for p in written if Path(p).is_relative_to(out_dir)}
+    manifest = {"written_by": "st4r export", "scene": str(source), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "files": sorted(files)}
+    atomic_write_text(path, json.dumps(manifest, indent=1) + "\n")
+    return path
 
 
 def export_scene(scene: dict[str, np.ndarray], out_dir: Path, formats: list[str], config: ExportConfig,

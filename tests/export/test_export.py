@@ -222,7 +222,8 @@ def test_cli_exports_every_format_and_reports_errors(tmp_path, capsys):
         assert (out / name).is_file(), name
     assert not any(p.name.startswith(".") for p in out.rglob("*"))  # no temp files left behind
     code = cli_run(["export", str(run_dir), "--tum", "-o", str(tmp_path / "only_tum"), "-q"])
-    assert code == 0 and [p.name for p in (tmp_path / "only_tum").iterdir()] == ["trajectory_tum.txt"]
+    names = sorted(p.name for p in (tmp_path / "only_tum").iterdir())
+    assert code == 0 and names == ["st4r-export.json", "trajectory_tum.txt"]   # the file, and st4r's manifest
     code = cli_run(["export", str(run_dir), "--conf-quantile", "1.5", "-q"])
     assert code != 0 and "conf-quantile" in capsys.readouterr().err
 
