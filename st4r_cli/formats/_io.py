@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+
 import os
 import shutil
 import secrets
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,16 +43,20 @@ def list_images(folder: Path, pattern: str = "*") -> list[Path]:
                   if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_npz(path: Path, allow_pickle: bool = False) -> dict[str, np.ndarray]:
-    """All arrays of an `.npz` file, with a one-line error for a missing or corrupt file."""
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an `.npz` file, with a one-line error for a missing or corrupt file.
+
+    Never unpickles (`allow_pickle=False`): an object-array member is a one-line error too. Files that
+    hold object arrays (TAPVid-3D) are read with `st4r_cli.safe_load.load_npz_untrusted`.
+    """
     path = Path(path)
     if not path.is_file():
         raise St4rError(f"file not found: {path}")
     try:
-        with np.load(path, allow_pickle=allow_pickle) as data:
+        with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise St4rError(f"cannot read {path}: {exc}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise St4rError(f"cannot read {path}: {' '.join(str(exc).split())}") from None
 
 
 @contextmanager
