@@ -5,6 +5,10 @@ by the adapt stage's loss and the fuse stage). Each stage module re-exports its 
 the stage functions take these objects; `st4r_cli.runs.config` composes them into `RunConfig` and
 parses `--set SECTION.FIELD=VALUE`.
 
+`LIMITS` bounds every numeric field of a section, `(low, high)` inclusive (`OPEN` as a third item: low
+excluded): `st4r_cli.runs.config.check_limits` applies them to every config, however it was made (--set,
+a config file, a flag, the API), before any stage runs. A test requires a bound for every int/float field.
+
 `NOT_KEYED` lists the fields of a section that cannot change results (threads): they are saved in
 config.yaml but left out of the stage cache keys (`st4r_cli.runs.config.keyed_fields`).
 Each field is defined once: a stage that needs another section's knob takes that section as an
@@ -16,9 +20,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+OPEN = "open"        # a LIMITS entry (low, high, OPEN) excludes low: the value must be > low
+BIG = 1_000_000      # a bound for counts and weights that only excludes the absurd
+MAX_FRAMES = 10_000_000
+Limits = dict[str, tuple]
+
 
 @dataclass
 class DecodeConfig:
+    LIMITS: ClassVar[Limits] = {"long_side": (16, 8192), "multiple": (1, 256), "start": (0, MAX_FRAMES),
+                                "end": (1, MAX_FRAMES), "stride": (1, MAX_FRAMES), "max_frames": (2, MAX_FRAMES),
+                                "fps": (0, 10_000, OPEN)}
+
     long_side: int = 256              # processing resolution: long side in pixels (before rounding)
     multiple: int = 16                # H and W rounded to a multiple of this (the model's patch size)
     upscale: bool = False             # enlarge sources smaller than long_side
@@ -31,6 +44,11 @@ class DecodeConfig:
 
 @dataclass
 class TracksConfig:
+    LIMITS: ClassVar[Limits] = {"grid_size": (1, 1024), "query_every_k": (1, MAX_FRAMES),
+                                "camera_every_k": (0, MAX_FRAMES), "camera_grid_size": (2, 1024),
+                                "long_side": (0, 8192), "flow_long_side": (16, 4096), "fb_threshold": (0, 1000, OPEN),
+                                "reacquire_ncc": (-1, 1), "cotracker_model_hw": (16, 4096)}
+
     backend: str = "builtin"          # builtin | cotracker3
     query_mode: str = "grid"          # grid | grid_every_k | file
     grid_size: int = 32               # points per side of the query grid
@@ -61,6 +79,11 @@ class TracksConfig:
 
 @dataclass
 class DepthConfig:
+    LIMITS: ClassVar[Limits] = {"resolution_level": (0, 9), "num_tokens": (0, 100_000), "batch_size": (1, 1024),
+                                "mv_offsets": (-1000, 1000), "mv_min_parallax_deg": (0, 90, OPEN),
+                                "mv_consistency_rel": (0, 10, OPEN), "mv_max_fb_px": (0, 1000, OPEN),
+                                "mv_propagate_reach": (0, 1000)}
+
     backend: str = "multiview"        # multiview (from the solved cameras) | moge | none
     moge_weights: str = ""            # default: weights/moge-2-vitl-normal/model.pt (MoGe-1 files work too)
     resolution_level: int = 9         # MoGe's 0..9 speed/detail knob
@@ -79,6 +102,9 @@ class DepthConfig:
 class VisibilityConfig:
     """The z-buffer test and the confidence -> pixel sigma map, shared by the TTA loss and fusion."""
 
+    LIMITS: ClassVar[Limits] = {"mask_eps_rel": (0, 10), "sigma_floor_px": (0, 1000, OPEN),
+                                "conf_alpha": (0, 100, OPEN)}
+
     mask_eps_rel: float = 0.05        # z-buffer tolerance relative to the surface depth
     sigma_floor_px: float = 1.0       # sigma = sqrt(floor^2 + (f * conf_alpha * s / (c * z))^2) pixels
     conf_alpha: float = 0.2           # ConfLoss alpha used to turn confidence into sigma
@@ -87,6 +113,9 @@ class VisibilityConfig:
 @dataclass
 class TTALossConfig:
     """Which TTA loss and its parts (flags switch parts off for ablations): `st4r_cli.losses.tta`."""
+
+    LIMITS: ClassVar[Limits] = {"traj_weight": (0, BIG), "depth_weight": (0, BIG), "align_weight": (0, BIG),
+                                "outlier_gate": (0, 1000), "inv_weight_eps": (0, BIG, OPEN), "prior_weight": (0, BIG)}
 
     loss: str = "robust"              # robust (ST4RTrack+) | baseline (ST4RTrack) | none (adapt: no TTA)
     traj_weight: float = 0.5
@@ -109,6 +138,10 @@ class TTALossConfig:
 class AdaptConfig(TTALossConfig):
     """Test-time adaptation: the loss (inherited fields, `TTALossConfig`) and the optimisation
     (0 means: the device's default, see `stages.adapt.resolve`)."""
+
+    LIMITS: ClassVar[Limits] = {**TTALossConfig.LIMITS, "iters": (0, BIG), "lr": (0, 1), "frames_per_step": (0, 4096),
+                                "weight_decay": (0, 10), "grad_clip": (0, BIG), "max_tracks": (1, BIG),
+                                "pnp_stride": (1, 64), "prior_stride": (1, 64), "diverge_factor": (1, BIG)}
 
     iters: int = 0                    # TTA steps; 0 -> 20 on CPU, 300 on CUDA
     lr: float = 0.0                   # AdamW learning rate; 0 -> 2e-5 on CPU, 5e-5 on CUDA
@@ -133,6 +166,9 @@ class PredictConfig:
     """How the network runs over the video (adapt and predict): windows, focal, batches, threads."""
 
     NOT_KEYED: ClassVar[tuple[str, ...]] = ("cpu_threads",)
+    # cpu_threads: also at most the machine's cores (stages.predict.check_predict_config)
+    LIMITS: ClassVar[Limits] = {"window": (2, 4096), "overlap": (1, 4095), "focal": (0, BIG),
+                                "batch_size": (0, 4096), "cpu_threads": (0, 4096)}
 
     window: int = 24                  # frames per window
     overlap: int = 4                  # frames shared by consecutive windows (>= 1)
@@ -147,6 +183,10 @@ class PredictConfig:
 @dataclass
 class CamerasConfig:
     """The camera solver: bundle adjustment on the 2D tracks alone, before depth and TTA."""
+
+    LIMITS: ClassVar[Limits] = {"focal_init": (0, BIG), "ba_chunk": (2, 4096), "ba_dynamic_rel": (0, 10, OPEN),
+                                "ba_accept_px": (0, 1000, OPEN), "ba_point_max_px": (0, 1000),
+                                "ba_min_parallax_deg": (0, 90), "ba_min_parallax_2d_deg": (0, 90)}
 
     refine: str = "ba"                # ba (solve the cameras on the 2D tracks) | none (the network's)
     focal_init: float = 0.0           # focal in pixels of the decoded frames; 0 -> predict.focal, else the
@@ -165,6 +205,10 @@ class CamerasConfig:
 @dataclass
 class FuseConfig:
     """World 3D tracks, 2D tracks and visibility from the windows' predictions and the cameras."""
+
+    LIMITS: ClassVar[Limits] = {"pnp_stride": (1, 64), "sim3_stride": (1, 64), "static_spread_rel": (0, 10, OPEN),
+                                "fill_radius_px": (0, 4096), "grid_size": (1, 1024), "dense_stride": (1, 1024),
+                                "visibility_quantile": (0, 1), "sigma_fill_px": (0, 4096, OPEN)}
 
     pnp_stride: int = 4               # every k-th pixel of head 2 for each window camera's PnP
     sim3_stride: int = 4              # every k-th pixel of the overlap pointmaps for the windows' Sim(3)

@@ -426,6 +426,8 @@ def check_run_config(config: RunConfig) -> None:
     from st4r_cli.stages.predict import check_predict_config
     from st4r_cli.stages.tracks import check_tracks_config
 
+    from st4r_cli.runs.config import check_limits
+
     check_decode_config(config.decode)
     check_tracks_config(config.tracks)
     check_depth_config(config.depth)
@@ -433,6 +435,40 @@ def check_run_config(config: RunConfig) -> None:
     check_predict_config(config.predict)
     check_cameras_config(config.cameras)
     check_fuse_config(config.fuse)
+    check_limits(config)    # every bounded value (the checks above give the more specific messages)
+    if config.input and Path(config.input).exists():   # (a run's input may be gone: its decode is cached)
+        check_run_budget(config)
+
+
+def check_run_budget(config: RunConfig) -> None:
+    """The sizes a run asks for, from the input's header (no decoding) and the config, checked before
+    any stage runs (St4rError saying how much the request would need): the source's frame size
+    (`stages.decode.probe_source`), the points tracked (the query grid or file, and the camera grid)
+    and the points fused into 3D tracks (`tracking.queries.check_query_budget`)."""
+    import math
+
+    from st4r_cli.stages.decode import probe_source, processing_hw
+    from st4r_cli.tracking.queries import check_query_budget, check_npy_rows, load_query_file
+
+    source = probe_source(config.input, config.decode)
+    num_frames = source.num_frames or 1
+    tracks = config.tracks
+    queries = {"grid": tracks.grid_size**2,
+               "grid_every_k": tracks.grid_size**2 * math.ceil(num_frames / tracks.query_every_k)}
+    if tracks.query_mode == "file" and tracks.query_file:
+        if Path(tracks.query_file).suffix.lower() == ".npy":
+            check_npy_rows(Path(tracks.query_file))
+        queries["file"] = len(load_query_file(tracks.query_file))
+    camera = tracks.camera_grid_size**2 * math.ceil(num_frames / tracks.camera_every_k) if tracks.camera_every_k else 0
+    tracked = queries.get(tracks.query_mode, 0)
+    check_query_budget(tracked + camera, num_frames, "tracks (query points and the camera grid)")
+    fuse = config.fuse
+    if fuse.queries == "grid":
+        check_query_budget(fuse.grid_size**2, num_frames, f"fuse.grid_size={fuse.grid_size}")
+    elif fuse.queries == "dense" and source.orig_hw is not None:
+        height, width = processing_hw(source.orig_hw, config.decode)
+        dense = math.ceil(height / fuse.dense_stride) * math.ceil(width / fuse.dense_stride)
+        check_query_budget(dense, num_frames, f"fuse.queries=dense (stride {fuse.dense_stride})")
 
 
 def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, Artifact]:

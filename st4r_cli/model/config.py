@@ -18,6 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+# Bounds of every numeric model_config value: the official ViT-L St4RTrack is 1024 / 24 / 16 (encoder),
+# 768 / 12 / 12 (decoder); these allow networks several times its size and nothing absurd.
+MODEL_LIMITS: dict[str, tuple[float, float]] = {
+    "img_size_hw": (16, 4096), "patch_size": (1, 64), "enc_embed_dim": (8, 4096), "enc_depth": (1, 64),
+    "enc_num_heads": (1, 64), "dec_embed_dim": (8, 4096), "dec_depth": (1, 64), "dec_num_heads": (1, 64),
+    "mlp_ratio": (0.25, 16), "rope_freq": (1e-3, 1e6), "norm_eps": (0, 1), "dpt_feature_dim": (1, 4096),
+    "dpt_last_dim": (1, 4096), "dpt_layer_dims": (1, 4096), "conf_min": (0, 1e6)}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture hyper-parameters of `St4rNet` (CroCo/DUSt3R family as used by ST4RTrack).
@@ -50,6 +59,7 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_bounds()
         if self.enc_embed_dim % self.enc_num_heads or self.dec_embed_dim % self.dec_num_heads:
             raise ValueError("embedding dims must be divisible by the number of heads")
         if (self.enc_embed_dim // self.enc_num_heads) % 4 or (self.dec_embed_dim // self.dec_num_heads) % 4:
@@ -58,6 +68,17 @@ class ModelConfig:
             raise ValueError(f"unsupported depth_mode {self.depth_mode!r} (only 'exp')")
         if self.dec_depth < 1:
             raise ValueError("dec_depth must be >= 1")
+
+    def _check_bounds(self) -> None:
+        """ValueError for a value outside what any St4R/St4RTrack network uses (a checkpoint's
+        model_config is read before anything is allocated: `enc_embed_dim=32768` would ask 13 GB)."""
+        for name, (low, high) in MODEL_LIMITS.items():
+            values = getattr(self, name)
+            for value in values if isinstance(values, tuple) else (values,):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                    raise ValueError(f"{name}={values!r} is outside [{low:g}, {high:g}]")
+        if len(self.img_size_hw) != 2 or len(self.dpt_layer_dims) != 4:
+            raise ValueError("img_size_hw needs 2 values and dpt_layer_dims 4")
 
     @property
     def hooks(self) -> tuple[int, int, int, int]:
@@ -83,7 +104,11 @@ class ModelConfig:
         kwargs = dict(data)
         for key in ("img_size_hw", "dpt_layer_dims"):
             if key in kwargs:
+                if not isinstance(kwargs[key], (list, tuple)):
+                    raise ValueError(f"{key} must be a list, got {kwargs[key]!r}")
                 kwargs[key] = tuple(int(v) for v in kwargs[key])
+        if not isinstance(kwargs.get("extra", {}), dict) or not isinstance(kwargs.get("name", ""), str):
+            raise ValueError("name must be a string and extra a mapping")
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> ModelConfig:

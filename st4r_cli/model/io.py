@@ -105,7 +105,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str
         try:
             config = ModelConfig.from_dict(dict(ckpt["model_config"]))
         except (TypeError, ValueError, KeyError) as exc:
-            raise St4rError(f"{path}: invalid model_config: {exc}") from None
+            raise St4rError(f"{path}: invalid model_config: {' '.join(str(exc).split())}") from None
     else:
         config = _official_config(state, ckpt.get("args"), path)
     return config, complete_state_dict(state)
@@ -123,10 +123,47 @@ def _read_safetensors(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]
     state = strip_module_prefix(state)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     if "model_config" in metadata:
-        config = ModelConfig.from_dict(json.loads(metadata["model_config"]))
+        config = parse_model_config_json(metadata["model_config"], path)
     else:
         config = _official_config(state, None, path)
     return config, complete_state_dict(state)
+
+
+def parse_model_config_json(text: str, path: Path) -> ModelConfig:
+    """A safetensors file's `model_config` metadata (JSON) as a checked ModelConfig (St4rError, one line)."""
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        return ModelConfig.from_dict(data)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise St4rError(f"{path}: invalid model_config: {' '.join(str(exc).split())}") from None
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The canonical state dict's tensor shapes of `St4rNet(config)`, built on torch's meta device
+    (nothing allocated): a checkpoint is compared with them before the real network is built."""
+    import torch
+
+    from st4r_cli.model.net import St4rNet
+
+    with torch.device("meta"):
+        model = St4rNet(config)
+    return {k: tuple(v.shape) for k, v in canonical_state_dict(model.state_dict()).items()}
+
+
+def check_state_matches(config: ModelConfig, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    """St4rError unless the tensors `shapes` (canonical names) are exactly those of `St4rNet(config)`."""
+    expected = expected_shapes(config)
+    missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    if missing or extra:
+        raise St4rError(f"{path}: state dict does not match the model config "
+                        f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                        f"not in the model {extra[:3]}{'...' if len(extra) > 3 else ''})")
+    wrong = [k for k in expected if tuple(shapes[k]) != expected[k]]
+    if wrong:
+        raise St4rError(f"{path}: tensor shapes do not match the model config ({wrong[0]}: "
+                        f"{tuple(shapes[wrong[0]])} in the file, {expected[wrong[0]]} expected)")
 
 
 def _official_config(state: dict[str, torch.Tensor], args: Any, path: Path) -> ModelConfig:
@@ -155,8 +192,9 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     from st4r_cli.model.net import St4rNet
 
     config, state = read_checkpoint(path)
+    check_state_matches(config, {k: tuple(v.shape) for k, v in canonical_state_dict(state).items()}, Path(path))
     try:
-        model = St4rNet(config)
+        model = St4rNet(config)   # allocates only what the file holds (shapes checked above)
     except ValueError as exc:
         raise St4rError(f"{path}: invalid model config: {exc}") from exc
     expected = set(model.state_dict())
@@ -204,10 +242,20 @@ def check_checkpoint_file(path: str | os.PathLike[str], option: str = "--model")
         from safetensors import safe_open
 
         try:
-            with safe_open(str(path), framework="numpy") as handle:  # the header only; no torch import
-                handle.metadata()
+            with safe_open(str(path), framework="numpy") as handle:  # the header only; no tensor read
+                metadata = handle.metadata() or {}
+                shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
         except Exception as exc:  # noqa: BLE001 - any header failure is a bad file
-            raise St4rError(f"{option} {path} is not a readable safetensors file: {exc}") from None
+            raise St4rError(f"{option} {path} is not a readable safetensors file: "
+                            f"{' '.join(str(exc).split())}") from None
+        if "model_config" in metadata:
+            config = parse_model_config_json(metadata["model_config"], path)
+        else:
+            try:
+                config = config_from_state_dict_shapes(strip_module_prefix(shapes), name=f"import:{path.stem}")
+            except (KeyError, ValueError) as exc:
+                raise St4rError(f"{path}: not a St4R/St4RTrack state dict (missing {exc})") from None
+        check_state_matches(config, canonical_state_dict(strip_module_prefix(shapes)), path)
         return
     if zipfile.is_zipfile(path):
         import torch

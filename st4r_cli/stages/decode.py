@@ -35,6 +35,51 @@ DECODE_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_ASPECT = 16.0          # wider/taller than 16:1 is not a video st4r can use
 MAX_LONG_SIDE = 8192
+MAX_SOURCE_PIXELS = 8192 * 8192   # 67 Mpx a frame (8K UHD is 33 Mpx): one RGB frame is 200 MB at most
+
+
+@dataclass
+class SourceInfo:
+    """What a source's header says, read before decoding (`probe_source`)."""
+
+    num_frames: int | None            # frames the selection keeps (None: the header does not say)
+    orig_hw: tuple[int, int] | None   # source frame size (None: unknown)
+
+
+def check_source_pixels(source: Path | str, width: int, height: int) -> None:
+    """St4rError for a frame larger than MAX_SOURCE_PIXELS (decoding it would allocate W x H x 3 bytes)."""
+    if width * height > MAX_SOURCE_PIXELS:
+        raise St4rError(f"{source}: frames of {width}x{height} pixels are too large ({width * height / 1e6:.0f} Mpx, "
+                        f"{3 * width * height / 2**30:.1f} GiB a frame); st4r reads at most "
+                        f"{MAX_SOURCE_PIXELS / 1e6:.0f} Mpx a frame: downscale the video first")
+
+
+def probe_source(source: str | Path, cfg: DecodeConfig) -> SourceInfo:
+    """The frame count (after start/end/stride/max_frames) and frame size from the source's header,
+    without decoding; St4rError for frames above MAX_SOURCE_PIXELS. Unknown values are None."""
+    source = Path(source)
+    check_input_path(source)
+    if source.is_dir():
+        files = _image_files(source)
+        if not files:
+            return SourceInfo(None, None)
+        width, height = _image_size(files[0])
+        return SourceInfo(expected_count(len(files), cfg), (height, width))
+    import av
+
+    _quiet_ffmpeg()
+    try:
+        with av.open(str(source), mode="r") as container:
+            if not container.streams.video:
+                return SourceInfo(None, None)
+            stream = container.streams.video[0]
+            width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+            total = int(stream.frames or 0)
+    except (av.FFmpegError, OSError):
+        return SourceInfo(None, None)   # decode reports why
+    check_source_pixels(source, width, height)
+    count = expected_count(total, cfg) if total else cfg.max_frames
+    return SourceInfo(count, (height, width) if width and height else None)
 
 
 @dataclass
@@ -191,6 +236,11 @@ def _video_frames(path: Path, cfg: DecodeConfig) -> tuple[Iterator[_RawFrame], i
         container.close()
         raise St4rError(f"{path} has no video stream")
     stream = container.streams.video[0]
+    try:
+        check_source_pixels(path, int(stream.codec_context.width or 0), int(stream.codec_context.height or 0))
+    except St4rError:
+        container.close()
+        raise
     stream.thread_type = "AUTO"
     total = int(stream.frames or 0)
     return _video_generator(container, stream, path, cfg, total), total
@@ -286,9 +336,36 @@ def _natural_key(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
+def _image_files(folder: Path) -> list[Path]:
+    """The folder's images in natural order (skips ._x.png and temp files)."""
+    return sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image from its header; St4rError above MAX_SOURCE_PIXELS (before PIL's
+    own decompression-bomb warning, which would print two raw lines)."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        raise St4rError(f"image {path} is too large to read safely") from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise St4rError(f"cannot read image {path}: {' '.join(str(err).split())}") from None
+    if width * height > MAX_SOURCE_PIXELS:
+        raise St4rError(f"image {path} is too large to read safely: {width}x{height} pixels "
+                        f"({width * height / 1e6:.0f} Mpx; st4r reads at most {MAX_SOURCE_PIXELS / 1e6:.0f} Mpx)")
+    return width, height
+
+
 def _image_folder_frames(folder: Path, cfg: DecodeConfig) -> tuple[Iterator[_RawFrame], int, float]:
-    files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                    and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)     # skips ._x.png, temps
+    files = _image_files(folder)
     if not files:
         raise St4rError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
     fps = float(cfg.fps or 30.0)
@@ -305,13 +382,18 @@ def _image_folder_frames(folder: Path, cfg: DecodeConfig) -> tuple[Iterator[_Raw
 
 def _read_image_rgb(path: Path) -> Any:
     """An image file as (H, W, 3) uint8 RGB, EXIF-rotated, alpha over black, 16-bit scaled."""
+    import warnings
+
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    _image_size(path)   # the pixel cap, from the header
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # _image_size capped it
+            with Image.open(path) as image:
+                image = ImageOps.exif_transpose(image)
+                image.load()
     except Image.DecompressionBombError as err:
         raise St4rError(f"image {path} is too large to read safely: {' '.join(str(err).split())}") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:

@@ -17,6 +17,8 @@ The cameras and fuse stages read these arrays, so a change to their settings nev
 
 from __future__ import annotations
 
+import os
+
 from typing import TYPE_CHECKING, Any
 
 from st4r_cli.configs import PredictConfig
@@ -39,6 +41,10 @@ def check_predict_config(config: PredictConfig) -> None:
         raise St4rError("predict.overlap must be >= 1 and smaller than predict.window")
     if config.focal < 0 or config.batch_size < 0 or config.cpu_threads < 0:
         raise St4rError("predict.focal, batch_size and cpu_threads must be >= 0")
+    cores = os.cpu_count() or 1
+    if config.cpu_threads > cores:   # libgomp aborts the process on absurd thread counts
+        raise St4rError(f"predict.cpu_threads={config.cpu_threads}: at most this machine's {cores} CPU cores "
+                        "(0: torch's default)")
 
 
 def compute_predict(model: Any, frames: np.ndarray, config: PredictConfig, device: str,

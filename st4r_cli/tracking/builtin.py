@@ -179,6 +179,9 @@ def _make_dis(preset: str):  # -> cv2.DISOpticalFlow
     return dis
 
 
+REMAP_COLUMNS = 1024   # _sample_flow's point layout (any number of points below 32767 x 1024)
+
+
 def _sample_flow(flow: np.ndarray, xy: np.ndarray, to_flow: np.ndarray) -> np.ndarray:
     """Flow `(h, w, 2)` of the flow raster, bilinearly sampled at `xy (M, 2)` of the full frames.
 
@@ -187,10 +190,15 @@ def _sample_flow(flow: np.ndarray, xy: np.ndarray, to_flow: np.ndarray) -> np.nd
     import cv2
 
     flow_xy = (xy + 0.5) * to_flow - 0.5
-    map_x = np.ascontiguousarray(flow_xy[:, :1], dtype=np.float32)
-    map_y = np.ascontiguousarray(flow_xy[:, 1:], dtype=np.float32)
+    # OpenCV maps are images of fewer than 32767 rows: lay the points out in rows of REMAP_COLUMNS
+    num = len(flow_xy)
+    rows = -(-num // REMAP_COLUMNS)
+    padded = np.zeros((rows * REMAP_COLUMNS, 2), np.float32)
+    padded[:num] = flow_xy
+    map_x = np.ascontiguousarray(padded[:, 0].reshape(rows, REMAP_COLUMNS))
+    map_y = np.ascontiguousarray(padded[:, 1].reshape(rows, REMAP_COLUMNS))
     sampled = cv2.remap(flow, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return sampled.reshape(-1, 2) / to_flow
+    return sampled.reshape(-1, 2)[:num] / to_flow
 
 
 def _in_image(xy: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -18,6 +18,36 @@ import numpy as np
 from st4r_cli.errors import St4rError
 
 QUERY_MODES = ("grid", "grid_every_k", "file")
+MAX_QUERIES = 1_000_000              # points tracked in one video (the tracker's time grows with them)
+MAX_QUERY_FILE_BYTES = 64 * 2**20    # a text query file of MAX_QUERIES rows is about 30 MB
+BYTES_PER_QUERY_FRAME = 64           # a track's memory per frame: 2D/3D positions, visibility, sigma, copies
+
+
+def memory_budget_bytes() -> int:
+    """What one run's tracks may take: a quarter of this machine's memory."""
+    import os
+
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        total = 16 * 2**30
+    return int(total) // 4
+
+
+def check_query_budget(num_queries: int, num_frames: int, what: str) -> None:
+    """St4rError when `num_queries` tracks over `num_frames` frames are more than st4r tracks
+    (`MAX_QUERIES`) or would take more than a quarter of this machine's memory; the message says how
+    much the request would need. Called before any stage runs."""
+    from st4r_cli.errors import St4rError
+
+    if num_queries > MAX_QUERIES:
+        raise St4rError(f"{what}: {num_queries:,} query points; st4r tracks at most {MAX_QUERIES:,}")
+    need = num_queries * max(1, num_frames) * BYTES_PER_QUERY_FRAME
+    budget = memory_budget_bytes()
+    if need > budget:
+        raise St4rError(f"{what}: {num_queries:,} query points over {num_frames:,} frames would need about "
+                        f"{need / 2**30:.1f} GiB for their tracks; the limit is {budget / 2**30:.1f} GiB "
+                        "(a quarter of this machine's memory): use fewer points or frames")
 
 
 def grid_points_xy(grid_size: int, size_hw: tuple[int, int]) -> np.ndarray:
@@ -48,8 +78,12 @@ def load_query_file(path: str | Path) -> np.ndarray:
         raise St4rError(f"query file not found: {path}")
     try:
         if path.suffix.lower() == ".npy":
+            check_npy_rows(path)
             points = np.load(path, allow_pickle=False)
         else:
+            if path.stat().st_size > MAX_QUERY_FILE_BYTES:
+                raise St4rError(f"query file {path} is {path.stat().st_size / 2**20:.0f} MiB; a text query file "
+                                f"holds at most {MAX_QUERIES:,} points ({MAX_QUERY_FILE_BYTES // 2**20} MiB)")
             rows = []
             for line in path.read_text().splitlines():
                 line = line.split("#", 1)[0].replace(",", " ").strip()
@@ -64,7 +98,33 @@ def load_query_file(path: str | Path) -> np.ndarray:
         points = np.concatenate([np.zeros((len(points), 1)), points], axis=1)
     if len(points) == 0:
         raise St4rError(f"query file {path} holds no points")
+    if len(points) > MAX_QUERIES:
+        raise St4rError(f"query file {path} holds {len(points):,} points; st4r tracks at most {MAX_QUERIES:,}")
     return points.astype(np.float32)
+
+
+def check_npy_rows(path: Path) -> None:
+    """St4rError unless the `.npy` header describes a numeric (N, 2|3) array of at most MAX_QUERIES
+    rows whose data the file really holds; reads the header only (a 248-byte file may claim 1e11 rows)."""
+    import math
+
+    with open(path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0(handle) if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0(handle))
+        except (ValueError, OSError, SyntaxError) as err:
+            raise St4rError(f"query file {path} is not a .npy array: {' '.join(str(err).split())}") from None
+        data_bytes = path.stat().st_size - handle.tell()
+    if dtype.hasobject or dtype.kind not in "iuf":
+        raise St4rError(f"query file {path} holds {dtype} values; expected numbers")
+    if len(shape) != 2 or shape[1] not in (2, 3):
+        raise St4rError(f"query file {path} must hold N rows of t,x,y or x,y; got shape {shape}")
+    if shape[0] > MAX_QUERIES:
+        raise St4rError(f"query file {path} holds {shape[0]:,} points; st4r tracks at most {MAX_QUERIES:,}")
+    if math.prod(shape) * dtype.itemsize > data_bytes:
+        raise St4rError(f"query file {path} is truncated: its header says {shape} {dtype}, the file holds "
+                        f"{data_bytes} bytes of data")
 
 
 def check_queries(queries: np.ndarray, num_frames: int, size_hw: tuple[int, int]) -> np.ndarray:
