@@ -11,20 +11,38 @@ the world is upright. Per frame t the viewer shows:
 Play/pause runs through the frames at the video's frame rate; the frame slider scrubs.
 Only the current frame's points and trails are sent when the frame changes, so a 150-frame run stays
 responsive.
+
+Network safety: `check_host` refuses a --host that is not an IP address or host name of this machine
+(an empty one would bind every interface); binding every interface takes an explicit 0.0.0.0 or ::.
+`OriginGuard` answers 403 to a WebSocket handshake from another web page (its Origin header is not the
+viewer's own page), so a site open in the same browser cannot read the frames; viser has no option for
+this, so `open_viewer` puts the guard in front of the `process_request` that viser passes to
+`websockets.asyncio.server.serve` (see `_origin_checked`).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import socket
+import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import numpy as np
+    from websockets.asyncio.server import ServerConnection
+    from websockets.http11 import Request, Response
 
     from st4r_cli.viz.data import ViewData
+
+    ProcessRequest = Callable[[ServerConnection, Request], Any]
 
 
 MASK_SOURCES = {"scene": "the scene's dynamic_mask", "track_static": "the nearest tracks (refinement's labels)",
@@ -234,15 +252,228 @@ class Viewer:
         self._stop.set()
 
 
+# -- network safety -----------------------------------------------------------------------------
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`host` as an IP address, or None when it is not one."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def is_hostname(host: str) -> bool:
+    """Whether `host` is an RFC 1123 host name (dot-separated labels of letters, digits and inner
+    hyphens; the last label not all digits, which would be a malformed IP address)."""
+    labels = (host[:-1] if host.endswith(".") else host).split(".")
+    return (0 < len(host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit())
+
+
+def _resolve(host: str) -> list[tuple[Any, ...]]:
+    """getaddrinfo of a listening socket on `host` (an empty list when it cannot be resolved)."""
+    try:
+        return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError):
+        return []
+
+
+def _bindable(info: tuple[Any, ...]) -> bool:
+    """Whether a socket can listen on this getaddrinfo address (i.e. it is one of this machine's)."""
+    family, kind, proto, _, address = info
+    try:
+        with socket.socket(family, kind, proto) as sock:
+            sock.bind((address[0], 0, *address[2:]))
+    except OSError:
+        return False
+    return True
+
+
+def check_host(host: str) -> str:
+    """The address to listen on for --host `host` ([::1] -> ::1); St4rError when it is not an IP
+    address or host name of this machine (viser would bind every interface for an empty one and
+    wait forever for an address it cannot bind)."""
+    from st4r_cli.errors import St4rError
+
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not name.strip():
+        raise St4rError("--host is empty: give 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)")
+    if _ip(name) is None and not is_hostname(name):
+        raise St4rError(f"--host must be an IP address or a host name (0.0.0.0 for every interface), "
+                        f"got {host!r}")
+    infos = _resolve(name)
+    if not infos:
+        raise St4rError(f"--host {host}: cannot resolve this host name")
+    if not any(_bindable(info) for info in infos):
+        raise St4rError(f"--host {host} is not an address of this machine")
+    return name
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether `host` (0.0.0.0, ::) means every interface."""
+    address = _ip(host)
+    return address is not None and address.is_unspecified
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` stands for is a loopback address (only this machine can connect)."""
+    address = _ip(host)
+    if address is not None:
+        return address.is_loopback
+    addresses = [_ip(info[4][0].split("%")[0]) for info in _resolve(host)]
+    return bool(addresses) and all(a is not None and a.is_loopback for a in addresses)
+
+
+def viewer_url(host: str, port: int) -> str:
+    """A URL a browser on this machine can open (http://127.0.0.1:PORT for 0.0.0.0, [::1] for ::)."""
+    address = _ip(host)
+    if address is not None and address.is_unspecified:
+        host = "127.0.0.1" if address.version == 4 else "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def exposure_warning(host: str) -> str | None:
+    """One line saying who else can reach a viewer on `host`, or None for a loopback one."""
+    if is_loopback(host):
+        return None
+    where = "every network interface" if is_wildcard(host) else host
+    return (f"--host {host}: the viewer listens on {where} and is reachable from other machines; anyone "
+            "who can reach its port sees the run (use the default 127.0.0.1 to keep it private)")
+
+
+def _http_host_port(url: str) -> tuple[str, int] | None:
+    """(host name, port) of an http origin such as http://127.0.0.1:8080, None for anything else."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 80
+    except ValueError:
+        return None
+    if parts.scheme != "http" or not parts.hostname or parts.path or parts.query or parts.fragment:
+        return None
+    return parts.hostname, port
+
+
+def _this_machine_names() -> frozenset[str]:
+    """Names this machine is reached by without DNS: localhost and its own host name (+ .local)."""
+    name = socket.gethostname().lower()
+    return LOOPBACK_NAMES | {name, f"{name}.local"}
+
+
+class OriginGuard:
+    """Which web pages may open the viewer's WebSocket.
+
+    A browser sends the page's origin with every WebSocket handshake; the viewer's own page is
+    http://HOST:PORT, for a loopback bind also http://localhost, 127.0.0.1 or [::1]:PORT. For a bind to
+    every interface it is the address the browser used (the Host header), when that is an IP address or
+    this machine's name: a DNS-rebound page (http://evil.example:PORT) matches its own Host header but
+    not these. A handshake without Origin is not from a web page (a script, a test) and passes.
+    """
+
+    def __init__(self, host: str) -> None:
+        self.wildcard = is_wildcard(host)
+        host = host.lower()
+        if self.wildcard:
+            self.names = _this_machine_names()
+        else:
+            self.names = frozenset({host}) | (LOOPBACK_NAMES if is_loopback(host) else frozenset())
+
+    def allows(self, origin: str, host_header: str | None, port: int) -> bool:
+        """Whether a page of `origin` may connect to the viewer serving `port` (asked for `host_header`)."""
+        page = _http_host_port(origin)
+        if page is None or page[1] != port:
+            return False
+        if not self.wildcard:
+            return page[0] in self.names
+        asked = _http_host_port(f"http://{host_header}") if host_header else None
+        return page == asked and (_ip(page[0]) is not None or page[0] in self.names)
+
+    def refusal(self, connection: ServerConnection, request: Request) -> Response | None:
+        """HTTP 403 for a WebSocket handshake from another page, None to let the request through."""
+        from http import HTTPStatus
+
+        if "Upgrade" not in request.headers:
+            return None  # a plain HTTP request: viser serves its page and scripts
+        origins = request.headers.get_all("Origin")
+        if not origins:
+            return None
+        hosts = request.headers.get_all("Host")
+        port = connection.local_address[1]  # the port this connection came in on
+        if len(origins) == 1 and self.allows(origins[0], hosts[0] if len(hosts) == 1 else None, port):
+            return None
+        _log_refusal(origins[0], port)
+        return connection.respond(HTTPStatus.FORBIDDEN, "st4r view: WebSocket from another origin refused\n")
+
+    def wrap(self, process_request: ProcessRequest | None) -> ProcessRequest:
+        """`process_request` (viser's page server) with this check in front of it."""
+
+        def guarded(connection: ServerConnection, request: Request) -> Any:
+            refused = self.refusal(connection, request)
+            if refused is not None or process_request is None:
+                return refused
+            return process_request(connection, request)
+
+        return guarded
+
+
+def _log_refusal(origin: str, port: int) -> None:
+    """Say which page was refused (a user on a forwarded port would otherwise see no reason)."""
+    from rich.markup import escape
+
+    from st4r_cli import progress
+
+    progress.log(f"viewer: refused a WebSocket from {escape(repr(origin[:60]))} (not the page of port {port})")
+
+
+_SERVE_LOCK = threading.Lock()
+
+
+@contextmanager
+def _origin_checked(guard: OriginGuard) -> Iterator[list[Any]]:
+    """While a ViserServer starts: put `guard` in front of the `process_request` that viser's server
+    thread passes to `websockets.asyncio.server.serve` (viser 1.1.1, viser/infra/_infra.py
+    `WebsockServer._background_worker`; viser has no option for an Origin check). Only calls whose
+    handler is viser's are changed, the original `serve` is back on exit, and the server keeps the
+    guard (websockets.asyncio.server.Server holds its process_request). Yields the guarded calls:
+    empty when viser did not start its server this way, and then nothing is guarded."""
+    import websockets.asyncio.server as ws_server
+
+    original = ws_server.serve
+    guarded: list[Any] = []
+
+    def guarded_serve(handler: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(getattr(handler, "__module__", None)).startswith("viser."):
+            kwargs["process_request"] = guard.wrap(kwargs.get("process_request"))
+            guarded.append(handler)
+        return original(handler, *args, **kwargs)
+
+    with _SERVE_LOCK:
+        ws_server.serve = guarded_serve  # type: ignore[assignment, misc]
+        try:
+            yield guarded
+        finally:
+            ws_server.serve = original  # type: ignore[misc]
+
+
 def open_viewer(path: Path, host: str = "127.0.0.1", port: int = 8080,
                 config: ViewerConfig | None = None) -> tuple[Any, Viewer]:
-    """Load a run, start a viser server on host:port and build the viewer; returns (server, viewer)."""
+    """Load a run, start a viser server on host:port (WebSockets from other web pages refused, see
+    `OriginGuard`) and build the viewer; returns (server, viewer)."""
     import viser
 
+    from st4r_cli.errors import St4rError
     from st4r_cli.viz.data import load_view_data
 
+    host = check_host(host)
     view = load_view_data(Path(path))
-    server = viser.ViserServer(host=host, port=port, verbose=False)
+    with _origin_checked(OriginGuard(host)) as guarded:
+        server = viser.ViserServer(host=host, port=port, verbose=False)
+    if not guarded:
+        server.stop()
+        raise St4rError(f"st4r view cannot check the origin of WebSocket connections with viser "
+                        f"{viser.__version__}; install the version st4r pins (pip install -e \".[viewer]\")")
     return server, Viewer(server, view, config)
 
 
@@ -250,10 +481,15 @@ def serve(path: Path, host: str, port: int) -> None:
     """Run the viewer until Ctrl-C (or SIGTERM), then stop cleanly; prints the URL on stdout."""
     from st4r_cli import progress
 
+    warning = exposure_warning(host)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     server, viewer = open_viewer(path, host, port)
     try:
-        url = f"http://{host}:{server.get_port()}"
+        url = viewer_url(host, server.get_port())
         progress.log(f"viewer: [bold]{url}[/bold]  (Ctrl-C to stop)")
+        if is_wildcard(host):
+            progress.log(f"other machines: http://<this machine's address>:{server.get_port()}")
         print(url, flush=True)
         while True:
             time.sleep(0.5)
