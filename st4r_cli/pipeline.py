@@ -199,6 +199,25 @@ def _note_cameras(run: Run, cameras: Artifact) -> None:
                  "between their neighbours")
 
 
+MOSTLY_MOVING = 0.5   # more than this share of the tracks moving: the cameras rest on the few static ones
+
+
+def _note_motion(run: Run, scene: Artifact) -> None:
+    """How much of the video moves, in run.json (`motion`: the share of `dynamic_mask` pixels and of the
+    tracks not called static); a warning when most tracks move (the cameras then rest on few points)."""
+    import numpy as np
+
+    motion: dict[str, float] = {}
+    if "dynamic_mask" in scene:
+        motion["moving_pixels"] = round(float(np.mean(scene["dynamic_mask"])), 4)
+    if "track_static" in scene and len(scene["track_static"]):
+        motion["moving_tracks"] = round(1.0 - float(np.mean(scene["track_static"])), 4)
+    run.note("motion", motion)
+    if motion.get("moving_tracks", 0.0) > MOSTLY_MOVING:
+        run.warn(f"motion: {100 * motion['moving_tracks']:.0f}% of the tracks move; the cameras rest on the "
+                 "few static ones and may follow the movers")
+
+
 def run_depth(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact | None:
     """Per-frame depth (`stages.depth.compute_depth`); skipped with `depth.backend: none`, and (said so)
     with `multiview` when the cameras stage did not solve the cameras."""
@@ -495,6 +514,7 @@ def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, A
             if artifact is not None:
                 artifacts[name] = artifact
         if "fuse" in artifacts:
+            _note_motion(run, artifacts["fuse"])
             run.publish(SCENE_FILE, artifacts["fuse"].load())
     except KeyboardInterrupt:
         run.mark_failed("interrupted by the user", interrupted=True)

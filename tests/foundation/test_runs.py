@@ -222,3 +222,26 @@ def test_not_keyed_fields_do_not_change_the_key():
     base = stage_key("s", 1, ThreadedConfig(), [])
     assert base == stage_key("s", 1, ThreadedConfig(threads=8), [])
     assert base != stage_key("s", 1, ThreadedConfig(scale=2.0), [])
+
+
+def test_run_json_says_how_much_of_the_video_moves(tmp_path):
+    import json
+
+    import numpy as np
+
+    from st4r_cli.pipeline import _note_motion
+    from st4r_cli.runs import Run, RunConfig
+
+    mask = np.zeros((4, 8, 8), bool)
+    mask[:, :4, :2] = True                                   # 1/8 of the pixels
+    with Run.create(tmp_path / "still", RunConfig()) as run:
+        _note_motion(run, {"dynamic_mask": mask, "track_static": np.array([True] * 9 + [False])})
+    status = json.loads((tmp_path / "still" / "run.json").read_text())
+    assert status["motion"] == {"moving_pixels": 0.125, "moving_tracks": 0.1}
+    assert not status.get("warnings")
+    with Run.create(tmp_path / "moving", RunConfig()) as run:
+        _note_motion(run, {"dynamic_mask": mask, "track_static": np.array([True] * 3 + [False] * 7)})
+    status = json.loads((tmp_path / "moving" / "run.json").read_text())
+    assert status["motion"]["moving_tracks"] == 0.7
+    assert status["warnings"] == ["motion: 70% of the tracks move; the cameras rest on the few static ones "
+                                  "and may follow the movers"]
