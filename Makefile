@@ -33,9 +33,9 @@ $(STAMP): pyproject.toml Makefile
 extras: setup            ## (re)install the CoTracker3 / MoGe code without their dependencies
 	$(BIN)/python -m pip install --no-deps $(NO_DEPS_BACKENDS)
 
-demo: setup             ## adapt on the example clip, export PLY/GLB/TUM/COLMAP/NPZ and the videos
+demo: setup             ## adapt on the example clip, export PLY/GLB/TUM/COLMAP/NPZ, intrinsics, masks and the videos
 	$(BIN)/st4r adapt $(DEMO_CLIP) --out $(DEMO_RUN)
-	$(BIN)/st4r export $(DEMO_RUN) --ply --glb --tum --colmap --npz --video
+	$(BIN)/st4r export $(DEMO_RUN) --ply --glb --tum --colmap --npz --intrinsics --masks --video
 	@echo "look at it: $(DEMO_RUN)/summary.png, $(DEMO_RUN)/export/*.mp4; make view (or: st4r view $(DEMO_RUN))"
 
 view: setup             ## open the demo run in the browser viewer (Ctrl-C stops it)

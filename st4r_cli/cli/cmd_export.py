@@ -1,4 +1,5 @@
-"""`st4r export RUN_DIR [--ply] [--glb] [--tum] [--colmap] [--npz] [--video] [--maps]`: a run's scene in other tools' formats."""
+"""`st4r export RUN_DIR [--ply] [--glb] [--tum] [--colmap] [--npz] [--intrinsics] [--masks] [--video] [--maps]`:
+a run's scene in other tools' formats."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ def command(
     tum: Annotated[bool, typer.Option("--tum", help="Camera trajectory in TUM format.")] = False,
     colmap: Annotated[bool, typer.Option("--colmap", help="COLMAP text model (+ images/).")] = False,
     npz: Annotated[bool, typer.Option("--npz", help="Compressed copy of scene.npz.")] = False,
+    intrinsics: Annotated[bool, typer.Option(
+        "--intrinsics", help="intrinsics.json: per-frame K, field of view, frame size, units.")] = False,
+    masks: Annotated[bool, typer.Option(
+        "--masks", help="masks/dynamic_00000.png ... (255 = moving); COLMAP exports get colmap/masks/ too.")] = False,
     video: Annotated[bool, typer.Option(
         "--video", help="tracks2d.mp4 (tracks on the frames) and depth.mp4 (frame | depth | confidence).")] = False,
     maps: Annotated[bool, typer.Option(
@@ -31,7 +36,8 @@ def command(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Export a run's scene: PLY, GLB, TUM, COLMAP, NPZ (all of them when no format is given)."""
+    """Export a run's scene: PLY, GLB, TUM, COLMAP, NPZ, intrinsics, dynamic masks (all of them when no
+    format is given)."""
     set_verbosity(quiet, verbose)
     from st4r_cli import progress
     from st4r_cli.formats.scene import read_scene
@@ -45,14 +51,15 @@ def command(
     scene_path = checked_run_output(scene_path)   # a run's scene: only when the run is complete
     if not scene_path.is_file():
         raise St4rError(f"{run_dir} has no scene.npz (run `st4r adapt` to completion first)")
-    chosen = [name for name, flag in zip(FORMATS, (ply, glb, tum, colmap, npz)) if flag]
-    chosen = chosen or ([] if video or maps else list(FORMATS))
+    chosen = [name for name, flag in zip(FORMATS, (ply, glb, tum, colmap, npz, intrinsics, masks)) if flag]
     if out is not None and not str(out).strip():
         raise St4rError("--out is empty: give the export directory")
     home = run_dir.parent if run_dir.is_file() else run_dir
     out_dir = Path(out) if out is not None else home / "export"
     check_export_dir(out_dir, run_dir=home if out is None else None)   # before anything is read or written
     scene = read_scene(scene_path)
+    if not chosen and not (video or maps):   # every format the scene has what it needs for
+        chosen = [name for name in FORMATS if name != "masks" or "dynamic_mask" in scene]
     config = ExportConfig(conf_quantile=conf_quantile, every=every)
     source_run = None if run_dir.is_file() else run_dir
     tracker = original = None

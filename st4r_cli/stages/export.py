@@ -13,6 +13,11 @@
   the observations; ERROR is the real mean reprojection error. COLMAP puts the centre of the top-left
   pixel at (0.5, 0.5), st4r at (0, 0): pixel coordinates are shifted (and rescaled) on the way out.
 - NPZ: a compressed copy of `scene.npz`.
+- intrinsics.json: per frame K (fx, fy, cx, cy), the field of view, width and height of the scene's
+  frames, the pixel convention and the scene's units (any global scale).
+- masks/dynamic_00000.png ...: the scene's `dynamic_mask`, one 8-bit PNG per frame (255 = moving), at the
+  scene's frame size (MonST3R's convention); with COLMAP, also `colmap/masks/<image name>` at the COLMAP
+  images' size (nerfstudio's convention: 0 = ignore, i.e. the moving pixels).
 
 Every file is written to a temporary name and renamed into place.
 """
@@ -26,7 +31,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-FORMATS = ("ply", "glb", "tum", "colmap", "npz")
+FORMATS = ("ply", "glb", "tum", "colmap", "npz", "intrinsics", "masks")
 MANIFEST_NAME = "st4r-export.json"   # written into every export directory: st4r made it
 
 
@@ -154,7 +159,8 @@ def export_scene(scene: dict[str, np.ndarray], out_dir: Path, formats: list[str]
     written: list[Path] = []
     for fmt in formats:
         needs = {"ply": ("pointmaps",), "glb": ("pointmaps",), "tum": ("cam_c2w",),
-                 "colmap": ("cam_c2w", "intrinsics"), "npz": ()}[fmt]
+                 "colmap": ("cam_c2w", "intrinsics"), "npz": (), "intrinsics": ("intrinsics",),
+                 "masks": ("dynamic_mask",)}[fmt]
         missing = [key for key in needs if key not in scene]
         if missing:
             raise St4rError(f"--{fmt}: the scene has no {', '.join(missing)}")
@@ -166,6 +172,10 @@ def export_scene(scene: dict[str, np.ndarray], out_dir: Path, formats: list[str]
             written.append(export_tum(scene, out_dir / "trajectory_tum.txt", timestamps))
         elif fmt == "colmap":
             written += export_colmap(scene, out_dir / "colmap", config, tracker=tracker, original=original)
+        elif fmt == "intrinsics":
+            written.append(export_intrinsics(scene, out_dir / "intrinsics.json"))
+        elif fmt == "masks":
+            written += export_masks(scene, out_dir / "masks")
         else:
             written.append(export_npz(scene, out_dir / "scene.npz"))
         progress.log(f"[green]✓[/green] {fmt}: {out_dir}")
@@ -559,6 +569,51 @@ def colmap_points(scene: dict[str, np.ndarray], config: ExportConfig,
     return points
 
 
+def export_intrinsics(scene: dict[str, np.ndarray], path: Path) -> Path:
+    """`intrinsics.json`: per frame K (fx, fy, cx, cy) and field of view at the scene's frame size."""
+    import json
+
+    import numpy as np
+
+    from st4r_cli.formats.scene import scene_image_hw
+    from st4r_cli.runs.atomic import atomic_write_text
+
+    k_all = np.asarray(scene["intrinsics"], np.float64)
+    num_frames = len(scene["cam_c2w"]) if "cam_c2w" in scene else (len(k_all) if k_all.ndim == 3 else 1)
+    k_all = np.broadcast_to(k_all, (num_frames, 3, 3)) if k_all.ndim == 2 else k_all
+    h, w = scene_image_hw(scene) or (int(round(2 * k_all[0, 1, 2] + 1)), int(round(2 * k_all[0, 0, 2] + 1)))
+    frames = [{"frame": t, "fx": float(k[0, 0]), "fy": float(k[1, 1]), "cx": float(k[0, 2]), "cy": float(k[1, 2]),
+               "fov_x_deg": float(np.degrees(2 * np.arctan2(w / 2, k[0, 0]))),
+               "fov_y_deg": float(np.degrees(2 * np.arctan2(h / 2, k[1, 1])))} for t, k in enumerate(k_all)]
+    info = {"width": int(w), "height": int(h),
+            "pixel_convention": "OpenCV: the centre of the top-left pixel is (0, 0) (COLMAP's is (0.5, 0.5))",
+            "units": "scene units: world = camera of frame 0 (OpenCV axes, x right, y down, z forward), one global "
+                     "scale that st4r does not know (not metres); trajectory_tum.txt is in the same units",
+            "frames": frames}
+    atomic_write_text(Path(path), json.dumps(info, indent=1) + "\n")
+    return Path(path)
+
+
+def export_masks(scene: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
+    """`dynamic_00000.png ...`: the scene's dynamic_mask, 8-bit, 255 = moving, at the scene's frame size."""
+    import numpy as np
+
+    mask = np.asarray(scene["dynamic_mask"], bool)
+    names = [f"dynamic_{t:05d}.png" for t in range(len(mask))]
+    return _write_frames(np.where(mask, 255, 0).astype(np.uint8), Path(out_dir), names)
+
+
+def _colmap_masks(scene: dict[str, np.ndarray], out_dir: Path, names: list[str], size_hw: tuple[int, int]
+                  ) -> list[Path]:
+    """nerfstudio's masks beside the COLMAP images: 255 = use the pixel, 0 = moving (ignored)."""
+    import cv2
+    import numpy as np
+
+    keep = [cv2.resize(np.where(m, 0, 255).astype(np.uint8), (size_hw[1], size_hw[0]),
+                       interpolation=cv2.INTER_NEAREST) for m in np.asarray(scene["dynamic_mask"], bool)]
+    return _write_frames(np.stack(keep), Path(out_dir), names)
+
+
 def _same_tracks(tracker: dict[str, np.ndarray], scene: dict[str, np.ndarray]) -> bool:
     """The tracker's tracks are the scene's, in the same order (same shape and queries)."""
     import numpy as np
@@ -637,6 +692,8 @@ def export_colmap(scene: dict[str, np.ndarray], out_dir: Path, config: ExportCon
     for name, lines in (("cameras.txt", cameras), ("images.txt", images), ("points3D.txt", points)):
         atomic_write_text(model_dir / name, "\n".join(lines) + "\n")
         written.append(model_dir / name)
+    if "dynamic_mask" in scene and len(scene["dynamic_mask"]) == num_frames:
+        written += _colmap_masks(scene, out_dir / "masks", names, (out_h, out_w))
     if frames_out is not None:
         written += _write_frames(frames_out, out_dir / "images", names)
     return written

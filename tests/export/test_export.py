@@ -254,3 +254,42 @@ def test_colmap_observations_are_the_trackers_positions(tmp_path):
     model = read_colmap_text(tmp_path / "b" / "sparse" / "0")
     first = model["images"][1]["xys"]
     assert np.min(np.linalg.norm(scene["tracks2d"][:3, 0] + 0.5 - first[0], axis=1)) < 1e-3
+
+
+def test_intrinsics_json_reads_back(tmp_path):
+    import json
+
+    scene = _scene()
+    export_scene(scene, tmp_path, ["intrinsics"], ExportConfig())
+    info = json.loads((tmp_path / "intrinsics.json").read_text())
+    assert (info["width"], info["height"]) == (W, H) and len(info["frames"]) == T
+    frame = info["frames"][3]
+    assert [frame[k] for k in ("fx", "fy", "cx", "cy")] == pytest.approx([K[0, 0], K[1, 1], K[0, 2], K[1, 2]])
+    assert frame["fov_x_deg"] == pytest.approx(np.degrees(2 * np.arctan(W / 2 / K[0, 0])))
+    assert "not metres" in info["units"]
+
+
+def test_dynamic_masks_read_back_and_colmap_masks_follow_the_images(tmp_path):
+    from PIL import Image
+
+    scene = _scene()
+    mask = np.zeros((T, H, W), bool)
+    for t in range(T):
+        mask[t, 2:5, t:t + 3] = True          # a mover sliding right
+    scene["dynamic_mask"] = mask
+    export_scene(scene, tmp_path, ["masks", "colmap"], ExportConfig(conf_quantile=0.0),
+                 original={"frames": np.zeros((T, 2 * H, 2 * W, 3), np.uint8), "orig_hw": np.array([2 * H, 2 * W])})
+    for t in range(T):
+        png = np.asarray(Image.open(tmp_path / "masks" / f"dynamic_{t:05d}.png"))
+        assert png.dtype == np.uint8 and np.array_equal(png, np.where(mask[t], 255, 0))
+        keep = np.asarray(Image.open(tmp_path / "colmap" / "masks" / f"frame_{t:05d}.png"))
+        image = Image.open(tmp_path / "colmap" / "images" / f"frame_{t:05d}.png")
+        assert keep.shape == (image.height, image.width) == (2 * H, 2 * W)
+        assert np.array_equal(keep, np.where(np.kron(mask[t], np.ones((2, 2), bool)), 0, 255))
+
+
+def test_masks_need_a_dynamic_mask(tmp_path, capsys):
+    from st4r_cli.errors import St4rError
+
+    with pytest.raises(St4rError, match="--masks: the scene has no dynamic_mask"):
+        export_scene(_scene(), tmp_path, ["masks"], ExportConfig())
