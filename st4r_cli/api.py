@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from st4r_cli.runs import RunConfig
 
 DEVICES = ("auto", "cpu", "cuda")
+NOT_ARRAYS = frozenset({"extras", "run_dir", "timestamps"})   # Scene fields that are not scene.npz keys
 
 
 @dataclass
@@ -47,8 +48,10 @@ class Scene:
     intrinsics: np.ndarray | None = None   # (3, 3) or (T, 3, 3) K in pixels of image_hw
     cam_c2w: np.ndarray | None = None      # (T, 4, 4) camera-to-world poses
     image_hw: np.ndarray | None = None     # (2,) (H, W) the pixel quantities refer to
+    dynamic_mask: np.ndarray | None = None  # (T, H, W) bool: pixels that move (the depth stage's)
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     run_dir: Path | None = None
+    timestamps: np.ndarray | None = None   # (T,) frame times in seconds (from the run; not in scene.npz)
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], run_dir: Path | None = None) -> Scene:
@@ -57,14 +60,14 @@ class Scene:
 
         arrays = dict(arrays)
         validate_scene(arrays, where=str(run_dir or "scene"))
-        known = {f.name for f in fields(cls)} - {"extras", "run_dir"}
+        known = {f.name for f in fields(cls)} - NOT_ARRAYS
         extras = {key: value for key, value in arrays.items() if key not in known}
         return cls(**{key: value for key, value in arrays.items() if key in known}, extras=extras, run_dir=run_dir)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array of the scene by its `scene.npz` key (absent ones left out)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)
-               if f.name not in ("extras", "run_dir") and getattr(self, f.name) is not None}
+               if f.name not in NOT_ARRAYS and getattr(self, f.name) is not None}
         out.update(self.extras)
         return out
 
@@ -81,6 +84,25 @@ class Scene:
             if getattr(self, key) is not None:
                 return int(getattr(self, key).shape[0])
         return int(self.tracks3d.shape[1]) if self.tracks3d is not None else 0
+
+    @property
+    def fps(self) -> float | None:
+        """Frames per second from `timestamps` (None when the scene has no frame times)."""
+        if self.timestamps is None or len(self.timestamps) < 2 or self.timestamps[-1] <= self.timestamps[0]:
+            return None
+        return float((len(self.timestamps) - 1) / (self.timestamps[-1] - self.timestamps[0]))
+
+    @property
+    def depth(self) -> np.ndarray | None:
+        """(T, H, W) z of every pointmap pixel in its own frame's camera (scene units), None without
+        pointmaps or cameras."""
+        import numpy as np
+
+        if self.pointmaps is None or self.cam_c2w is None:
+            return None
+        w2c = np.linalg.inv(np.asarray(self.cam_c2w, np.float64))
+        rows = w2c[:, 2, :3]                                       # (T, 3): z = r3 . X + t3
+        return (np.einsum("thwc,tc->thw", self.pointmaps, rows) + w2c[:, 2, 3, None, None]).astype(np.float32)
 
     @property
     def num_tracks(self) -> int:
@@ -102,7 +124,23 @@ def load_run(run: str | Path) -> Scene:
     if path.is_dir() and (path / "run.json").is_file():
         Run.open(path).require_complete()
     arrays = read_scene(path)
-    return Scene.from_arrays(arrays, run_dir=path if path.is_dir() else path.parent)
+    scene = Scene.from_arrays(arrays, run_dir=path if path.is_dir() else path.parent)
+    scene.timestamps = _run_timestamps(scene)
+    return scene
+
+
+def _run_timestamps(scene: Scene) -> np.ndarray | None:
+    """Frame times in seconds from the run's decode stage, when it has one with a time per frame."""
+    from st4r_cli.runs import Run
+
+    if scene.run_dir is None or not (scene.run_dir / "config.yaml").is_file():
+        return None
+    try:
+        run = Run.open(scene.run_dir)
+        stamps = run.artifact("decode")["timestamps_s"] if run.has_artifact("decode") else None
+    except St4rError:
+        return None
+    return stamps if stamps is not None and len(stamps) == scene.num_frames else None
 
 
 def _value(option: Any) -> Any:

@@ -43,6 +43,12 @@ def test_adapt_returns_the_scene_the_cli_writes(tmp_path, plane_clip_folder, mic
     again = st4r_cli.load_run(path)
     assert set(again.arrays()) == set(scene.arrays())
     np.testing.assert_array_equal(again.cam_c2w, scene.cam_c2w.astype(np.float32))
+    # what a notebook wants beside the arrays: frame times, the moving pixels, per-frame depth
+    assert scene.timestamps is not None and len(scene.timestamps) == 6 and scene.fps > 0
+    assert scene.dynamic_mask is None or scene.dynamic_mask.shape == (6, 32, 48)
+    w2c = np.linalg.inv(scene.cam_c2w[4].astype(np.float64))
+    expected = scene.pointmaps[4].astype(np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
+    np.testing.assert_allclose(scene.depth[4], expected[..., 2], rtol=1e-5, atol=1e-5)
 
 
 def test_until_returns_none_and_load_run_refuses_an_incomplete_run(tmp_path, plane_clip_folder, micro_checkpoint,
