@@ -204,7 +204,8 @@ MOSTLY_MOVING = 0.5   # more than this share of the tracks moving: the cameras r
 
 def _note_motion(run: Run, scene: Artifact) -> None:
     """How much of the video moves, in run.json (`motion`: the share of `dynamic_mask` pixels and of the
-    tracks not called static); a warning when most tracks move (the cameras then rest on few points)."""
+    tracks not called static); a warning when most tracks move although the cameras were solved (they
+    then rest on few points; a rejected solve has its own warning and calls no track static)."""
     import numpy as np
 
     motion: dict[str, float] = {}
@@ -213,7 +214,8 @@ def _note_motion(run: Run, scene: Artifact) -> None:
     if "track_static" in scene and len(scene["track_static"]):
         motion["moving_tracks"] = round(1.0 - float(np.mean(scene["track_static"])), 4)
     run.note("motion", motion)
-    if motion.get("moving_tracks", 0.0) > MOSTLY_MOVING:
+    solved = "ba_accepted" in scene and bool(np.asarray(scene["ba_accepted"]).all())
+    if solved and motion.get("moving_tracks", 0.0) > MOSTLY_MOVING:   # (unsolved cameras: already a warning)
         run.warn(f"motion: {100 * motion['moving_tracks']:.0f}% of the tracks move; the cameras rest on the "
                  "few static ones and may follow the movers")
 

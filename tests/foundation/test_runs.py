@@ -239,8 +239,13 @@ def test_run_json_says_how_much_of_the_video_moves(tmp_path):
     status = json.loads((tmp_path / "still" / "run.json").read_text())
     assert status["motion"] == {"moving_pixels": 0.125, "moving_tracks": 0.1}
     assert not status.get("warnings")
+    with Run.create(tmp_path / "unsolved", RunConfig()) as run:   # rejected cameras: no track is static
+        _note_motion(run, {"track_static": np.zeros(10, bool), "ba_accepted": np.array(False)})
+    status = json.loads((tmp_path / "unsolved" / "run.json").read_text())
+    assert status["motion"] == {"moving_tracks": 1.0} and not status.get("warnings")
     with Run.create(tmp_path / "moving", RunConfig()) as run:
-        _note_motion(run, {"dynamic_mask": mask, "track_static": np.array([True] * 3 + [False] * 7)})
+        _note_motion(run, {"dynamic_mask": mask, "track_static": np.array([True] * 3 + [False] * 7),
+                           "ba_accepted": np.array(True)})
     status = json.loads((tmp_path / "moving" / "run.json").read_text())
     assert status["motion"]["moving_tracks"] == 0.7
     assert status["warnings"] == ["motion: 70% of the tracks move; the cameras rest on the few static ones "
