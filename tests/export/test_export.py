@@ -53,7 +53,7 @@ def _scene():
 
 def test_ply_round_trip(tmp_path):
     scene = _scene()
-    export_scene(scene, tmp_path, ["ply"], ExportConfig(conf_quantile=0.5))
+    export_scene(scene, tmp_path, ["ply"], ExportConfig(conf_quantile=0.5, axes="opencv"))   # st4r's own world
     for t in (0, 3):
         cloud = trimesh.load(tmp_path / "ply" / f"frame_{t:05d}.ply")
         xyz, rgb, conf, _ = frame_points(scene, t, 0.5)
