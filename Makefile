@@ -26,7 +26,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install "$(TORCH)"
-	$(BIN)/python -m pip install -e ".[dev,cotracker,moge,bench,viewer,batch]"
+	$(BIN)/python -m pip install -e ".[dev,cotracker,moge,bench,viewer,batch,rerun]"
 	$(BIN)/python -m pip install --no-deps $(NO_DEPS_BACKENDS)
 	@touch $(STAMP)
 
