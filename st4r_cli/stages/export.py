@@ -285,7 +285,7 @@ def accumulated_points(scene: dict[str, np.ndarray], config: ExportConfig, cap: 
 
 def pixel_dynamic(scene: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
     """((T, H, W) bool moving pixels, where the labels come from): the scene's `dynamic_mask`, else
-    each pixel takes the label of the nearest track (`st4r_cli.viz.data`, as `st4r view` shows them);
+    each pixel takes the label of the nearest track (`st4r_cli.viz.selection`, as `st4r view` shows them);
     (None, why) when the scene has neither."""
     import numpy as np
 
@@ -293,7 +293,7 @@ def pixel_dynamic(scene: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str]
     if "dynamic_mask" in scene and tuple(scene["dynamic_mask"].shape) == shape:
         return np.asarray(scene["dynamic_mask"], bool), "the scene's dynamic_mask"
     if "tracks3d" in scene and "tracks2d" in scene and scene["tracks2d"].shape[1] == shape[0]:
-        from st4r_cli.viz.data import camera_depth, dynamic_mask_from_tracks, track_dynamic
+        from st4r_cli.viz.selection import camera_depth, dynamic_mask_from_tracks, track_dynamic
 
         moving = track_dynamic(scene, camera_depth(scene))
         return dynamic_mask_from_tracks(scene, moving, shape[1:]), "the nearest track's label (as st4r view)"
@@ -309,7 +309,7 @@ def median_depth(scene: dict[str, np.ndarray]) -> float:
     """Median z of the scene's points in their own frame's camera (1 when there is none)."""
     import numpy as np
 
-    from st4r_cli.viz.data import camera_depth
+    from st4r_cli.viz.selection import camera_depth
 
     depth = camera_depth(scene)
     depth = depth[np.isfinite(depth) & (depth > 0)]

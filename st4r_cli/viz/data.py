@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from st4r_cli.viz.selection import pick_tracks  # noqa: F401  (re-exported for the viewer and videos)
+from st4r_cli.viz.selection import (  # noqa: F401  (re-exported for the viewer, videos and summary)
+    DYNAMIC_REL, camera_depth, dynamic_mask_from_tracks, pick_tracks, track_dynamic)
 
 if TYPE_CHECKING:
     import numpy as np
 
-DYNAMIC_REL = 0.05   # a track moving more than this fraction of the median frame-0 depth is dynamic
 
 
 @dataclass
@@ -112,65 +112,3 @@ def _decode_info(path: Path) -> tuple[float, np.ndarray | None]:
         return float(artifact["fps"]), artifact["frames"]
     except Exception:  # noqa: BLE001 - a bare scene.npz folder is fine: default frame rate
         return 10.0, None
-
-
-def camera_depth(scene: dict[str, np.ndarray]) -> np.ndarray:
-    """(T, H, W) z of every pointmap point in its frame's camera (nan where not finite)."""
-    import numpy as np
-
-    points = np.asarray(scene["pointmaps"], np.float32)
-    if "cam_c2w" not in scene:
-        return points[..., 2].copy()
-    w2c = np.linalg.inv(np.asarray(scene["cam_c2w"], np.float64))
-    num_frames = points.shape[0]
-    rows = w2c[:, 2, :3].astype(np.float32)                                   # (T, 3) third row of R
-    z = np.einsum("tpj,tj->tp", points.reshape(num_frames, -1, 3), rows) + w2c[:, 2, 3, None].astype(np.float32)
-    z = z.reshape(points.shape[:3])
-    return np.where(np.isfinite(z), z, np.nan).astype(np.float32)
-
-
-def track_dynamic(scene: dict[str, np.ndarray], depth: np.ndarray) -> np.ndarray:
-    """(N,) bool: the track moves (see module docstring)."""
-    import numpy as np
-
-    if "tracks3d" not in scene:
-        return np.zeros(0, bool)
-    if "track_static" in scene and len(scene["track_static"]) == len(scene["tracks3d"]):
-        return ~scene["track_static"].astype(bool)
-    tracks = np.asarray(scene["tracks3d"], np.float64)
-    query_t = scene["query_t"].astype(int) if "query_t" in scene else np.zeros(len(tracks), int)
-    start = tracks[np.arange(len(tracks)), query_t]
-    motion = np.nanmax(np.linalg.norm(tracks - start[:, None], axis=-1), axis=1)
-    frame0 = depth[0][np.isfinite(depth[0]) & (depth[0] > 0)]
-    scale = float(np.median(frame0)) if frame0.size else 1.0
-    return np.nan_to_num(motion, nan=0.0) > DYNAMIC_REL * scale
-
-
-def dynamic_mask_from_tracks(scene: dict[str, np.ndarray], track_dyn: np.ndarray,
-                             hw: tuple[int, int]) -> np.ndarray:
-    """(T, H, W) bool: each pixel takes the label of the nearest visible track within ~1 track spacing."""
-    import numpy as np
-    from scipy.ndimage import distance_transform_edt
-
-    num_frames = scene["pointmaps"].shape[0]
-    h, w = hw
-    mask = np.zeros((num_frames, h, w), bool)
-    if "tracks2d" not in scene or not track_dyn.any():
-        return mask
-    tracks2d = scene["tracks2d"]
-    visible = scene["visible"] if "visible" in scene else np.isfinite(tracks2d).all(-1)
-    radius = 1.5 * np.sqrt(h * w / max(int(visible[:, 0].sum()), 1))
-    for t in range(num_frames):
-        seen = visible[:, t] & np.isfinite(tracks2d[:, t]).all(-1)
-        if not (seen & track_dyn).any():
-            continue
-        px = np.round(tracks2d[seen, t]).astype(int)
-        inside = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
-        px, labels = px[inside], track_dyn[seen][inside]
-        seeds = np.ones((h, w), bool)                      # distance_transform_edt measures to zeros
-        seeds[px[:, 1], px[:, 0]] = False
-        label_img = np.zeros((h, w), bool)
-        label_img[px[:, 1], px[:, 0]] = labels             # a pixel with several tracks: the last wins
-        dist, (rows, cols) = distance_transform_edt(seeds, return_indices=True)
-        mask[t] = label_img[rows, cols] & (dist <= radius)
-    return mask
