@@ -186,7 +186,8 @@ class CamerasConfig:
 
     LIMITS: ClassVar[Limits] = {"focal_init": (0, BIG), "ba_chunk": (2, 4096), "ba_dynamic_rel": (0, 10, OPEN),
                                 "ba_accept_px": (0, 1000, OPEN), "ba_point_max_px": (0, 1000),
-                                "ba_min_parallax_deg": (0, 90), "ba_min_parallax_2d_deg": (0, 90)}
+                                "ba_min_parallax_deg": (0, 90), "ba_min_parallax_2d_deg": (0, 90),
+                                "window_k_sigma": (0, 1000)}
 
     refine: str = "ba"                # ba (solve the cameras on the 2D tracks) | none (the network's)
     focal_init: float = 0.0           # focal in pixels of the decoded frames; 0 -> predict.focal, else the
@@ -200,6 +201,10 @@ class CamerasConfig:
     ba_point_max_px: float = 2.0      # static tracks become bundle points below this median residual ...
     ba_min_parallax_deg: float = 6.0  # ... and above this parallax at the bundle's solution ...
     ba_min_parallax_2d_deg: float = 1.0  # ... and this one on the 2D tracks, the best camera rotation taken out
+    # movers: a track whose points triangulated from different stretches of the video disagree by more than
+    # this many times their noise moves (geometry.window_triangulation; 0: off, the default until it helps
+    # more than it costs: stages/cameras.py step 5)
+    window_k_sigma: float = 0.0
 
 
 @dataclass

@@ -39,13 +39,25 @@ and the TTA that follow use its cameras.
    the 2D tracks once the best camera rotation is taken out (with little parallax the bundle can trade
    depth for baseline, then see the parallax it made up in its own solution). The fuse stage uses them.
 
+5. Movers (`window_k_sigma`, `geometry.window_triangulation`): each track is triangulated separately from
+   every 8-frame stretch of the video in the solved cameras; a static point lands in the same place from
+   each, within its triangulation noise, a moving one follows its motion, also when it moves along its
+   epipolar lines (a subject the camera follows) and so fits the bundle as a static point at a wrong
+   depth. Tracks whose stretches disagree by more than `window_k_sigma` x their noise are `track_moving`,
+   never well fixed, and their positions join `moving_obs`. Off by default (0): at k = 6 (tuned on the
+   movers benchmark's redkitchen-0 composites: 2.5% of their static tracks flagged) it takes the standing
+   card's tracks called static from 33% / 18% to 0% / 15% (redkitchen-0 / -3), but misses the floating
+   and the following cards in cameras they drag, the flagged tracks keep the network's motion (the
+   standing card's 3D error 0.45 -> 0.70 m), and 1.3 / 0.3 points fewer of the static clips' tracks come
+   out static (`benchmarks/results/movers_window_k6.json`, `sevenscenes_window_k6.json`).
+
 Output arrays:
     ba_accepted () bool, camera_status () str: solved | repaired | rejected: <why> | not run: <why>
     cam_w2c (T, 4, 4) f64, intrinsics (3, 3) f64      the solution (identity / the guess when rejected)
     ba_initial_residual_px () f32, ba_residual_px () f32 (medians), focal_status () str (step 2),
     camera_spikes (S,) int64,
     camera_breaks (B,) int64, track_bundle_points (N, 3) f64, track_bundle_depth (N,) f64,
-    track_bundle_fixed (N,) bool                    for the tracks stage's N tracks
+    track_bundle_fixed (N,) bool, track_moving (N,) bool   for the tracks stage's N tracks
     moving_obs (M, 3) f32, fitted_obs (K, 3) f32    (t, x, y) of every visible position of the bundle
                                                     tracks it dropped (seen in 2+ other frames, fit by
                                                     no static point: moving objects, or tracker slips)
@@ -64,7 +76,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CAMERAS_VERSION", "CamerasConfig", "check_cameras_config", "compute_cameras", "bundle_tracks"]
 
-CAMERAS_VERSION = 6
+CAMERAS_VERSION = 7
 MAX_BEHIND_FRACTION = 0.01  # solved cameras may put at most this fraction of observations behind the camera
 MIN_LINKS = 8               # fitted tracks that must link every two consecutive frames
 FRAME_RESIDUAL_RATIO = 3.0  # a frame fit worse than this x the video's median reprojection ...
@@ -99,7 +111,8 @@ def _not_solved(num_frames: int, hw: tuple[int, int], count: int, focal: float, 
             "ba_initial_residual_px": np.float32(np.nan), "ba_residual_px": np.float32(np.nan),
             "camera_spikes": np.zeros(0, np.int64), "camera_breaks": np.zeros(0, np.int64),
             "track_bundle_points": np.zeros((count, 3)), "track_bundle_depth": np.full(count, np.nan),
-            "track_bundle_fixed": np.zeros(count, bool), "moving_obs": np.zeros((0, 3), np.float32),
+            "track_bundle_fixed": np.zeros(count, bool), "track_moving": np.zeros(count, bool),
+            "moving_obs": np.zeros((0, 3), np.float32),
             "fitted_obs": np.zeros((0, 3), np.float32),
             "focal_status": np.str_(f"the start, {focal:.1f} px (cameras not solved)")}
 
@@ -141,11 +154,29 @@ def compute_cameras(tracks: dict[str, np.ndarray] | None, hw: tuple[int, int], n
     new_k = start["intrinsics"].copy()
     new_k[0, 0] = new_k[1, 1] = chosen.result.focal
     points, depth, fixed = _bundle_points_and_flags(chosen.result, bundle, principal, chosen.w2c, config)
+    moving = _moving_tracks(bundle, chosen.w2c, new_k, config)
+    if moving.any():
+        progress.log(f"[green]✓[/green] cameras: {moving.sum()} of {len(moving)} tracks move (their points from "
+                     "different stretches of the video disagree)")
     out.update(ba_accepted=np.bool_(True), camera_status=np.str_("repaired" if spikes.size else "solved"),
                cam_w2c=chosen.w2c, intrinsics=new_k, track_bundle_points=points[:count],
-               track_bundle_depth=depth[:count], track_bundle_fixed=fixed[:count],
-               **_dropped_and_kept(chosen.result, bundle))
+               track_bundle_depth=depth[:count], track_bundle_fixed=fixed[:count] & ~moving[:count],
+               track_moving=moving[:count], **_dropped_and_kept(chosen.result, bundle, moving))
     return out
+
+
+def _moving_tracks(bundle: dict[str, np.ndarray], w2c: np.ndarray, k_mat: np.ndarray, config: CamerasConfig
+                   ) -> np.ndarray:
+    """(B,) bool: bundle tracks whose window triangulations disagree (step 5 of the module doc)."""
+    import numpy as np
+
+    from st4r_cli.geometry.window_triangulation import WindowOptions, moving_by_windows
+
+    if config.window_k_sigma <= 0:
+        return np.zeros(len(bundle["query_t"]), bool)
+    moving, _ = moving_by_windows(bundle["tracks_xy"], bundle["visible"], w2c, k_mat,
+                                  WindowOptions(k_sigma=config.window_k_sigma))
+    return moving
 
 
 @dataclass
@@ -258,18 +289,19 @@ def _pick_focal(fixed: _Solution, refined: _Solution, start_focal: float) -> tup
                    f"{refined.median_px:.2f} px for {fixed.median_px:.2f}; {why})")
 
 
-def _dropped_and_kept(result: Any, bundle: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _dropped_and_kept(result: Any, bundle: dict[str, np.ndarray], moving: np.ndarray) -> dict[str, np.ndarray]:
     """`moving_obs` / `fitted_obs` (module doc): (t, x, y) rows of the visible positions of the bundle
-    tracks the solution dropped (seen in 2+ frames besides their query frame, none of it kept) and of
-    those it kept."""
+    tracks the solution dropped (seen in 2+ frames besides their query frame, none of it kept) or found
+    moving (`moving`, step 5), and of the others it kept."""
     import numpy as np
 
     kept = np.zeros(len(bundle["query_t"]), bool)
     kept[result.obs_track] = True
+    kept &= ~moving
     visible = np.asarray(bundle["visible"], bool) & np.isfinite(bundle["tracks_xy"]).all(-1)
     others = visible.copy()
     others[np.arange(len(others)), bundle["query_t"]] = False
-    dropped = (others.sum(1) >= 2) & ~kept
+    dropped = ((others.sum(1) >= 2) & ~kept) | moving
 
     def rows(select: np.ndarray) -> np.ndarray:
         n_idx, t_idx = np.nonzero(visible & select[:, None])

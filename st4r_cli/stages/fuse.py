@@ -42,7 +42,8 @@ cameras and the bundle points) and depth (the multi-view depth, when it ran); co
    whose visible positions on pixels of source 1 or 2 lift to world points that agree (2+ of them,
    spread under `static_spread_rel` x depth) is static at their median, moved in each frame onto the
    tracker's ray at its depth (the 2D track keeps the tracker's precision); the others keep the
-   network's motion. `dynamic_mask` is the depth stage's.
+   network's motion. `dynamic_mask` is the depth stage's. A track the cameras stage found moving
+   (`track_moving`, its step 5) is never static, in step 4 or here.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FUSE_VERSION", "FuseConfig", "check_fuse_config", "fuse_scene"]
 
-FUSE_VERSION = 5
+FUSE_VERSION = 6
 SPECK_SUPPORT = 0.25     # a multi-view pixel needs this share of its 7x7 neighbourhood valid to be kept
 FILL_MIN_SUPPORT = 0.05  # a hole pixel is filled at the finest scale whose valid-pixel weight reaches this
 
@@ -212,6 +213,7 @@ def _multiview_statics(scene: dict[str, np.ndarray], own: dict[str, np.ndarray] 
     tracks3d = np.asarray(scene["tracks3d"], np.float64)
     points, static = _lift_static_tracks(np.asarray(scene["tracks2d"], np.float64), np.asarray(scene["visible"], bool),
                                          depth_m, source > 0, k_mat, c2w, config.static_spread_rel, hw)
+    static &= ~np.asarray(scene.get("track_moving", np.zeros(len(static), bool)), bool)
     tracks3d = np.where(static[:, None, None], points[:, None, :], tracks3d)
     tracker_xy, tracker_seen = _tracker_positions(scene, own, config, hw)
     if tracker_xy is not None and static.any():
@@ -338,9 +340,13 @@ def _relift(scene: dict[str, np.ndarray], own: dict[str, np.ndarray] | None, cam
     count = len(scene["tracks3d"])
     shared = own is not None and len(cameras["track_bundle_points"]) == count
     surface_z = surface_depths(out["pointmaps"], new_w2c)
+    moving = np.asarray(cameras["track_moving"], bool) if shared and "track_moving" in cameras else None
     out.update(_relift_tracks(scene, own, new_w2c, new_k, config, cameras_config,
                               np.asarray(cameras["track_bundle_points"]) if shared else None,
-                              np.asarray(cameras["track_bundle_fixed"], bool) if shared else None, surface_z, hw))
+                              np.asarray(cameras["track_bundle_fixed"], bool) if shared else None, surface_z, hw,
+                              moving))
+    if moving is not None:     # the cameras stage's movers (its step 5): never static, here or in step 5
+        out["track_moving"] = moving
     return out
 
 
@@ -580,8 +586,8 @@ def _static_tracks(tracks3d: np.ndarray, query_t: np.ndarray, rel: float) -> np.
 
 def _relift_tracks(scene: dict[str, np.ndarray], tracks: dict[str, np.ndarray] | None, new_w2c: np.ndarray,
                    new_k: np.ndarray, config: FuseConfig, cameras: CamerasConfig, bundle_points: np.ndarray | None,
-                   use_bundle: np.ndarray | None, surface_z: np.ndarray, hw: tuple[int, int]
-                   ) -> dict[str, np.ndarray]:
+                   use_bundle: np.ndarray | None, surface_z: np.ndarray, hw: tuple[int, int],
+                   moving: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """tracks3d / tracks2d / visible of the scene's tracks under the refined cameras (module doc, 4).
 
     bundle_points (N, 3) and use_bundle (N,) refer to the scene's own tracks (the first N bundle
@@ -598,6 +604,8 @@ def _relift_tracks(scene: dict[str, np.ndarray], tracks: dict[str, np.ndarray] |
     if tracker_xy is not None:
         tracks3d = _fuse(tracks3d, tracker_xy, tracker_seen, new_w2c, new_k)
     static = _static_tracks(np.asarray(scene["tracks3d"], np.float64), query_t, cameras.ba_dynamic_rel)
+    if moving is not None:
+        static &= ~moving
     start = tracks3d[np.arange(count), query_t]
     if tracker_xy is not None:  # the 2D track must agree: a point that stays put reprojects onto it
         fits = _fits_static(start, tracker_xy, tracker_seen, new_w2c, new_k, cameras.ba_point_max_px)
