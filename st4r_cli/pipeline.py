@@ -528,6 +528,10 @@ def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, A
         run.mark_failed(f"{type(err).__name__}: {err}")
         raise
     run.mark_complete()
+    memory = run.stage_memory
+    if memory:
+        top = max(memory, key=memory.get)
+        progress.log(f"memory: peak {memory[top]:.0f} MiB resident ({top}); per stage in {run.dir / 'run.json'}")
     for message in run.warnings:   # at the end, where it is seen (also with --quiet)
         progress.console.print(f"[yellow]warning[/yellow]: {message}")
     return artifacts

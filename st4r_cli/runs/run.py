@@ -138,12 +138,15 @@ class Run:
         compute: returns the stage's arrays, dict[str, np.ndarray]
         force:   recompute even if cached (also when `name` or "all" is in `run.force`)
         """
+        from st4r_cli.runs.memory import PeakMemory
+
         force = force or name in self.force or "all" in self.force
-        artifact = self.cache.get_or_compute(name, version, config, inputs, compute, force=force)
+        with PeakMemory() as peak:
+            artifact = self.cache.get_or_compute(name, version, config, inputs, compute, force=force)
         verb = "reused" if artifact.reused else f"computed in {artifact.seconds:.1f} s"
         progress.log(f"[green]✓[/green] {name}: {verb}")
-        progress.debug(f"{name}: key {artifact.key[:16]} digest {artifact.digest[:16]}")
-        self._record_stage(artifact)
+        progress.debug(f"{name}: key {artifact.key[:16]} digest {artifact.digest[:16]}, peak RSS {peak.rss_mb:.0f} MiB")
+        self._record_stage(artifact, peak.rss_mb, peak.cuda_mb)
         return artifact
 
     def artifact(self, name: str) -> Artifact:
@@ -273,12 +276,23 @@ class Run:
         """The warnings recorded in run.json by this run (`warn`)."""
         return list(self._read_status().get("warnings", []))
 
-    def _record_stage(self, artifact: Artifact) -> None:
+    def _record_stage(self, artifact: Artifact, peak_rss_mb: float, cuda_mb: float | None) -> None:
+        """The stage in run.json: its artifact, and the process's peak resident memory (MiB) while it ran
+        (CUDA's max allocated too on a GPU)."""
         status = self._read_status()
-        status.setdefault("stages", {})[artifact.stage] = {
-            "key": artifact.key, "digest": artifact.digest, "file": f"cache/{artifact.path.name}",
-            "reused": artifact.reused, "seconds": artifact.seconds}
+        record = {"key": artifact.key, "digest": artifact.digest, "file": f"cache/{artifact.path.name}",
+                  "reused": artifact.reused, "seconds": artifact.seconds, "peak_rss_mb": peak_rss_mb}
+        if cuda_mb is not None:
+            record["cuda_max_allocated_mb"] = cuda_mb
+        status.setdefault("stages", {})[artifact.stage] = record
         self._write_status(status)
+
+    @property
+    def stage_memory(self) -> dict[str, float]:
+        """Stage name -> peak resident memory in MiB while it ran (run.json)."""
+        stages = self._read_status().get("stages", {})
+        return {name: float(record["peak_rss_mb"]) for name, record in stages.items()
+                if isinstance(record, dict) and isinstance(record.get("peak_rss_mb"), (int, float))}
 
     def _update_status(self, **fields: Any) -> None:
         status = self._read_status()

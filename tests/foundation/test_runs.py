@@ -250,3 +250,25 @@ def test_run_json_says_how_much_of_the_video_moves(tmp_path):
     assert status["motion"]["moving_tracks"] == 0.7
     assert status["warnings"] == ["motion: 70% of the tracks move; the cameras rest on the few static ones "
                                   "and may follow the movers"]
+
+
+def test_run_json_records_each_stages_peak_memory(tmp_path):
+    import json
+
+    import numpy as np
+
+    from st4r_cli.runs import Run, RunConfig
+    from st4r_cli.runs.memory import current_rss_bytes
+
+    def big() -> dict:
+        block = np.ones(300 * 2**20 // 8)            # 300 MiB, touched
+        return {"sum": np.asarray(block.sum())}
+
+    before = current_rss_bytes() / 2**20
+    with Run.create(tmp_path / "run", RunConfig()) as run:
+        run.stage("big", 1, {}, [], big)
+        run.stage("small", 1, {}, [], lambda: {"x": np.zeros(3)})
+    stages = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
+    assert stages["big"]["peak_rss_mb"] >= before + 250
+    assert stages["small"]["peak_rss_mb"] < stages["big"]["peak_rss_mb"] - 200
+    assert "cuda_max_allocated_mb" not in stages["big"]          # no GPU here
