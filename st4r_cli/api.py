@@ -223,7 +223,7 @@ def run_adapt(video: str | Path, out: str | Path | None = None, *, config: str |
     Every option is checked before the run directory is created (St4rError, the CLI's messages).
     """
     from st4r_cli import pipeline, progress
-    from st4r_cli.cli.common import check_run_inputs, resolve_device
+    from st4r_cli.device import resolve_device
     from st4r_cli.runs import Run
 
     run_config = build_config(video, config=config, set=set, model=model, tracker=tracker, depth=depth,
@@ -233,7 +233,7 @@ def run_adapt(video: str | Path, out: str | Path | None = None, *, config: str |
     pipeline.check_force(force)
     pipeline.check_until(until)
     pipeline.check_run_config(run_config)
-    check_run_inputs(run_config)       # the model file, the query file: before the run dir exists
+    pipeline.check_run_inputs(run_config)   # the model file, the query file: before the run dir exists
     resolved_device = resolve_device(run_config.device)
     out_dir = run_dir_for(video, out)
     with Run.create(out_dir, run_config, force=force) as run:

@@ -461,6 +461,26 @@ def check_run_config(config: RunConfig) -> None:
         check_run_budget(config)
 
 
+def check_run_inputs(config: RunConfig) -> None:
+    """The files a run config names, checked before any stage runs (St4rError, one line): the
+    model checkpoint (`model.io.check_checkpoint_file`) and, with `tracks.query_mode: file`, the
+    query file (`tracking.queries.load_query_file`)."""
+    from st4r_cli.model.io import check_checkpoint_file
+
+    check_checkpoint_file(config.model)
+    tracks = config.tracks
+    if tracks.query_mode == "file":
+        from st4r_cli.tracking.queries import load_query_file
+
+        if not tracks.query_file:
+            raise St4rError("tracks query mode 'file' needs a query file (--queries FILE)")
+        import numpy as np
+
+        points = load_query_file(tracks.query_file)
+        if not np.isfinite(points).all():
+            raise St4rError(f"query file {tracks.query_file} holds non-finite values (NaN or inf)")
+
+
 def check_run_budget(config: RunConfig) -> None:
     """The sizes a run asks for, from the input's header (no decoding) and the config, checked before
     any stage runs (St4rError saying how much the request would need): the source's frame size

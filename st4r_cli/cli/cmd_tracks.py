@@ -138,9 +138,11 @@ def open_or_start_run(input_path: Path, out: str | Path | None, config: Path | N
     else:
         run_config = load_config(config) if config else RunConfig()
         run_config.input = str(input_path.resolve())
-        _set_if(run_config.decode, "long_side", long_side)
-        _set_if(run_config.decode, "max_frames", max_frames)
+    # one rule for every command, the API and batch (as `api.build_config`): the --config file, then
+    # --set, then the explicit flags
     apply_overrides(run_config, list(overrides or []))
+    _set_if(run_config.decode, "long_side", long_side)
+    _set_if(run_config.decode, "max_frames", max_frames)
     _set_if(run_config, "seed", seed)
     run_config.device = device.value
     configure(run_config)

@@ -18,6 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from st4r_cli import progress
+from st4r_cli.device import resolve_device  # noqa: F401 (re-exported: the CLI's commands use it)
 from st4r_cli.errors import St4rError
 
 
@@ -83,26 +84,6 @@ RunSeedOpt = Annotated[Optional[int], typer.Option(  # noqa: UP007
     "--seed", help="Random seed (default 0); deterministic for a fixed seed on CPU.")]
 
 
-def resolve_device(device: Device | str) -> str:
-    """Return the torch device string for a `--device` value: "cpu" or "cuda".
-
-    `auto` means CUDA if a CUDA device works, else CPU; asking for `cuda` on a machine without a
-    working CUDA device is a user error.
-    """
-    name = device.value if isinstance(device, Device) else str(device).lower()
-    if name not in {"auto", "cpu", "cuda"}:
-        raise St4rError(f"unknown device '{device}': use auto, cpu or cuda")
-    if name == "cpu":
-        return "cpu"
-    import torch  # heavy: only when a command actually runs
-
-    cuda_ok = torch.cuda.is_available()
-    if name == "cuda" and not cuda_ok:
-        raise St4rError("--device cuda was requested but no CUDA device is available "
-                        "(torch.cuda.is_available() is False); use --device cpu")
-    return "cuda" if cuda_ok else "cpu"
-
-
 def setup(device: Device | str = Device.auto, quiet: bool = False, verbose: bool = False) -> str:
     """Apply --quiet/--verbose and resolve --device; returns "cpu" or "cuda"."""
     set_verbosity(quiet, verbose)
@@ -116,26 +97,6 @@ def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
     if quiet and verbose:
         raise St4rError("--quiet and --verbose cannot be used together")
     progress.set_verbosity(quiet=quiet, verbose=verbose)
-
-
-def check_run_inputs(config: object) -> None:
-    """The files a run config names, checked before any stage runs (St4rError, one line): the
-    model checkpoint (`model.io.check_checkpoint_file`) and, with `tracks.query_mode: file`, the
-    query file (`tracking.queries.load_query_file`)."""
-    from st4r_cli.model.io import check_checkpoint_file
-
-    check_checkpoint_file(config.model)  # type: ignore[attr-defined]
-    tracks = config.tracks  # type: ignore[attr-defined]
-    if tracks.query_mode == "file":
-        from st4r_cli.tracking.queries import load_query_file
-
-        if not tracks.query_file:
-            raise St4rError("tracks query mode 'file' needs a query file (--queries FILE)")
-        import numpy as np
-
-        points = load_query_file(tracks.query_file)
-        if not np.isfinite(points).all():
-            raise St4rError(f"query file {tracks.query_file} holds non-finite values (NaN or inf)")
 
 
 def seed_everything(seed: int) -> None:
