@@ -334,9 +334,10 @@ def _output_names(status: Mapping[str, Any]) -> list[str]:
 
 
 def is_run_dir(path: Path) -> bool:
-    """True when `path` holds a st4r run: a `config.yaml` that st4r wrote (its header line; a RunConfig
-    with its input, model and decode settings) and, when present, a `run.json` with a run status. (A run killed right after
-    its config was written has no run.json yet.)"""
+    """True when `path` holds a st4r run: a `config.yaml` that st4r wrote (its header line, and the input,
+    model and decode settings every version's config has: a run of an older st4r, whose settings this
+    version may no longer read, is still st4r's) and, when present, a `run.json` with a run status (a
+    run killed right after its config was written has none yet)."""
     import yaml
 
     path = Path(path)
@@ -350,11 +351,7 @@ def is_run_dir(path: Path) -> bool:
         return False
     if not text.startswith(CONFIG_HEADER) or not isinstance(data, dict):
         return False
-    if not {"input", "model", "decode"} <= set(data):   # what every st4r version's config.yaml has
-        return False
-    try:
-        RunConfig.from_dict(data)
-    except St4rError:
+    if not {"input", "model", "decode"} <= set(data):
         return False
     if not status_path.exists():
         return True
@@ -366,13 +363,11 @@ def is_run_dir(path: Path) -> bool:
 
 
 def run_name_for(video: Path, reserved: tuple[str, ...] = ()) -> str:
-    """The default run directory name of an input: a video's stem, an image folder's name (`.` is the
-    current folder's name). St4rError when that name is empty (`/`) or one of `reserved` (e.g. the batch
-    summary's file name): the run would be the runs folder itself, or collide with another file."""
-    from st4r_cli.paths import VIDEO_SUFFIXES
-
+    """The default run directory name of an input: a video file's stem, an image folder's name (`.` is
+    the current folder's name). St4rError when that name is empty (`/`) or one of `reserved` (e.g. the
+    batch summary's file name): the run would be the runs folder itself, or collide with another file."""
     path = Path(video).expanduser().resolve()
-    name = path.stem if path.suffix.lower() in VIDEO_SUFFIXES else path.name
+    name = path.name if path.is_dir() else path.stem
     if not name.strip() or name in (".", "..") or name in reserved:
         raise St4rError(f"cannot name a run directory after {str(video)!r} (it would be {name!r}); "
                         "give the run directory with --out")
