@@ -114,7 +114,8 @@ def score(scene: dict[str, np.ndarray], truth: dict[str, np.ndarray], card, gt_c
     row["mover_tracks"] = int(on.sum())
     if not on.any():
         return row
-    row["mover_tracks_static"] = round(float(np.mean(scene["track_static"][on])), 4) if "track_static" in scene else None
+    static = scene.get("track_static")
+    row["mover_tracks_static"] = round(float(np.mean(static[on])), 4) if static is not None else None
     uv = truth["card_uv"][query_t[on], rows[on], cols[on]].astype(np.float64)
     world0 = np.linalg.inv(truth["cam0_c2w"])
     true = card_points(card, uv)                                                 # (T, M, 3) clip world

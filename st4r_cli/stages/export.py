@@ -67,7 +67,8 @@ class ExportConfig:
     colmap_max_error_px: float = 4.0  # COLMAP: drop observations reprojecting farther (scene pixels)
     frustum_scale: float = 0.0        # frustum depth in world units; 0 -> 5% of the camera path length
     seed: int = 0
-    axes: str | None = "gltf"         # "gltf" | "opencv" for PLY and GLB (the CLI's default too); None: PLY opencv, GLB gltf
+    axes: str | None = "gltf"         # "gltf" | "opencv" for PLY and GLB (the CLI's default too);
+                                      # None: PLY opencv, GLB gltf
     static_voxel: float = 0.0         # static.ply's voxel size in scene units; 0 -> 1% of the median depth
     glb_point_size: float | None = 0.0  # GLB: 0 = glTF points; > 0 = squares of that side; None = auto
 
