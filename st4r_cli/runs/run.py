@@ -277,8 +277,8 @@ class Run:
         return list(self._read_status().get("warnings", []))
 
     def _record_stage(self, artifact: Artifact, peak_rss_mb: float, cuda_mb: float | None) -> None:
-        """The stage in run.json: its artifact, and the process's peak resident memory (MiB) while it ran
-        (CUDA's max allocated too on a GPU)."""
+        """The stage in run.json: its artifact, and the process's peak resident memory (MiB) while it ran,
+        which includes what earlier stages still hold (CUDA's max allocated too on a GPU)."""
         status = self._read_status()
         record = {"key": artifact.key, "digest": artifact.digest, "file": f"cache/{artifact.path.name}",
                   "reused": artifact.reused, "seconds": artifact.seconds, "peak_rss_mb": peak_rss_mb}
