@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from _provenance import provenance
+from multiview_depth import network_depth
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "benchmarks"
@@ -72,12 +73,6 @@ def resize_nearest(maps: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
                      for m in maps])
 
 
-def scene_depth(scene: dict[str, np.ndarray]) -> np.ndarray:
-    """(T, H, W) z of the scene's pointmaps in each frame's camera."""
-    w2c = np.linalg.inv(scene["cam_c2w"].astype(np.float64))
-    return np.einsum("tk,thwk->thw", w2c[:, 2, :3], scene["pointmaps"].astype(np.float64)) + w2c[:, 2, 3][:, None, None]
-
-
 def native_xy(xy: np.ndarray, scene_hw: tuple[int, int], native_hw: tuple[int, int]) -> np.ndarray:
     return np.stack([(xy[:, 0] + 0.5) * native_hw[1] / scene_hw[1] - 0.5,
                      (xy[:, 1] + 0.5) * native_hw[0] / scene_hw[0] - 0.5], 1)
@@ -97,7 +92,7 @@ def score(scene: dict[str, np.ndarray], truth: dict[str, np.ndarray], card, gt_c
     row = {"mover_pixels": round(float(mask.mean()), 4),
            "mover_pixels_flagged": round(float(dynamic[mask].mean()), 4) if mask.any() else None,
            "static_pixels_flagged": round(float(dynamic[~mask].mean()), 4)}
-    depth = scene_depth(scene)
+    depth = network_depth(scene)
     static = ~mask & (gt_depth > 0) & np.isfinite(depth) & (depth > 0)
     scale = float(np.median(gt_depth[static] / depth[static]))
     on_mover = mask & (gt_depth > 0) & np.isfinite(depth)

@@ -98,11 +98,11 @@ class Scene:
         pointmaps or cameras."""
         import numpy as np
 
+        from st4r_cli.geometry.camera_np import surface_depths
+
         if self.pointmaps is None or self.cam_c2w is None:
             return None
-        w2c = np.linalg.inv(np.asarray(self.cam_c2w, np.float64))
-        rows = w2c[:, 2, :3]                                       # (T, 3): z = r3 . X + t3
-        return (np.einsum("thwc,tc->thw", self.pointmaps, rows) + w2c[:, 2, 3, None, None]).astype(np.float32)
+        return surface_depths(self.pointmaps, np.linalg.inv(np.asarray(self.cam_c2w, np.float64))).astype(np.float32)
 
     @property
     def num_tracks(self) -> int:
@@ -125,22 +125,10 @@ def load_run(run: str | Path) -> Scene:
         Run.open(path).require_complete()
     arrays = read_scene(path)
     scene = Scene.from_arrays(arrays, run_dir=path if path.is_dir() else path.parent)
-    scene.timestamps = _run_timestamps(scene)
+    from st4r_cli.pipeline import run_timestamps
+
+    scene.timestamps = run_timestamps(scene.run_dir, scene.num_frames)
     return scene
-
-
-def _run_timestamps(scene: Scene) -> np.ndarray | None:
-    """Frame times in seconds from the run's decode stage, when it has one with a time per frame."""
-    from st4r_cli.runs import Run
-
-    if scene.run_dir is None or not (scene.run_dir / "config.yaml").is_file():
-        return None
-    try:
-        run = Run.open(scene.run_dir)
-        stamps = run.artifact("decode")["timestamps_s"] if run.has_artifact("decode") else None
-    except St4rError:
-        return None
-    return stamps if stamps is not None and len(stamps) == scene.num_frames else None
 
 
 def _value(option: Any) -> Any:

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from st4r_cli import progress
 from st4r_cli.errors import St4rError
 from st4r_cli.runs import Artifact, Run, RunConfig, digest_arrays, digest_file_or_missing, digest_path
 from st4r_cli.runs.config import keyed_fields
 from st4r_cli.stages.decode import DECODE_VERSION, check_decode_config, decode
+
+if TYPE_CHECKING:
+    import numpy as np
 
 STAGES = ("decode", "tracks", "cameras", "depth", "adapt", "predict", "fuse")
 # Former stage names: `chain` (window inference + chaining + bundle adjustment) is now predict,
@@ -489,7 +492,7 @@ def check_run_budget(config: RunConfig) -> None:
     import math
 
     from st4r_cli.stages.decode import probe_source, processing_hw
-    from st4r_cli.tracking.queries import check_query_budget, check_npy_rows, load_query_file
+    from st4r_cli.tracking.queries import check_query_budget, load_query_file
 
     source = probe_source(config.input, config.decode)
     num_frames = source.num_frames or 1
@@ -497,9 +500,7 @@ def check_run_budget(config: RunConfig) -> None:
     queries = {"grid": tracks.grid_size**2,
                "grid_every_k": tracks.grid_size**2 * math.ceil(num_frames / tracks.query_every_k)}
     if tracks.query_mode == "file" and tracks.query_file:
-        if Path(tracks.query_file).suffix.lower() == ".npy":
-            check_npy_rows(Path(tracks.query_file))
-        queries["file"] = len(load_query_file(tracks.query_file))
+        queries["file"] = len(load_query_file(tracks.query_file))   # a .npy: its header checked first
     camera = tracks.camera_grid_size**2 * math.ceil(num_frames / tracks.camera_every_k) if tracks.camera_every_k else 0
     tracked = queries.get(tracks.query_mode, 0)
     check_query_budget(tracked + camera, num_frames, "tracks (query points and the camera grid)")
@@ -572,6 +573,19 @@ def run_tracker_tracks(run_dir: Path | None) -> dict[str, np.ndarray] | None:
         return {"tracks_xy": artifact["tracks_xy"], "visible": artifact["visible"], "queries": artifact["queries"]}
     except Exception:  # noqa: BLE001 - the scene's tracks2d are the fallback
         return None
+
+
+def run_timestamps(run_dir: Path | None, num_frames: int) -> np.ndarray | None:
+    """(T,) frame times in seconds from a run's decode stage, when the run has one with `num_frames`
+    times; None otherwise (a bare scene.npz folder, a run without its decode)."""
+    if run_dir is None or not (Path(run_dir) / "config.yaml").is_file():
+        return None
+    try:
+        run = Run.open(run_dir)
+        stamps = run.artifact("decode")["timestamps_s"] if run.has_artifact("decode") else None
+    except (St4rError, KeyError, OSError, ValueError):   # timestamps are a nicety: frame indices otherwise
+        return None
+    return stamps if stamps is not None and len(stamps) == num_frames else None
 
 
 def source_frames(run_dir: Path) -> dict[str, np.ndarray] | None:

@@ -145,10 +145,6 @@ def _timestamps(run_dir: Path, scene: dict) -> object:
     """Frame times in seconds from the run's decode stage, when available and consistent."""
     if run_dir.is_file() or "cam_c2w" not in scene:
         return None
-    try:
-        from st4r_cli.runs import Run
+    from st4r_cli.pipeline import run_timestamps
 
-        stamps = Run.open(run_dir).artifact("decode")["timestamps_s"]
-    except Exception:  # noqa: BLE001 - timestamps are a nicety; frame indices are the fallback
-        return None
-    return stamps if len(stamps) == len(scene["cam_c2w"]) else None
+    return run_timestamps(run_dir, len(scene["cam_c2w"]))

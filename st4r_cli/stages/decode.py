@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -342,26 +343,35 @@ def _image_files(folder: Path) -> list[Path]:
                    and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image from its header; St4rError above MAX_SOURCE_PIXELS (before PIL's
-    own decompression-bomb warning, which would print two raw lines)."""
+@contextmanager
+def _open_image(path: Path) -> Iterator[Any]:
+    """The PIL image of `path`, opened once: St4rError (one line) for an unreadable file or one above
+    MAX_SOURCE_PIXELS, which its header tells before anything is decoded (and before PIL's own
+    decompression-bomb warning, which would print two raw lines); errors while the caller loads it too."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # capped below
             with Image.open(path) as image:
                 width, height = image.size
+                if width * height > MAX_SOURCE_PIXELS:
+                    raise St4rError(f"image {path} is too large to read safely: {width}x{height} pixels "
+                                    f"({width * height / 1e6:.0f} Mpx; st4r reads at most "
+                                    f"{MAX_SOURCE_PIXELS / 1e6:.0f} Mpx)")
+                yield image
     except Image.DecompressionBombError:
         raise St4rError(f"image {path} is too large to read safely") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise St4rError(f"cannot read image {path}: {' '.join(str(err).split())}") from None
-    if width * height > MAX_SOURCE_PIXELS:
-        raise St4rError(f"image {path} is too large to read safely: {width}x{height} pixels "
-                        f"({width * height / 1e6:.0f} Mpx; st4r reads at most {MAX_SOURCE_PIXELS / 1e6:.0f} Mpx)")
-    return width, height
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image from its header (`_open_image`'s checks)."""
+    with _open_image(path) as image:
+        return image.size
 
 
 def _image_folder_frames(folder: Path, cfg: DecodeConfig) -> tuple[Iterator[_RawFrame], int, float]:
@@ -382,22 +392,12 @@ def _image_folder_frames(folder: Path, cfg: DecodeConfig) -> tuple[Iterator[_Raw
 
 def _read_image_rgb(path: Path) -> Any:
     """An image file as (H, W, 3) uint8 RGB, EXIF-rotated, alpha over black, 16-bit scaled."""
-    import warnings
-
     import numpy as np
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
 
-    _image_size(path)   # the pixel cap, from the header
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # _image_size capped it
-            with Image.open(path) as image:
-                image = ImageOps.exif_transpose(image)
-                image.load()
-    except Image.DecompressionBombError as err:
-        raise St4rError(f"image {path} is too large to read safely: {' '.join(str(err).split())}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise St4rError(f"cannot read image {path}: {' '.join(str(err).split())}") from None
+    with _open_image(path) as image:
+        image = ImageOps.exif_transpose(image)
+        image.load()
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         gray = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or gray.max() > 255 else 255.0
