@@ -220,6 +220,8 @@ class FuseConfig:
     multiview: bool = True            # static pixels and tracks from the multi-view depth when present
     static_spread_rel: float = 0.05   # a track is static when its lifted points agree within this x depth
     fill_radius_px: float = 16.0      # non-moving pixels this close to multi-view ones take a fill of their depth
+    mover_depth: bool = True          # moving parts at the depth of the static surface they stand on, in front of
+                                      # what they cover (stages/fuse.py step 6)
 
     queries: str = "tracks"           # tracks (the tracks stage's queries) | grid | dense (frame 0)
     grid_size: int = 32               # points per side for queries=grid
