@@ -61,17 +61,15 @@ def test_a_part_on_the_image_border_or_over_unknown_ground_has_no_contact():
     assert contact_depths(figure, scene, np.zeros((H, W), bool)) is None   # nothing static known below
 
 
-def test_a_floating_card_behind_what_it_covers_is_pulled_in_front_and_one_in_front_is_left_alone():
+def test_a_card_with_no_contact_keeps_its_depth():
     wall = np.full((H, W), 5.0)
     card = np.zeros((H, W), bool)
     card[20:50, 40:80] = True
     nothing_below = np.zeros((H, W), bool)                  # the wall is known from other frames only
     covered = np.where(card, 5.0, np.inf)
-    behind = mover_scales(card, np.where(card, 8.0, wall), wall, nothing_below, covered)
-    assert behind[0].kind == "order"
-    assert np.allclose(8.0 * behind[0].scale[card], 5.0)    # at most at the wall
-    in_front = mover_scales(card, np.where(card, 2.0, wall), wall, nothing_below, covered)
-    assert in_front[0].kind == "none" and np.allclose(in_front[0].scale[card], 1.0)
+    for network_z in (2.0, 8.0):                            # in front of the wall, behind it
+        parts = mover_scales(card, np.where(card, network_z, wall), wall, nothing_below, covered)
+        assert parts[0].kind == "none" and np.allclose(parts[0].scale[card], 1.0)
 
 
 def test_a_contact_that_puts_the_part_behind_what_it_covers_is_not_taken():
@@ -82,8 +80,11 @@ def test_a_contact_that_puts_the_part_behind_what_it_covers_is_not_taken():
     card = np.zeros((H, W), bool)
     card[30:60, 50:80] = True
     covered = np.where(card, 3.0, np.inf)
-    parts = mover_scales(card, np.where(card, 3.6, scene), scene, ~card, covered)
-    assert parts[0].kind == "order" and np.allclose(3.6 * parts[0].scale[card], 3.0)
+    parts = mover_scales(card, np.where(card, 2.0, scene), scene, ~card, covered)
+    assert parts[0].kind == "none" and np.allclose(parts[0].scale[card], 1.0)
+    in_front = np.where(card, 5.0, np.inf)                  # the same contact in front of a far wall is taken
+    parts = mover_scales(card, np.where(card, 2.0, scene), scene, ~card, in_front)
+    assert parts[0].kind == "contact" and np.allclose(2.0 * parts[0].scale[card], 4.0)
 
 
 def test_covered_depth_renders_the_nearest_static_surface_and_fills_the_gaps_between_points():
@@ -124,3 +125,25 @@ def test_the_fuse_step_moves_the_parts_points_and_their_tracks_along_their_rays(
     np.testing.assert_allclose(after_xy, before_xy, atol=1e-6)                          # same rays
     assert np.abs(after_z[0] / 3.0 - 1).max() < 0.03
     np.testing.assert_array_equal(after[1], tracks3d[1])
+
+
+def test_a_few_static_specks_under_a_wide_part_are_no_contact():
+    scene = _floor_and_wall()
+    figure = _standing_figure(3.0, (30, 90), 1.0)
+    specks = np.zeros((H, W), bool)
+    bottom = np.nonzero(figure)[0].max()
+    specks[bottom + 1, [35, 50, 65, 80]] = True             # 4 of the 60 columns see something static below
+    assert contact_depths(figure, scene, specks) is None
+    specks[bottom + 1, 30:70] = True                        # two thirds of them do
+    assert contact_depths(figure, scene, specks) is not None
+
+
+def test_a_contact_that_changes_the_depth_more_than_threefold_is_not_taken():
+    # a raised arm (the network: 2.3 m) over pixels the motion mask missed, triangulated at 0.2 m
+    body = np.full((H, W), 0.2)
+    arm = np.zeros((H, W), bool)
+    arm[20:40, 30:60] = True
+    parts = mover_scales(arm, np.where(arm, 2.3, body), body, ~arm, np.full((H, W), np.inf))
+    assert parts[0].kind == "none"
+    parts = mover_scales(arm, np.where(arm, 0.5, body), body, ~arm, np.full((H, W), np.inf))
+    assert parts[0].kind == "contact" and np.allclose(0.5 * parts[0].scale[arm], 0.2)
