@@ -217,10 +217,29 @@ def _note_motion(run: Run, scene: Artifact) -> None:
     if "track_static" in scene and len(scene["track_static"]):
         motion["moving_tracks"] = round(1.0 - float(np.mean(scene["track_static"])), 4)
     run.note("motion", motion)
+    _note_signal(run, scene)
     solved = "ba_accepted" in scene and bool(np.asarray(scene["ba_accepted"]).all())
     if solved and motion.get("moving_tracks", 0.0) > MOSTLY_MOVING:   # (unsolved cameras: already a warning)
         run.warn(f"motion: {100 * motion['moving_tracks']:.0f}% of the tracks move; the cameras rest on the "
                  "few static ones and may follow the movers")
+
+
+def _note_signal(run: Run, scene: Artifact) -> None:
+    """Where the video holds no signal, in run.json (`signal`, `viz.selection.signal_summary`), the log,
+    and a warning naming the frames with no geometry of their own."""
+    from st4r_cli.viz.selection import signal_summary
+
+    signal = signal_summary({key: scene[key] for key in ("pointmap_source", "dynamic_mask") if key in scene})
+    if signal is None:
+        return
+    run.note("signal", signal)
+    share, frames = signal["pixels_without_geometry"], signal["frames_without_geometry"]
+    if share:
+        progress.log(f"[yellow]-[/yellow] {100 * share:.0f}% of the pixels have no geometry from the video (no "
+                     "parallax there): the network's guess, low confidence, hidden in st4r view by default")
+    if frames:
+        run.warn(f"signal: {len(frames)} frame(s) hold no geometry of their own (a pure pan or a camera "
+                 f"standing still): {', '.join(map(str, frames[:20]))}{' ...' if len(frames) > 20 else ''}")
 
 
 def run_depth(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact | None:

@@ -42,7 +42,10 @@ cameras and the bundle points) and depth (the multi-view depth, when it ran); co
    whose visible positions on pixels of source 1 or 2 lift to world points that agree (2+ of them,
    spread under `static_spread_rel` x depth) is static at their median, moved in each frame onto the
    tracker's ray at its depth (the 2D track keeps the tracker's precision); the others keep the
-   network's motion. `dynamic_mask` is the depth stage's. A track the cameras stage found moving
+   network's motion. A static pixel left with the network's depth (source 0: no multi-view depth and
+   no measured pixel within the fill radius; where the video holds no signal, a pure pan or a camera
+   standing still) gets confidence NO_GEOMETRY_CONF, below any of the network's, so the viewer hides it
+   by default and the exports' confidence filters drop it first. `dynamic_mask` is the depth stage's. A track the cameras stage found moving
    (`track_moving`, its step 5) is never static, in step 4 or here.
 6. Movers' depth (`fuse.mover_depth`, after step 5; `st4r_cli.geometry.mover_depth`). Each connected part
    of a frame's motion mask is put upright at the depth of the static surface just below its bottom edge
@@ -69,9 +72,10 @@ if TYPE_CHECKING:
 
 __all__ = ["FUSE_VERSION", "FuseConfig", "check_fuse_config", "fuse_scene"]
 
-FUSE_VERSION = 7
+FUSE_VERSION = 8
 SPECK_SUPPORT = 0.25     # a multi-view pixel needs this share of its 7x7 neighbourhood valid to be kept
 FILL_MIN_SUPPORT = 0.05  # a hole pixel is filled at the finest scale whose valid-pixel weight reaches this
+NO_GEOMETRY_CONF = 0.5    # step 5: confidence of static pixels with no geometry (the network's: 1 + exp(.))
 COVER_FRAMES = 8         # step 6: the static surface a mover covers is rendered from this many frames either side
 
 
@@ -224,7 +228,10 @@ def _multiview_statics(scene: dict[str, np.ndarray], own: dict[str, np.ndarray] 
         pointmaps, source, scale_map = _mover_depths(pointmaps, source, depth_m, np.asarray(depth["dynamic"], bool),
                                                      k_mat, c2w)
     out = dict(scene)
-    out.update(pointmaps=pointmaps, dynamic_mask=np.asarray(depth["dynamic"], bool), pointmap_source=source)
+    no_geometry = (source == 0) & ~np.asarray(depth["dynamic"], bool)
+    conf = np.where(no_geometry, np.minimum(scene["conf"], NO_GEOMETRY_CONF), scene["conf"]).astype(np.float32)
+    out.update(pointmaps=pointmaps, dynamic_mask=np.asarray(depth["dynamic"], bool), pointmap_source=source,
+               conf=conf)
     tracks3d = np.asarray(scene["tracks3d"], np.float64)
     points, static = _lift_static_tracks(np.asarray(scene["tracks2d"], np.float64), np.asarray(scene["visible"], bool),
                                          depth_m, source > 0, k_mat, c2w, config.static_spread_rel, hw)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from st4r_cli.viz.selection import (  # noqa: F401  (re-exported for the viewer, videos and summary)
-    DYNAMIC_REL, camera_depth, dynamic_mask_from_tracks, pick_tracks, track_dynamic)
+    DYNAMIC_REL, camera_depth, dynamic_mask_from_tracks, no_geometry_mask, pick_tracks, track_dynamic)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,6 +35,7 @@ class ViewData:
     track_dynamic: np.ndarray          # (N,) bool
     dynamic_mask: np.ndarray           # (T, H, W) bool
     mask_source: str                   # "scene" (its dynamic_mask), else "track_static" or "motion" (from tracks)
+    no_geometry: np.ndarray            # (T, H, W) bool: static pixels the video gives no geometry for
     source: Path = field(default_factory=Path)
 
     @property
@@ -90,9 +91,12 @@ def load_view_data(path: Path) -> ViewData:
     else:
         mask = dynamic_mask_from_tracks(scene, track_dyn, hw)
         mask_source = "track_static" if "track_static" in scene else "motion"
+    no_geometry = no_geometry_mask(scene)
+    if no_geometry is None or no_geometry.shape != frames.shape[:3]:
+        no_geometry = np.zeros(frames.shape[:3], bool)
     return ViewData(scene=scene, frames=np.ascontiguousarray(frames), fps=fps, depth=depth,
                     track_colors=_colors(query_xy, hw), track_dynamic=track_dyn, dynamic_mask=mask,
-                    mask_source=mask_source, source=scene_path)
+                    mask_source=mask_source, no_geometry=no_geometry, source=scene_path)
 
 
 def _colors(query_xy: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

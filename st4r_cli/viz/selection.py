@@ -10,6 +10,31 @@ if TYPE_CHECKING:
     import numpy as np
 
 DYNAMIC_REL = 0.05   # a track moving more than this fraction of the median frame-0 depth is dynamic
+NO_GEOMETRY_FRAME = 0.9  # a frame whose static pixels are this much without geometry holds no signal of its own
+
+
+def no_geometry_mask(scene: dict[str, np.ndarray]) -> np.ndarray | None:
+    """(T, H, W) bool: static pixels the video gives no geometry for (no multi-view depth of their own, no
+    measured neighbour to fill from: `pointmap_source` 0 outside `dynamic_mask`), whose points are the
+    network's guess; None for a scene without multi-view depth (all of it is the network's then)."""
+    if "pointmap_source" not in scene or "dynamic_mask" not in scene:
+        return None
+    return (scene["pointmap_source"] == 0) & ~scene["dynamic_mask"].astype(bool)
+
+
+def signal_summary(scene: dict[str, np.ndarray]) -> dict[str, object] | None:
+    """Where the video holds no signal: `pixels_without_geometry` (share of all pixels) and
+    `frames_without_geometry` (frames whose static pixels are NO_GEOMETRY_FRAME or more without it: a pure
+    pan, a camera standing still, no static neighbours to borrow from); None without multi-view depth."""
+    import numpy as np
+
+    mask = no_geometry_mask(scene)
+    if mask is None:
+        return None
+    static = np.maximum((~scene["dynamic_mask"].astype(bool)).sum(axis=(1, 2)), 1)
+    share = mask.sum(axis=(1, 2)) / static
+    return {"pixels_without_geometry": round(float(mask.mean()), 4),
+            "frames_without_geometry": [int(t) for t in np.flatnonzero(share >= NO_GEOMETRY_FRAME)]}
 
 
 def pick_tracks(query_xy: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:

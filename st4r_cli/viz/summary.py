@@ -1,8 +1,8 @@
 """The one picture `st4r adapt` ends with: `RUN/summary.png`.
 
 Top row: the first and the last frame with the tracks drawn (dots and tails, hollow when occluded).
-Bottom: a top view of the scene: the confident points of every few frames (their colours) seen from
-above (world x to the right, world z, the first camera's viewing direction, upwards; the world's up is
+Bottom: a top view of the scene: the confident points of every few frames (their colours; not the
+network's guesses where the video gives no geometry, which a line at the top counts) seen from above (world x to the right, world z, the first camera's viewing direction, upwards; the world's up is
 the first camera's -y), the camera path as a line and each camera's viewing direction as a short tick,
 from blue (first frame) to red (last frame).
 """
@@ -34,7 +34,7 @@ def top_view(view: ViewData, size_hw: tuple[int, int], max_points: int = 60_000)
     conf = scene.get("conf")
     for t in range(0, view.num_frames, step):
         p = scene["pointmaps"][t].reshape(-1, 3)
-        keep = np.isfinite(p).all(1)
+        keep = np.isfinite(p).all(1) & ~view.no_geometry[t].reshape(-1)
         if conf is not None and keep.any():
             c = conf[t].reshape(-1)
             keep &= c >= np.quantile(c[keep], 0.3)
@@ -107,7 +107,37 @@ def summary_image(view: ViewData) -> np.ndarray:
         panels.append(frame)
     top = np.concatenate(panels, axis=1)
     bottom = top_view(view, (PANEL_HEIGHT * 3 // 2, top.shape[1]))
+    note = no_geometry_note(scene)
+    if note:
+        (width, _), _ = cv2.getTextSize(note, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+        cv2.rectangle(bottom, (0, 0), (width + 16, 32), (24, 24, 24), -1)
+        cv2.putText(bottom, note, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (80, 200, 255), 1, cv2.LINE_AA)
     return np.concatenate([top, bottom], axis=0)
+
+
+def no_geometry_note(scene: dict[str, np.ndarray]) -> str:
+    """One line on where the video holds no signal ('' when it holds some everywhere)."""
+    from st4r_cli.viz.selection import signal_summary
+
+    signal = signal_summary(scene)
+    if not signal or not signal["pixels_without_geometry"]:
+        return ""
+    frames = signal["frames_without_geometry"]
+    where = f"; no parallax at all in {len(frames)} frame(s) ({_ranges(frames)})" if frames else ""
+    return (f"no geometry from the video on {100 * signal['pixels_without_geometry']:.0f}% of the pixels "
+            f"(the network's guess, left out here and hidden in st4r view){where}")
+
+
+def _ranges(frames: list[int]) -> str:
+    """'0-3, 7, 9-12' for sorted frame numbers."""
+    parts, start = [], None
+    for i, t in enumerate(frames):
+        if start is None:
+            start = t
+        if i + 1 == len(frames) or frames[i + 1] != t + 1:
+            parts.append(f"{start}" if start == t else f"{start}-{t}")
+            start = None
+    return ", ".join(parts)
 
 
 def write_summary(run: Run) -> Path:

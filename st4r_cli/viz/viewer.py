@@ -3,7 +3,9 @@
 The scene stays in st4r's world frame (frame 0's OpenCV camera); the viewer's up direction is -y, so
 the world is upright. Per frame t the viewer shows:
 - the coloured point cloud of frame t (subsampled to at most `max_points`), filtered by a confidence
-  slider (drop the least confident x %) and a static / dynamic choice (`ViewData.dynamic_mask`);
+  slider (drop the least confident x %) and a static / dynamic choice (`ViewData.dynamic_mask`); the
+  static points the video gives no geometry for (`ViewData.no_geometry`: the network's guess, where the
+  video holds no parallax) are hidden unless "points without geometry" is ticked;
 - every camera as a frustum with its frame's image, the current one highlighted, and the camera path;
 - 3D track trails over the last `tail` frames and the tracks' current positions, one colour per track
   (the same colours as tracks2d.mp4 and the summary picture);
@@ -64,6 +66,7 @@ class FramePoints:
     colors: np.ndarray    # (M, 3) uint8
     conf_rank: np.ndarray  # (M,) float32 percentile of the confidence in its frame, 0..100
     dynamic: np.ndarray   # (M,) bool
+    guessed: np.ndarray   # (M,) bool: static points the video gives no geometry for (the network's guess)
 
 
 def frame_points(view: ViewData, t: int, stride: int) -> FramePoints:
@@ -76,11 +79,12 @@ def frame_points(view: ViewData, t: int, stride: int) -> FramePoints:
     dyn = view.dynamic_mask[t, ::stride, ::stride].reshape(-1)
     conf = (scene["conf"][t, ::stride, ::stride].reshape(-1) if "conf" in scene
             else np.ones(len(pts), np.float32))
+    guessed = view.no_geometry[t, ::stride, ::stride].reshape(-1)
     keep = np.isfinite(pts).all(1) & np.isfinite(conf)
-    pts, cols, dyn, conf = pts[keep], cols[keep], dyn[keep], conf[keep]
+    pts, cols, dyn, conf, guessed = pts[keep], cols[keep], dyn[keep], conf[keep], guessed[keep]
     rank = np.empty(len(conf), np.float32)
     rank[np.argsort(conf, kind="stable")] = np.linspace(0, 100, len(conf), dtype=np.float32)
-    return FramePoints(pts.astype(np.float32), np.ascontiguousarray(cols), rank, dyn)
+    return FramePoints(pts.astype(np.float32), np.ascontiguousarray(cols), rank, dyn, guessed)
 
 
 def scene_scale(view: ViewData) -> float:
@@ -162,11 +166,16 @@ class Viewer:
         self.fps = gui.add_number("fps", round(float(view.fps), 2), min=0.5, max=60.0, step=0.5)
         self.conf = gui.add_slider("drop least confident %", 0.0, 95.0, 1.0, self.config.conf_drop_percent)
         self.which = gui.add_dropdown("points", ("all", "static", "dynamic"), initial_value="all")
+        guessed = float(view.no_geometry.mean())
+        self.guessed = gui.add_checkbox("points without geometry", False)
+        if guessed > 0:
+            gui.add_markdown(f"{100 * guessed:.0f}% of the pixels have no geometry from the video (no parallax "
+                             "there): the network's guess, hidden unless ticked above")
         self.trails = gui.add_checkbox("track trails", True)
         self.frusta_box = gui.add_checkbox("cameras", True)
         gui.add_markdown(f"static/dynamic from: {MASK_SOURCES.get(view.mask_source, view.mask_source)}")
         self.slider.on_update(lambda _: self.set_frame(int(self.slider.value)))
-        for handle in (self.conf, self.which, self.trails):
+        for handle in (self.conf, self.which, self.trails, self.guessed):
             handle.on_update(lambda _: self.set_frame(self.current))
         self.frusta_box.on_update(lambda _: self._show_frusta())
 
@@ -192,6 +201,8 @@ class Viewer:
         """Frame t's points and colours that pass the confidence slider and the static/dynamic choice."""
         fp = self.frames[t]
         keep = fp.conf_rank >= float(self.conf.value)
+        if not self.guessed.value:
+            keep &= ~fp.guessed
         if self.which.value != "all":
             keep &= fp.dynamic if self.which.value == "dynamic" else ~fp.dynamic
         return fp.points[keep], fp.colors[keep]
