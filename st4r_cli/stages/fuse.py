@@ -229,9 +229,9 @@ def _multiview_statics(scene: dict[str, np.ndarray], own: dict[str, np.ndarray] 
                                                      k_mat, c2w)
     out = dict(scene)
     no_geometry = (source == 0) & ~np.asarray(depth["dynamic"], bool)
-    conf = np.where(no_geometry, np.minimum(scene["conf"], NO_GEOMETRY_CONF), scene["conf"]).astype(np.float32)
-    out.update(pointmaps=pointmaps, dynamic_mask=np.asarray(depth["dynamic"], bool), pointmap_source=source,
-               conf=conf)
+    out.update(pointmaps=pointmaps, dynamic_mask=np.asarray(depth["dynamic"], bool), pointmap_source=source)
+    if "conf" in scene:
+        out["conf"] = np.where(no_geometry, np.minimum(scene["conf"], NO_GEOMETRY_CONF), scene["conf"]).astype(np.float32)
     tracks3d = np.asarray(scene["tracks3d"], np.float64)
     points, static = _lift_static_tracks(np.asarray(scene["tracks2d"], np.float64), np.asarray(scene["visible"], bool),
                                          depth_m, source > 0, k_mat, c2w, config.static_spread_rel, hw)

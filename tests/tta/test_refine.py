@@ -351,3 +351,28 @@ def test_multiview_statics_keep_the_trackers_2d_positions(static_clip):
     np.testing.assert_allclose(out["tracks2d"][both], gt["tracks2d"][both], atol=1e-3)
     motion = np.linalg.norm(out["tracks3d"] - out["tracks3d"][:, :1], axis=-1)[out["track_static"]]
     assert np.median(motion) < 0.02 * np.median(gt["depth"])
+
+
+def test_static_pixels_without_geometry_get_the_lowest_confidence(static_clip):
+    """Where the multi-view depth holds nothing (here the right half, beyond the fill radius) the pixels
+    keep the network's points with a confidence below any of the network's; moving pixels keep theirs."""
+    from st4r_cli.stages.fuse import NO_GEOMETRY_CONF, _multiview_statics
+
+    scene, gt_c2w = _scene_from_ground_truth(static_clip, rot_noise_deg=0.0)
+    scene["cam_c2w"] = gt_c2w.astype(np.float32)
+    gt = static_clip.gt
+    num_frames, h, w = gt["depth"].shape
+    scene.update(tracks2d=gt["tracks2d"].astype(np.float32), visible=gt["visible"].astype(bool),
+                 visibility_eps_rel=np.float32(0.05), track_static=np.zeros(len(gt["query_t"]), bool),
+                 conf=np.full((num_frames, h, w), 1.5, np.float32))
+    valid = gt["valid"].astype(bool).copy()
+    valid[:, :, w // 2:] = False
+    moving = np.zeros((num_frames, h, w), bool)
+    moving[:, :8, -8:] = True
+    depth = {"depth": gt["depth"].astype(np.float32), "valid": valid, "dynamic": moving}
+    out = _multiview_statics(scene, _gt_tracks(static_clip), depth, FuseConfig(fill_radius_px=4.0), (h, w))
+    far = np.zeros((num_frames, h, w), bool)
+    far[:, :, w // 2 + 8:] = True
+    assert (out["conf"][far & ~moving] == NO_GEOMETRY_CONF).all()
+    assert (out["conf"][moving] == 1.5).all() and (out["conf"][valid] == 1.5).all()
+    assert NO_GEOMETRY_CONF < 1.0
