@@ -42,10 +42,10 @@ TEXTURES = {"float": ("davis-dog", "00000.jpg", (60, 420), (250, 610)),
             "follow": ("davis-goat", "00005.jpg", (40, 400), (200, 560))}
 
 
-def texture(kind: str) -> np.ndarray:
+def texture(kind: str, textures: dict[str, tuple] | None = None) -> np.ndarray:
     from PIL import Image
 
-    clip, frame, rows, cols = TEXTURES[kind]
+    clip, frame, rows, cols = (textures or TEXTURES)[kind]
     image = np.asarray(Image.open(SHARED / "tapvid-davis-32" / clip / "frames" / frame).convert("RGB"))
     return np.ascontiguousarray(image[rows[0]:rows[1], cols[0]:cols[1]])
 
@@ -137,11 +137,19 @@ def main() -> None:
                         default=[SHARED / "7scenes-redkitchen-0", SHARED / "7scenes-redkitchen-3"])
     parser.add_argument("--kinds", nargs="+", default=["float", "stand", "follow"])
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--texture", dest="texture_overrides", nargs="*", default=[], metavar="KIND=CLIP/FRAME",
+                        help="another real photo for a kind, e.g. stand=davis-goat/00005.jpg (composites of the "
+                             "same construction not tuned on; its central crop as in TEXTURES)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    textures = dict(TEXTURES)
+    for item in args.texture_overrides:
+        kind, path = item.split("=", 1)
+        clip_name, frame_name = path.split("/", 1)
+        textures[kind] = (clip_name, frame_name, *TEXTURES[kind][2:])
     flags = [item for override in args.overrides for item in ("--set", override)]
     result = {"provenance": provenance(), "config": {"adapt_flags": flags, "kinds": args.kinds,
-                                                     "textures": {k: TEXTURES[k][:2] for k in args.kinds}},
+                                                     "textures": {k: textures[k][:2] for k in args.kinds}},
               "clips": {}}
     for clip in args.clips:
         sequence = read_sevenscenes(clip)
@@ -153,7 +161,8 @@ def main() -> None:
             rows["none"] = {"ate_m": ate_plain, "seconds": round(seconds, 1)}
             print(clip.name, "none", json.dumps(rows["none"]), flush=True)
             for kind in args.kinds:
-                card = make_card(kind, texture(kind), sequence.depth_m[0], sequence.cam_c2w, sequence.intrinsics)
+                card = make_card(kind, texture(kind, textures), sequence.depth_m[0], sequence.cam_c2w,
+                                 sequence.intrinsics)
                 truth = composite(sequence.frames, sequence.depth_m, sequence.cam_c2w, sequence.intrinsics, card)
                 truth["cam0_c2w"] = sequence.cam_c2w[0]
                 scene, seconds = run_adapt(truth["frames"], Path(tmp), kind, flags)
