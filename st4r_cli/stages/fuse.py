@@ -51,10 +51,10 @@ cameras and the bundle points) and depth (the multi-view depth, when it ran); co
    of a frame's motion mask is put upright at the depth of the static surface just below its bottom edge
    (a figure standing on the floor or a table; `pointmap_source` 3), unless that would put it behind the
    static surface it covers (rendered from the multi-view points of the COVER_FRAMES frames either side);
-   a part with no contact keeps its depth. The moving tracks on a part take its
+   a part with no contact keeps its depth. The tracks on moving pixels in most frames where seen take its
    factor in each frame along their rays (their 2D tracks do not change), and their median factor in the
    frames where they are on none. On the movers benchmark (`benchmarks/results/movers.json`) a card
-   standing on the table went from AbsRel 0.64 / 1.29 to 0.22 / 0.13 (tuned on redkitchen-0, confirmed on
+   standing on the table went from AbsRel 0.64 / 1.29 to 0.28 / 0.16 (tuned on redkitchen-0, confirmed on
    redkitchen-3); a part floating above a surface is indistinguishable here from one standing on it and
    is put on it.
 """
@@ -72,7 +72,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FUSE_VERSION", "FuseConfig", "check_fuse_config", "fuse_scene"]
 
-FUSE_VERSION = 8
+FUSE_VERSION = 9
 SPECK_SUPPORT = 0.25     # a multi-view pixel needs this share of its 7x7 neighbourhood valid to be kept
 FILL_MIN_SUPPORT = 0.05  # a hole pixel is filled at the finest scale whose valid-pixel weight reaches this
 NO_GEOMETRY_CONF = 0.5    # step 5: confidence of static pixels with no geometry (the network's: 1 + exp(.))
@@ -238,7 +238,8 @@ def _multiview_statics(scene: dict[str, np.ndarray], own: dict[str, np.ndarray] 
     static &= ~np.asarray(scene.get("track_moving", np.zeros(len(static), bool)), bool)
     tracks3d = np.where(static[:, None, None], points[:, None, :], tracks3d)
     tracker_xy, tracker_seen = _tracker_positions(scene, own, config, hw)
-    tracks3d = _scaled_movers(tracks3d, ~static, scale_map, tracker_xy, tracker_seen, w2c, k_mat, hw)
+    on_movers = ~static & _mostly_dynamic(scene, depth, hw)
+    tracks3d = _scaled_movers(tracks3d, on_movers, scale_map, tracker_xy, tracker_seen, w2c, k_mat, hw)
     if tracker_xy is not None and static.any():
         # the fixed point, at its depth in each camera, onto the tracker's ray: the 2D track keeps the
         # tracker's precision (the point moves by its reprojection error, a few mm on 7-Scenes)
