@@ -12,7 +12,8 @@ when the stage is switched off (depth with backend `none`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -513,49 +514,111 @@ def check_run_budget(config: RunConfig) -> None:
         check_query_budget(dense, num_frames, f"fuse.queries=dense (stride {fuse.dense_stride})")
 
 
-def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, Artifact]:
-    """Run every stage (or up to and including `until`), publish scene.npz, mark the run complete.
+StageStep = Callable[[Run, dict[str, Artifact], str], "Artifact | None"]
 
-    On any error the run is marked failed/interrupted (never complete) and the error propagates.
+
+def _stage_steps() -> dict[str, StageStep]:
+    """Stage name -> its `run_<stage>` step, in pipeline order (`STAGES`)."""
+    return {"decode": lambda run, artifacts, device: run_decode(run),
+            "tracks": lambda run, artifacts, device: run_tracks(run, artifacts["decode"], device),
+            "cameras": run_cameras, "depth": run_depth, "adapt": run_adapt, "predict": run_predict,
+            "fuse": run_fuse}
+
+
+def run_pipeline(run: Run, device: str, until: str | None = None, *, stages: Collection[str] | None = None,
+                 given: Mapping[str, Artifact] | None = None, outputs: Mapping[str, str] | None = None,
+                 finish: bool = True) -> dict[str, Artifact]:
+    """Run the stages through the run's cache (each recorded in run.json by `Run.stage`), publish the
+    outputs, mark the run complete: the one orchestrator of `st4r adapt`, `st4r tracks`, `st4r depth`, the
+    API and batch.
+
+    stages:  the stage names to run, in pipeline order (default: every stage, or up to and including
+             `until`); a stage left out is absent for the ones after it (as with `depth.backend: none`)
+    given:   artifacts at hand (e.g. a run directory's recorded decode), not run again
+    outputs: stage name -> the file its arrays are published as (default: fuse -> scene.npz)
+    finish:  mark the run complete at the end (False: a command working in an existing run leaves its
+             status as it was)
+
+    On any error a running run is marked failed/interrupted (never complete) and the error propagates.
     """
     check_until(until)
-    until = _expand_aliases(run, until)
-    stop_after = STAGES.index(until) if until else len(STAGES) - 1
-    artifacts: dict[str, Artifact] = {}
-    try:
-        artifacts["decode"] = run_decode(run)
-        steps: list[tuple[str, Callable[[], Artifact | None]]] = [
-            ("tracks", lambda: run_tracks(run, artifacts["decode"], device)),
-            ("cameras", lambda: run_cameras(run, artifacts, device)),
-            ("depth", lambda: run_depth(run, artifacts, device)),
-            ("adapt", lambda: run_adapt(run, artifacts, device)),
-            ("predict", lambda: run_predict(run, artifacts, device)),
-            ("fuse", lambda: run_fuse(run, artifacts, device)),
-        ]
-        for name, step in steps[:stop_after]:
-            artifact = step()
+    selected = _selected_stages(_expand_aliases(run, until), stages)
+    outputs = {"fuse": SCENE_FILE} if outputs is None else dict(outputs)
+    artifacts: dict[str, Artifact] = dict(given or {})
+    with _failures_recorded(run):
+        artifacts = run_stages(run, device, selected, artifacts)
+        _publish(run, artifacts, outputs)
+    if finish:
+        run.mark_complete()
+    _report(run)
+    return artifacts
+
+
+def run_stages(run: Run, device: str, names: Collection[str], artifacts: Mapping[str, Artifact]
+               ) -> dict[str, Artifact]:
+    """The `run_<stage>` steps of `names` (pipeline order) that `artifacts` does not hold yet; returns
+    `artifacts` with theirs added (a stage that is switched off adds none)."""
+    artifacts = dict(artifacts)
+    steps = _stage_steps()
+    for name in STAGES:
+        if name in names and name not in artifacts:
+            artifact = steps[name](run, artifacts, device)
             if artifact is not None:
                 artifacts[name] = artifact
-        if "fuse" in artifacts:
-            _note_motion(run, artifacts["fuse"])
-            run.publish(SCENE_FILE, artifacts["fuse"].load())
+    return artifacts
+
+
+def _selected_stages(until: str | None, stages: Collection[str] | None) -> list[str]:
+    """The stage names to run, in pipeline order (St4rError for a name that is no stage)."""
+    if stages is not None:
+        unknown = sorted(set(stages) - set(STAGES))
+        if unknown:
+            raise St4rError(f"unknown stage(s) {', '.join(unknown)} (stages: {', '.join(STAGES)})")
+        return [name for name in STAGES if name in stages]
+    return list(STAGES[:STAGES.index(until) + 1] if until else STAGES)
+
+
+@contextmanager
+def _failures_recorded(run: Run) -> Iterator[None]:
+    """A running run is marked failed (or interrupted) when the body raises; a run another command
+    finished (e.g. `st4r tracks RUN_DIR` in a complete run) keeps its status."""
+    try:
+        yield
     except KeyboardInterrupt:
-        run.mark_failed("interrupted by the user", interrupted=True)
-        raise
-    except St4rError as err:
-        run.mark_failed(str(err))
+        _mark_failed(run, "interrupted by the user", interrupted=True)
         raise
     except Exception as err:
-        run.mark_failed(f"{type(err).__name__}: {err}")
+        _mark_failed(run, str(err) if isinstance(err, St4rError) else f"{type(err).__name__}: {err}")
         raise
-    run.mark_complete()
-    memory = run.stage_memory
+
+
+def _mark_failed(run: Run, message: str, interrupted: bool = False) -> None:
+    try:
+        if run.status == "running":
+            run.mark_failed(message, interrupted=interrupted)
+    except St4rError:  # e.g. the disk is full: the original error is the one to report
+        pass
+
+
+def _publish(run: Run, artifacts: dict[str, Artifact], outputs: Mapping[str, str]) -> None:
+    """Each output stage's arrays as its file (the scene with the run's motion noted first)."""
+    for stage, filename in outputs.items():
+        if stage not in artifacts:
+            continue
+        if stage == "fuse":
+            _note_motion(run, artifacts["fuse"])
+        run.publish(filename, artifacts[stage].load())
+
+
+def _report(run: Run) -> None:
+    """The peak memory of the stages this process ran, and the run's warnings (at the end, where they
+    are seen, also with --quiet)."""
+    memory = {name: mb for name, mb in run.stage_memory.items() if name in run.recorded_stages}
     if memory:
         top = max(memory, key=memory.get)
         progress.log(f"memory: peak {memory[top]:.0f} MiB resident ({top}); per stage in {run.dir / 'run.json'}")
-    for message in run.warnings:   # at the end, where it is seen (also with --quiet)
+    for message in run.session_warnings:
         progress.console.print(f"[yellow]warning[/yellow]: {message}")
-    return artifacts
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from st4r_cli.cli.cmd_tracks import (ConfigOpt, InputArg, LongSideOpt, MaxFramesOpt, RunOutOpt, SetOpt,
-                                     _set_if, failures_recorded, finish_run, open_or_start_run,
-                                     stage_through_cache)
+                                     _set_if, open_or_start_run, started_here)
 from st4r_cli.cli.common import (DepthBackend, Device, DeviceOpt, ForceOpt, QuietOpt, VerboseOpt,
                                  set_verbosity)
 from st4r_cli.errors import St4rError
@@ -47,7 +46,7 @@ def command(
     """Per-frame mono-depth (MoGe) of a video or run; writes RUN/depth.npz."""
     set_verbosity(quiet, verbose)
     from st4r_cli import pipeline, progress
-    from st4r_cli.stages.depth import DEPTH_VERSION, check_backend_available, compute_depth
+    from st4r_cli.stages.depth import check_backend_available
 
     def configure(cfg: RunConfig) -> None:
         depth = cfg.depth
@@ -63,15 +62,11 @@ def command(
         _set_if(depth, "resolution_level", resolution_level)
         check_backend_available(depth)
 
-    run, decoded, dev = open_or_start_run(input_path, out, config, set_, long_side, max_frames,
-                                          force, device, seed, configure)
-    with run, failures_recorded(run):
-        cfg = run.config.depth
-        key_config, inputs = pipeline.depth_cache_key(cfg, decoded)
-        artifact = stage_through_cache(run, "depth", DEPTH_VERSION, key_config, inputs,
-                                       lambda: compute_depth(decoded["frames"], cfg, dev), force)
-        path = run.publish(OUTPUT_NAME, artifact.load())
-        finish_run(run, input_path)
-        valid = artifact["valid"]
-        progress.log(f"[green]done[/green]: depth of {valid.shape[0]} frames "
-                     f"({100 * valid.mean():.0f}% valid) -> {path}")
+    run, given, dev = open_or_start_run(input_path, out, config, set_, long_side, max_frames,
+                                        force, device, seed, configure)
+    with run:   # the depth stage `st4r adapt` runs (same cache entry), through its orchestrator
+        artifacts = pipeline.run_pipeline(run, dev, stages=("decode", "depth"), given=given,
+                                          outputs={"depth": OUTPUT_NAME}, finish=started_here(run, input_path))
+    valid = artifacts["depth"]["valid"]
+    progress.log(f"[green]done[/green]: depth of {valid.shape[0]} frames "
+                 f"({100 * valid.mean():.0f}% valid) -> {run.dir / OUTPUT_NAME}")

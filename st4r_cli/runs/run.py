@@ -48,6 +48,8 @@ class Run:
         self.config = config
         self.cache = StageCache(self.dir / "cache")
         self.force = set(force)
+        self.recorded_stages: list[str] = []    # the stages this process recorded in run.json (`stage`)
+        self.session_warnings: list[str] = []   # the warnings this process gave (`warn`)
         self._lock_fd: int | None = None
 
     # -- creation -------------------------------------------------------------------------------
@@ -261,6 +263,8 @@ class Run:
         """A warning about this run's result (e.g. a skipped test-time adaptation): printed at once and
         listed in run.json's `warnings`, which the pipeline prints again at its end (also with --quiet)."""
         progress.log(f"[yellow]warning[/yellow]: {message}")
+        if message not in self.session_warnings:
+            self.session_warnings.append(message)
         status = self._read_status()
         warnings = status.setdefault("warnings", [])
         if message not in warnings:
@@ -286,6 +290,8 @@ class Run:
             record["cuda_max_allocated_mb"] = cuda_mb
         status.setdefault("stages", {})[artifact.stage] = record
         self._write_status(status)
+        if artifact.stage not in self.recorded_stages:
+            self.recorded_stages.append(artifact.stage)
 
     @property
     def stage_memory(self) -> dict[str, float]:
