@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from st4r_cli import progress
 from st4r_cli.errors import St4rError
 from st4r_cli.runs import Artifact, Run, RunConfig, digest_arrays, digest_file_or_missing, digest_path
+from st4r_cli.runs.run import MemoryRun
 from st4r_cli.runs.config import keyed_fields
 from st4r_cli.stages.decode import DECODE_VERSION, check_decode_config, decode
 
@@ -172,11 +173,10 @@ def run_cameras(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifa
         frames = decoded["frames"]
         focal = given
         if not focal and cfg.refine == "ba":
-            from st4r_cli.model.io import load_model
             from st4r_cli.model.windows import network_focal, torch_threads
 
             with torch_threads(run.config.predict.cpu_threads, device):
-                focal = network_focal(load_model(model_path(run), device), frames, device)
+                focal = network_focal(load_network(run, device), frames, device)
         return compute_cameras(tracks.load() if tracks else None, frames.shape[1:3], frames.shape[0], cfg, focal)
 
     key = {"cameras": keyed_fields(cfg), "focal": float(given)}
@@ -255,6 +255,18 @@ def model_path(run: Run) -> Path:
     return path
 
 
+def load_network(run: Run, device: str) -> Any:
+    """The un-adapted network a stage starts from: a copy of an in-memory run's given network, else the
+    run's checkpoint loaded on `device`."""
+    if isinstance(run, MemoryRun) and run.network is not None:
+        import copy
+
+        return copy.deepcopy(run.network)
+    from st4r_cli.model.io import load_model
+
+    return load_model(model_path(run), device)
+
+
 def model_digest(run: Run) -> str:
     """Content digest of the run's checkpoint (a placeholder naming the path when it is missing)."""
     from st4r_cli.paths import resolve_model_path
@@ -290,7 +302,6 @@ def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact
     """
     import dataclasses
 
-    from st4r_cli.model.io import load_model
     from st4r_cli.stages.adapt import ADAPT_VERSION, adapt_model, check_adapt_config, resolve
     from st4r_cli.stages.predict import check_predict_config
 
@@ -308,7 +319,7 @@ def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact
         inputs.append(_optional(cameras, "no-cameras"))
 
     def compute() -> dict[str, Any]:
-        model = load_model(model_path(run), device)
+        model = load_network(run, device)
         return adapt_model(model, decoded["frames"], tracks.load() if tracks else None,
                            depth.load() if depth else None, cfg.adapt, cfg.predict, cfg.visibility, device, cfg.seed,
                            cameras.load() if cameras else None)
@@ -325,7 +336,6 @@ def run_predict(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifa
 
     Inputs: decode, depth (its intrinsics may give the focal), adapt (weight deltas) and the checkpoint.
     """
-    from st4r_cli.model.io import load_model
     from st4r_cli.model.windows import apply_delta, batch_size_for
     from st4r_cli.stages.predict import PREDICT_VERSION, check_predict_config, compute_predict
 
@@ -337,7 +347,7 @@ def run_predict(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifa
     inputs = [decoded.digest, _optional(depth, "no-depth"), _optional(adapted, "not-adapted"), model_digest(run)]
 
     def compute() -> dict[str, Any]:
-        model = load_model(model_path(run), device)
+        model = load_network(run, device)
         if adapted is not None:
             apply_delta(model, adapted.load())
         return compute_predict(model, decoded["frames"], cfg, device, depth.load() if depth else None)
@@ -397,47 +407,43 @@ def tracks_in_memory(frames: Any, source_frames: Any | None, cfg: Any, device: s
 
 def geometry_in_memory(model: Any, frames: Any, tracks: dict[str, Any] | None, config: RunConfig, device: str
                        ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """cameras -> depth on arrays: (cameras arrays, depth arrays or None). `tracks` must hold the tracks
-    stage's arrays (with its camera_* tracks) or be None; `model`: the un-adapted network (its frame-0
-    focal starts the camera solver unless the config gives one)."""
-    from st4r_cli.model.windows import network_focal
-    from st4r_cli.stages.cameras import compute_cameras
-    from st4r_cli.stages.depth import compute_depth
-
-    num_frames, h, w = frames.shape[:3]
-    focal = config.cameras.focal_init or config.predict.focal or network_focal(model, frames, device)
-    cameras = compute_cameras(tracks, (h, w), num_frames, config.cameras, focal)
-    depth = None
-    if config.depth.backend == "multiview" and bool(cameras["ba_accepted"]):
-        depth = compute_depth(frames, config.depth, device, cameras)
-    return cameras, depth
+    """cameras -> depth on arrays (`run_cameras`, `run_depth` on a `MemoryRun`): (cameras arrays, depth
+    arrays or None). `tracks` must hold the tracks stage's arrays (with its camera_* tracks) or be None;
+    `model`: the un-adapted network (its frame-0 focal starts the camera solver unless the config gives one)."""
+    run, artifacts = _memory_run(config, model, decode={"frames": frames}, tracks=tracks)
+    artifacts = run_stages(run, device, ("cameras", "depth"), artifacts)
+    return artifacts["cameras"].load(), _arrays_or_none(artifacts.get("depth"))
 
 
 def predict_in_memory(model: Any, frames: Any, tracks: dict[str, Any] | None, depth: dict[str, Any] | None,
                       config: RunConfig, device: str, cameras: dict[str, Any] | None = None
                       ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """adapt -> predict on arrays: (adapt arrays, predict arrays). `model` is adapted in place; `cameras`:
+    """adapt -> predict on arrays (`run_adapt`, `run_predict` on a `MemoryRun`): (adapt arrays, predict
+    arrays). `model` (the un-adapted network) is left as it is: each stage starts from a copy; `cameras`:
     the cameras stage's arrays (`geometry_in_memory`), which `adapt.tta_cameras=solved` needs (without them
     the TTA falls back to the PnP cameras and says so)."""
-    from st4r_cli.stages.adapt import adapt_model
-    from st4r_cli.stages.predict import compute_predict
-
-    adapted = adapt_model(model, frames, tracks, depth, config.adapt, config.predict, config.visibility, device,
-                          config.seed, cameras)
-    return adapted, compute_predict(model, frames, config.predict, device, depth)
+    run, artifacts = _memory_run(config, model, decode={"frames": frames}, tracks=tracks, depth=depth,
+                                 cameras=cameras)
+    artifacts = run_stages(run, device, ("adapt", "predict"), artifacts)
+    return artifacts["adapt"].load(), artifacts["predict"].load()
 
 
 def scene_in_memory(frames: Any, tracks: dict[str, Any] | None, pred: dict[str, Any], cameras: dict[str, Any],
                     depth: dict[str, Any] | None, config: RunConfig) -> dict[str, Any]:
-    """fuse on arrays: the scene.npz arrays."""
-    import dataclasses
+    """fuse on arrays (`run_fuse` on a `MemoryRun`): the scene.npz arrays."""
+    run, artifacts = _memory_run(config, None, decode={"frames": frames}, tracks=tracks, predict=pred,
+                                 cameras=cameras, depth=depth)
+    return run_stages(run, "cpu", ("fuse",), artifacts)["fuse"].load()
 
-    from st4r_cli.stages.fuse import fuse_scene
 
-    fuse = config.fuse
-    if tracks is None and fuse.queries == "tracks":
-        fuse = dataclasses.replace(fuse, queries="grid")
-    return fuse_scene(frames, tracks, pred, cameras, fuse, config.cameras, config.visibility, depth)
+def _memory_run(config: RunConfig, model: Any, **given: dict[str, Any] | None) -> tuple[MemoryRun, dict[str, Artifact]]:
+    """An in-memory run of `config` starting from `model`, and the given stage arrays as its artifacts."""
+    run = MemoryRun(config, network=model)
+    return run, {stage: run.put(stage, arrays) for stage, arrays in given.items() if arrays is not None}
+
+
+def _arrays_or_none(artifact: Artifact | None) -> dict[str, Any] | None:
+    return artifact.load() if artifact is not None else None
 
 
 def check_run_config(config: RunConfig) -> None:
@@ -530,7 +536,7 @@ def run_pipeline(run: Run, device: str, until: str | None = None, *, stages: Col
                  finish: bool = True) -> dict[str, Artifact]:
     """Run the stages through the run's cache (each recorded in run.json by `Run.stage`), publish the
     outputs, mark the run complete: the one orchestrator of `st4r adapt`, `st4r tracks`, `st4r depth`, the
-    API and batch.
+    API, batch and (on a `MemoryRun`) the in-memory path.
 
     stages:  the stage names to run, in pipeline order (default: every stage, or up to and including
              `until`); a stage left out is absent for the ones after it (as with `depth.backend: none`)

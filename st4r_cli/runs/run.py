@@ -437,3 +437,39 @@ def checked_run_output(path: Path) -> Path:
     if path.name not in _output_names(run._read_status()):
         raise St4rError(f"{path} was not written by the run in {run_dir}; rerun `st4r adapt` with --out {run_dir}")
     return run.verify_output(path.name)
+
+
+class MemoryRun(Run):
+    """A run without a directory (benchmarks, tests): the same stages through `Run.stage`, recorded the
+    same way, its cache a `MemoryCache` (arrays instead of files), its status a dict and its outputs
+    in `outputs` (file name -> arrays). `network`: an already loaded network the pipeline's stages start
+    from (a copy each) instead of loading `config.model`."""
+
+    def __init__(self, config: RunConfig, network: Any = None) -> None:
+        from st4r_cli.runs.cache import MemoryCache
+
+        super().__init__(Path("(in memory)"), config)
+        self.cache = MemoryCache()
+        self.network = network
+        self.outputs: dict[str, dict[str, Any]] = {}
+        self._status: dict[str, Any] = {"status": "running", "stages": {}, "outputs": []}
+
+    def put(self, stage: str, arrays: Mapping[str, Any]) -> Artifact:
+        """`arrays` as the artifact of `stage` (given, not computed: e.g. frames decoded elsewhere)."""
+        from st4r_cli.runs.cache import digest_arrays
+
+        return self.cache.store(stage, f"given-{digest_arrays(arrays)}", arrays, {})
+
+    def publish(self, filename: str, arrays: Mapping[str, Any]) -> Path:
+        self.outputs[filename] = dict(arrays)
+        self._record_output(filename, "in-memory")
+        return self.dir / filename
+
+    def publish_file(self, filename: str, writer: Callable[[Path], Any]) -> Path:
+        raise St4rError(f"an in-memory run has no directory to write {filename} into")
+
+    def _read_status(self) -> dict[str, Any]:
+        return self._status
+
+    def _write_status(self, status: dict[str, Any]) -> None:
+        self._status = status
