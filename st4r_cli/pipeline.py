@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from st4r_cli import progress
+from st4r_cli import backends, progress
 from st4r_cli.errors import St4rError
 from st4r_cli.runs import Artifact, Run, RunConfig, digest_arrays, digest_file_or_missing, digest_path
 from st4r_cli.runs.run import MemoryRun
@@ -94,12 +94,12 @@ def tracking_decode_config(cfg: Any, decode_cfg: Any, orig_hw: Any, frames_hw: A
 
 def depth_cache_key(cfg: Any, decoded: Artifact, cameras: Artifact | None = None
                     ) -> tuple[dict[str, Any], list[str]]:
-    """(config, inputs) keying the depth stage: frames, checkpoint contents (moge) or the solved cameras
-    (multiview), config."""
+    """(config, inputs) keying the depth stage: frames, the backend's files (moge: its checkpoint), the
+    solved cameras for a backend that needs them (multiview), config."""
     from st4r_cli.stages.depth import input_files
 
     inputs = [decoded.digest, *map(digest_file_or_missing, input_files(cfg))]
-    if cfg.backend == "multiview":
+    if backends.get("depth", cfg.backend).needs_cameras:
         inputs.append(_optional(cameras, "no-cameras"))
     return {"config": keyed_fields(cfg)}, inputs
 
@@ -225,18 +225,20 @@ def _note_motion(run: Run, scene: Artifact) -> None:
 
 
 def run_depth(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact | None:
-    """Per-frame depth (`stages.depth.compute_depth`); skipped with `depth.backend: none`, and (said so)
-    with `multiview` when the cameras stage did not solve the cameras."""
+    """Per-frame depth (`stages.depth.compute_depth`); skipped with a backend that computes nothing
+    (`depth.backend: none`), and (said so) with one that needs the solved cameras (multiview) when the
+    cameras stage did not solve them."""
     cfg = run.config.depth
-    if getattr(cfg, "backend", None) == "none":
-        progress.debug("depth: backend none, skipped")
+    backend = backends.get("depth", cfg.backend)
+    if not backend.computes:
+        progress.debug(f"depth: backend {cfg.backend}, skipped")
         return None
     from st4r_cli.stages.depth import DEPTH_VERSION, compute_depth
 
     decoded, cameras = artifacts["decode"], artifacts.get("cameras")
-    if cfg.backend == "multiview" and (cameras is None or not bool(cameras["ba_accepted"])):
+    if backend.needs_cameras and (cameras is None or not bool(cameras["ba_accepted"])):
         status = str(cameras["camera_status"]) if cameras is not None else "no cameras stage"
-        progress.log(f"[yellow]-[/yellow] depth (multiview): skipped, the cameras were not solved ({status}); "
+        progress.log(f"[yellow]-[/yellow] depth ({cfg.backend}): skipped, the cameras were not solved ({status}); "
                      "the TTA runs without depth")
         return None
     key_config, inputs = depth_cache_key(cfg, decoded, cameras)

@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from st4r_cli import progress
+from st4r_cli import backends, progress
 from st4r_cli.device import resolve_device  # noqa: F401 (re-exported: the CLI's commands use it)
 from st4r_cli.errors import St4rError
 
@@ -30,19 +30,13 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-class Tracker(str, Enum):
-    """2D tracker backends (`st4r_cli.stages.tracks.BACKENDS`)."""
-
-    builtin = "builtin"
-    cotracker3 = "cotracker3"
+def backend_choices(kind: str, class_name: str) -> type[Enum]:
+    """The registered backends of `kind` (`st4r_cli.backends`) as the choices of a CLI option."""
+    return Enum(class_name, {name: name for name in backends.names(kind)}, type=str)  # type: ignore[return-value]
 
 
-class DepthBackend(str, Enum):
-    """Depth backends (`st4r_cli.stages.depth.BACKENDS`)."""
-
-    multiview = "multiview"
-    moge = "moge"
-    none = "none"
+Tracker = backend_choices("tracker", "Tracker")            # 2D tracker backends
+DepthBackend = backend_choices("depth", "DepthBackend")    # depth backends
 
 
 DeviceOpt = Annotated[Device, typer.Option(
