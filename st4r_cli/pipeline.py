@@ -28,15 +28,12 @@ if TYPE_CHECKING:
     import numpy as np
 
 STAGES = ("decode", "tracks", "cameras", "depth", "adapt", "predict", "fuse")
-# Former stage names: `chain` (window inference + chaining + bundle adjustment) is now predict,
-# cameras and fuse. `--force chain` recomputes all three; `--until chain` stops after fuse.
-STAGE_ALIASES: dict[str, tuple[str, ...]] = {"chain": ("cameras", "predict", "fuse")}
 SCENE_FILE = "scene.npz"
 
 
 def check_force(force: list[str] | set[str] | tuple[str, ...]) -> None:
     """St4rError for --force values that name no stage."""
-    unknown = sorted(set(force) - set(STAGES) - set(STAGE_ALIASES) - {"all"})
+    unknown = sorted(set(force) - set(STAGES) - {"all"})
     if unknown:
         raise St4rError(f"--force: unknown stage(s) {', '.join(unknown)} "
                         f"(stages: {', '.join(STAGES)}, or all)")
@@ -44,16 +41,8 @@ def check_force(force: list[str] | set[str] | tuple[str, ...]) -> None:
 
 def check_until(until: str | None) -> None:
     """St4rError unless `until` is None or a stage name."""
-    if until is not None and until not in STAGES and until not in STAGE_ALIASES:
+    if until is not None and until not in STAGES:
         raise St4rError(f"--until: unknown stage '{until}' (stages: {', '.join(STAGES)})")
-
-
-def _expand_aliases(run: Run, until: str | None) -> str | None:
-    """Former stage names -> today's: in `run.force` (in place) and for `until`."""
-    for old, new in STAGE_ALIASES.items():
-        if old in run.force:
-            run.force.update(new)
-    return STAGE_ALIASES[until][-1] if until in STAGE_ALIASES else until
 
 
 def _config_with_seed(config: Any, seed: int) -> dict[str, Any]:
@@ -362,7 +351,7 @@ def run_fuse(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
     which `run_pipeline` publishes as `<run>/scene.npz`. Inputs: decode, tracks, cameras, depth, predict."""
     import dataclasses
 
-    from st4r_cli.stages.fuse import FUSE_VERSION, check_fuse_config, fuse_scene
+    from st4r_cli.stages.fuse import CAMERAS_FIELDS, FUSE_VERSION, check_fuse_config, fuse_scene
 
     cfg = run.config.fuse
     check_fuse_config(cfg)
@@ -371,8 +360,8 @@ def run_fuse(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
     if tracks is None and cfg.queries == "tracks":
         progress.log("[yellow]-[/yellow] fuse: no 2D tracks, 3D tracks start from a frame-0 grid")
         cfg = dataclasses.replace(cfg, queries="grid")
-    key = {"fuse": keyed_fields(cfg), "cameras": keyed_fields(run.config.cameras),
-           "visibility": keyed_fields(run.config.visibility)}
+    key = {"fuse": keyed_fields(cfg), "visibility": keyed_fields(run.config.visibility),
+           "cameras": {name: getattr(run.config.cameras, name) for name in CAMERAS_FIELDS}}
     inputs = [decoded.digest, _optional(tracks, "no-tracks"), predicted.digest, cameras.digest,
               _optional(depth, "no-depth")]
     return run.stage("fuse", FUSE_VERSION, key, inputs,
@@ -550,7 +539,7 @@ def run_pipeline(run: Run, device: str, until: str | None = None, *, stages: Col
     On any error a running run is marked failed/interrupted (never complete) and the error propagates.
     """
     check_until(until)
-    selected = _selected_stages(_expand_aliases(run, until), stages)
+    selected = _selected_stages(until, stages)
     outputs = {"fuse": SCENE_FILE} if outputs is None else dict(outputs)
     artifacts: dict[str, Artifact] = dict(given or {})
     with _failures_recorded(run):

@@ -4,7 +4,8 @@ Use the `Annotated` aliases in command signatures so every command spells its op
 
     def command(video: Path, device: DeviceOpt = Device.auto, seed: SeedOpt = 0,
                 quiet: QuietOpt = False, verbose: VerboseOpt = False) -> None:
-        dev = setup(device, quiet, verbose)   # "cpu" or "cuda"
+        set_verbosity(quiet, verbose)
+        ...                                   # a run: pipeline.run_pipeline(run, resolve_device(device))
 
 Only light imports here (typer, stdlib): this module is imported when `st4r --help` runs.
 """
@@ -76,14 +77,6 @@ RunMaxFramesOpt = Annotated[Optional[int], typer.Option(  # noqa: UP007
     "--max-frames", help="Keep at most N frames.")]
 RunSeedOpt = Annotated[Optional[int], typer.Option(  # noqa: UP007
     "--seed", help="Random seed (default 0); deterministic for a fixed seed on CPU.")]
-
-
-def setup(device: Device | str = Device.auto, quiet: bool = False, verbose: bool = False) -> str:
-    """Apply --quiet/--verbose and resolve --device; returns "cpu" or "cuda"."""
-    set_verbosity(quiet, verbose)
-    resolved = resolve_device(device)
-    progress.debug(f"device: {resolved}")
-    return resolved
 
 
 def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
