@@ -1,13 +1,15 @@
 """The `st4r adapt` pipeline: decode -> tracks -> cameras -> depth -> adapt (TTA) -> predict -> fuse
 -> scene.npz. The cameras come first, from the 2D tracks alone; the multi-view depth uses them, the TTA
-uses that depth, and the fuse stage puts the adapted network's geometry into those cameras. This module is the only one that wires stages together: stages never import each other.
+uses that depth, and the fuse stage puts the adapted network's geometry into those cameras. This module
+is the only one that wires stages together (stages never import each other), and `run_pipeline` the one
+orchestrator of `st4r adapt`, `st4r tracks`, `st4r depth`, the API, batch and the in-memory path.
 
 Every stage goes through the run's cache (`Run.stage`): its key is the hash of its input content
 (upstream artifacts' digests, the input file's bytes), its config and its version, so a rerun reuses
 finished stages and a config change recomputes only what depends on it.
 
 Each `run_<stage>` takes the run and the artifacts computed so far and returns its Artifact, or None
-when the stage is switched off (depth with backend `none`).
+when the stage is switched off (a depth backend that computes nothing: `none`).
 """
 
 from __future__ import annotations
@@ -371,8 +373,9 @@ def run_fuse(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
 
 
 # ----------------------------------------------------------------------------------------------
-# the same stages in memory, without a run directory (benchmarks: one set of tracks shared by many
-# settings, ground-truth tracks, ...). Same stage functions and configs as the cached stages above.
+# the same steps in memory, without a run directory (benchmarks: one set of tracks shared by many
+# settings, ground-truth tracks, ...): the `run_<stage>` steps above on a `MemoryRun`, whose cache keeps
+# arrays instead of files (the given arrays are its artifacts: `MemoryRun.put`)
 # ----------------------------------------------------------------------------------------------
 
 def tracks_in_memory(frames: Any, source_frames: Any | None, cfg: Any, device: str, seed: int) -> dict[str, Any]:
@@ -524,7 +527,7 @@ def _stage_steps() -> dict[str, StageStep]:
 
 def run_pipeline(run: Run, device: str, until: str | None = None, *, stages: Collection[str] | None = None,
                  given: Mapping[str, Artifact] | None = None, outputs: Mapping[str, str] | None = None,
-                 finish: bool = True) -> dict[str, Artifact]:
+                 finish: bool = True, memory_summary: bool = True) -> dict[str, Artifact]:
     """Run the stages through the run's cache (each recorded in run.json by `Run.stage`), publish the
     outputs, mark the run complete: the one orchestrator of `st4r adapt`, `st4r tracks`, `st4r depth`, the
     API, batch and (on a `MemoryRun`) the in-memory path.
@@ -535,6 +538,7 @@ def run_pipeline(run: Run, device: str, until: str | None = None, *, stages: Col
     outputs: stage name -> the file its arrays are published as (default: fuse -> scene.npz)
     finish:  mark the run complete at the end (False: a command working in an existing run leaves its
              status as it was)
+    memory_summary: print the stages' peak memory at the end (run.json records it either way)
 
     On any error a running run is marked failed/interrupted (never complete) and the error propagates.
     """
@@ -547,7 +551,7 @@ def run_pipeline(run: Run, device: str, until: str | None = None, *, stages: Col
         _publish(run, artifacts, outputs)
     if finish:
         run.mark_complete()
-    _report(run)
+    _report(run, memory_summary)
     return artifacts
 
 
@@ -607,11 +611,11 @@ def _publish(run: Run, artifacts: dict[str, Artifact], outputs: Mapping[str, str
         run.publish(filename, artifacts[stage].load())
 
 
-def _report(run: Run) -> None:
+def _report(run: Run, memory_summary: bool) -> None:
     """The peak memory of the stages this process ran, and the run's warnings (at the end, where they
     are seen, also with --quiet)."""
     memory = {name: mb for name, mb in run.stage_memory.items() if name in run.recorded_stages}
-    if memory:
+    if memory and memory_summary:
         top = max(memory, key=memory.get)
         progress.log(f"memory: peak {memory[top]:.0f} MiB resident ({top}); per stage in {run.dir / 'run.json'}")
     for message in run.session_warnings:

@@ -63,7 +63,8 @@ def command(
                                         force, device, seed, configure)
     with run:   # the depth stage `st4r adapt` runs (same cache entry), through its orchestrator
         artifacts = pipeline.run_pipeline(run, dev, stages=("decode", "depth"), given=given,
-                                          outputs={"depth": OUTPUT_NAME}, finish=started_here(run, input_path))
+                                          outputs={"depth": OUTPUT_NAME}, finish=started_here(run, input_path),
+                                          memory_summary=False)
     valid = artifacts["depth"]["valid"]
     progress.log(f"[green]done[/green]: depth of {valid.shape[0]} frames "
                  f"({100 * valid.mean():.0f}% valid) -> {run.dir / OUTPUT_NAME}")

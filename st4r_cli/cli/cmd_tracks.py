@@ -98,7 +98,8 @@ def command(
                                         force, device, seed, configure)
     with run:   # the same stages (tracking resolution, cache key) as `st4r adapt`, through its orchestrator
         artifacts = pipeline.run_pipeline(run, dev, stages=("decode", "tracks"), given=given,
-                                          outputs={"tracks": OUTPUT_NAME}, finish=started_here(run, input_path))
+                                          outputs={"tracks": OUTPUT_NAME}, finish=started_here(run, input_path),
+                                          memory_summary=False)
     visible = artifacts["tracks"]["visible"]
     num_points, num_frames = visible.shape
     progress.log(f"[green]done[/green]: {num_points} tracks over {num_frames} frames "
