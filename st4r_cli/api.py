@@ -167,9 +167,8 @@ def build_config(video: str | Path, *, config: str | Path | None = None,
     Order as on the command line: --config file, then --set, then the explicit options.
     """
     from st4r_cli.runs import RunConfig, apply_overrides, load_config
+    from st4r_cli import backends
     from st4r_cli.runs.config import resolve_model_path
-    from st4r_cli.stages.depth import BACKENDS as DEPTH_BACKENDS
-    from st4r_cli.stages.tracks import BACKENDS as TRACKER_BACKENDS
 
     from st4r_cli.paths import check_input_path
 
@@ -180,10 +179,10 @@ def build_config(video: str | Path, *, config: str | Path | None = None,
     run_config.input = str(video.resolve())
     run_config.device = _choice("device", device, DEVICES) or "auto"
     run_config.model = resolve_model_path(model if model is not None else run_config.model)
-    tracker_name = _choice("tracker", tracker, TRACKER_BACKENDS)
+    tracker_name = _choice("tracker", tracker, backends.names("tracker"))
     if tracker_name is not None:
         run_config.tracks.backend = tracker_name
-    depth_name = _choice("depth", depth, DEPTH_BACKENDS)
+    depth_name = _choice("depth", depth, backends.names("depth"))
     if depth_name is not None:
         run_config.depth.backend = depth_name
     for name, value in (("long_side", long_side), ("start", start), ("end", end), ("stride", stride),

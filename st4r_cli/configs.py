@@ -184,8 +184,8 @@ class PredictConfig:
 class CamerasConfig:
     """The camera solver: bundle adjustment on the 2D tracks alone, before depth and TTA."""
 
-    LIMITS: ClassVar[Limits] = {"focal_init": (0, BIG), "ba_chunk": (2, 4096), "ba_dynamic_rel": (0, 10, OPEN),
-                                "ba_accept_px": (0, 1000, OPEN), "ba_point_max_px": (0, 1000),
+    LIMITS: ClassVar[Limits] = {"focal_init": (0, BIG), "ba_chunk": (2, 4096), "ba_accept_px": (0, 1000, OPEN),
+                                "ba_link_px": (0, 1000, OPEN), "ba_point_max_px": (0, 1000),
                                 "ba_min_parallax_deg": (0, 90), "ba_min_parallax_2d_deg": (0, 90),
                                 "window_k_sigma": (0, 1000)}
 
@@ -193,8 +193,9 @@ class CamerasConfig:
     focal_init: float = 0.0           # focal in pixels of the decoded frames; 0 -> predict.focal, else the
                                       # un-adapted network's frame-0 estimate
     ba_chunk: int = 8                 # frames join the bundle adjustment in chunks of this size
-    ba_dynamic_rel: float = 0.05      # fuse: a network track moving more than this x the scene depth is dynamic
     ba_accept_px: float = 4.0         # the solved cameras are kept when the median reprojection is below
+    ba_link_px: float = 4.0           # an observation fitted under this many px links its track's frames
+                                      # (consecutive frames fewer than 8 fitted tracks link: rejected)
     ba_focal: str = "auto"            # fixed (the start: focal_init / the network's) | refine (with the
                                       # cameras) | auto (both solved; the refined one kept only when it fits
                                       # clearly better within 1.3x of the start: stages.cameras._pick_focal)
@@ -212,6 +213,7 @@ class FuseConfig:
     """World 3D tracks, 2D tracks and visibility from the windows' predictions and the cameras."""
 
     LIMITS: ClassVar[Limits] = {"pnp_stride": (1, 64), "sim3_stride": (1, 64), "static_spread_rel": (0, 10, OPEN),
+                                "dynamic_rel": (0, 10, OPEN),
                                 "fill_radius_px": (0, 4096), "grid_size": (1, 1024), "dense_stride": (1, 1024),
                                 "visibility_quantile": (0, 1), "sigma_fill_px": (0, 4096, OPEN)}
 
@@ -219,6 +221,7 @@ class FuseConfig:
     sim3_stride: int = 4              # every k-th pixel of the overlap pointmaps for the windows' Sim(3)
     multiview: bool = True            # static pixels and tracks from the multi-view depth when present
     static_spread_rel: float = 0.05   # a track is static when its lifted points agree within this x depth
+    dynamic_rel: float = 0.05         # a network track moving more than this x the scene depth is dynamic
     fill_radius_px: float = 16.0      # non-moving pixels this close to multi-view ones take a fill of their depth
     mover_depth: bool = True          # moving parts at the depth of the static surface they stand on, in front of
                                       # what they cover (stages/fuse.py step 6)
@@ -244,22 +247,4 @@ SECTIONS: dict[str, type] = {
     "adapt": AdaptConfig,
     "predict": PredictConfig,
     "fuse": FuseConfig,
-}
-
-# Where the fields of the former `chain:` section (and adapt's window/inference knobs) went.
-MOVED_FIELDS: dict[str, str] = {
-    **{f"chain.{name}": f"predict.{name}" for name in ("window", "overlap")},
-    **{f"adapt.{name}": f"predict.{name}" for name in ("focal", "use_depth_intrinsics", "batch_size", "cpu_threads")},
-    **{f"{section}.{name}": f"fuse.{name}" for section in ("chain", "cameras") for name in ("pnp_stride", "sim3_stride")},
-    **{f"chain.{name}": f"cameras.{name}" for name in ("refine", "ba_chunk",
-                                                      "ba_dynamic_rel", "ba_accept_px",
-                                                      "ba_point_max_px", "ba_min_parallax_deg",
-                                                      "ba_min_parallax_2d_deg")},
-    **{f"chain.{name}": f"fuse.{name}" for name in ("queries", "grid_size", "dense_stride", "visibility",
-                                                   "visibility_quantile", "sigma_fill_px", "fuse_tracks")},
-    "chain.ba_refine_focal": "cameras.ba_focal", "cameras.ba_refine_focal": "cameras.ba_focal",
-    "chain.ba_every_k": "tracks.camera_every_k", "chain.ba_grid_size": "tracks.camera_grid_size",
-    **{f"{section}.{name}": f"visibility.{name}" for section in ("adapt", "chain")
-       for name in ("mask_eps_rel", "sigma_floor_px")},
-    "chain.conf_alpha": "visibility.conf_alpha",
 }

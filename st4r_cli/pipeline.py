@@ -1,24 +1,28 @@
 """The `st4r adapt` pipeline: decode -> tracks -> cameras -> depth -> adapt (TTA) -> predict -> fuse
 -> scene.npz. The cameras come first, from the 2D tracks alone; the multi-view depth uses them, the TTA
-uses that depth, and the fuse stage puts the adapted network's geometry into those cameras. This module is the only one that wires stages together: stages never import each other.
+uses that depth, and the fuse stage puts the adapted network's geometry into those cameras. This module
+is the only one that wires stages together (stages never import each other), and `run_pipeline` the one
+orchestrator of `st4r adapt`, `st4r tracks`, `st4r depth`, the API, batch and the in-memory path.
 
 Every stage goes through the run's cache (`Run.stage`): its key is the hash of its input content
 (upstream artifacts' digests, the input file's bytes), its config and its version, so a rerun reuses
 finished stages and a config change recomputes only what depends on it.
 
 Each `run_<stage>` takes the run and the artifacts computed so far and returns its Artifact, or None
-when the stage is switched off (depth with backend `none`).
+when the stage is switched off (a depth backend that computes nothing: `none`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from st4r_cli import progress
+from st4r_cli import backends, progress
 from st4r_cli.errors import St4rError
 from st4r_cli.runs import Artifact, Run, RunConfig, digest_arrays, digest_file_or_missing, digest_path
+from st4r_cli.runs.run import MemoryRun
 from st4r_cli.runs.config import keyed_fields
 from st4r_cli.stages.decode import DECODE_VERSION, check_decode_config, decode
 
@@ -26,15 +30,12 @@ if TYPE_CHECKING:
     import numpy as np
 
 STAGES = ("decode", "tracks", "cameras", "depth", "adapt", "predict", "fuse")
-# Former stage names: `chain` (window inference + chaining + bundle adjustment) is now predict,
-# cameras and fuse. `--force chain` recomputes all three; `--until chain` stops after fuse.
-STAGE_ALIASES: dict[str, tuple[str, ...]] = {"chain": ("cameras", "predict", "fuse")}
 SCENE_FILE = "scene.npz"
 
 
 def check_force(force: list[str] | set[str] | tuple[str, ...]) -> None:
     """St4rError for --force values that name no stage."""
-    unknown = sorted(set(force) - set(STAGES) - set(STAGE_ALIASES) - {"all"})
+    unknown = sorted(set(force) - set(STAGES) - {"all"})
     if unknown:
         raise St4rError(f"--force: unknown stage(s) {', '.join(unknown)} "
                         f"(stages: {', '.join(STAGES)}, or all)")
@@ -42,16 +43,8 @@ def check_force(force: list[str] | set[str] | tuple[str, ...]) -> None:
 
 def check_until(until: str | None) -> None:
     """St4rError unless `until` is None or a stage name."""
-    if until is not None and until not in STAGES and until not in STAGE_ALIASES:
+    if until is not None and until not in STAGES:
         raise St4rError(f"--until: unknown stage '{until}' (stages: {', '.join(STAGES)})")
-
-
-def _expand_aliases(run: Run, until: str | None) -> str | None:
-    """Former stage names -> today's: in `run.force` (in place) and for `until`."""
-    for old, new in STAGE_ALIASES.items():
-        if old in run.force:
-            run.force.update(new)
-    return STAGE_ALIASES[until][-1] if until in STAGE_ALIASES else until
 
 
 def _config_with_seed(config: Any, seed: int) -> dict[str, Any]:
@@ -92,12 +85,12 @@ def tracking_decode_config(cfg: Any, decode_cfg: Any, orig_hw: Any, frames_hw: A
 
 def depth_cache_key(cfg: Any, decoded: Artifact, cameras: Artifact | None = None
                     ) -> tuple[dict[str, Any], list[str]]:
-    """(config, inputs) keying the depth stage: frames, checkpoint contents (moge) or the solved cameras
-    (multiview), config."""
+    """(config, inputs) keying the depth stage: frames, the backend's files (moge: its checkpoint), the
+    solved cameras for a backend that needs them (multiview), config."""
     from st4r_cli.stages.depth import input_files
 
     inputs = [decoded.digest, *map(digest_file_or_missing, input_files(cfg))]
-    if cfg.backend == "multiview":
+    if backends.get("depth", cfg.backend).needs_cameras:
         inputs.append(_optional(cameras, "no-cameras"))
     return {"config": keyed_fields(cfg)}, inputs
 
@@ -171,11 +164,10 @@ def run_cameras(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifa
         frames = decoded["frames"]
         focal = given
         if not focal and cfg.refine == "ba":
-            from st4r_cli.model.io import load_model
             from st4r_cli.model.windows import network_focal, torch_threads
 
             with torch_threads(run.config.predict.cpu_threads, device):
-                focal = network_focal(load_model(model_path(run), device), frames, device)
+                focal = network_focal(load_network(run, device), frames, device)
         return compute_cameras(tracks.load() if tracks else None, frames.shape[1:3], frames.shape[0], cfg, focal)
 
     key = {"cameras": keyed_fields(cfg), "focal": float(given)}
@@ -243,18 +235,20 @@ def _note_signal(run: Run, scene: Artifact) -> None:
 
 
 def run_depth(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact | None:
-    """Per-frame depth (`stages.depth.compute_depth`); skipped with `depth.backend: none`, and (said so)
-    with `multiview` when the cameras stage did not solve the cameras."""
+    """Per-frame depth (`stages.depth.compute_depth`); skipped with a backend that computes nothing
+    (`depth.backend: none`), and (said so) with one that needs the solved cameras (multiview) when the
+    cameras stage did not solve them."""
     cfg = run.config.depth
-    if getattr(cfg, "backend", None) == "none":
-        progress.debug("depth: backend none, skipped")
+    backend = backends.get("depth", cfg.backend)
+    if not backend.computes:
+        progress.debug(f"depth: backend {cfg.backend}, skipped")
         return None
     from st4r_cli.stages.depth import DEPTH_VERSION, compute_depth
 
     decoded, cameras = artifacts["decode"], artifacts.get("cameras")
-    if cfg.backend == "multiview" and (cameras is None or not bool(cameras["ba_accepted"])):
+    if backend.needs_cameras and (cameras is None or not bool(cameras["ba_accepted"])):
         status = str(cameras["camera_status"]) if cameras is not None else "no cameras stage"
-        progress.log(f"[yellow]-[/yellow] depth (multiview): skipped, the cameras were not solved ({status}); "
+        progress.log(f"[yellow]-[/yellow] depth ({cfg.backend}): skipped, the cameras were not solved ({status}); "
                      "the TTA runs without depth")
         return None
     key_config, inputs = depth_cache_key(cfg, decoded, cameras)
@@ -271,6 +265,18 @@ def model_path(run: Run) -> Path:
         raise St4rError(f"model checkpoint not found: {run.config.model} (the embedded default is "
                         "weights/st4r-tiny/model.safetensors; pass --model PATH)")
     return path
+
+
+def load_network(run: Run, device: str) -> Any:
+    """The un-adapted network a stage starts from: a copy of an in-memory run's given network, else the
+    run's checkpoint loaded on `device`."""
+    if isinstance(run, MemoryRun) and run.network is not None:
+        import copy
+
+        return copy.deepcopy(run.network)
+    from st4r_cli.model.io import load_model
+
+    return load_model(model_path(run), device)
 
 
 def model_digest(run: Run) -> str:
@@ -308,7 +314,6 @@ def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact
     """
     import dataclasses
 
-    from st4r_cli.model.io import load_model
     from st4r_cli.stages.adapt import ADAPT_VERSION, adapt_model, check_adapt_config, resolve
     from st4r_cli.stages.predict import check_predict_config
 
@@ -326,7 +331,7 @@ def run_adapt(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact
         inputs.append(_optional(cameras, "no-cameras"))
 
     def compute() -> dict[str, Any]:
-        model = load_model(model_path(run), device)
+        model = load_network(run, device)
         return adapt_model(model, decoded["frames"], tracks.load() if tracks else None,
                            depth.load() if depth else None, cfg.adapt, cfg.predict, cfg.visibility, device, cfg.seed,
                            cameras.load() if cameras else None)
@@ -343,7 +348,6 @@ def run_predict(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifa
 
     Inputs: decode, depth (its intrinsics may give the focal), adapt (weight deltas) and the checkpoint.
     """
-    from st4r_cli.model.io import load_model
     from st4r_cli.model.windows import apply_delta, batch_size_for
     from st4r_cli.stages.predict import PREDICT_VERSION, check_predict_config, compute_predict
 
@@ -355,7 +359,7 @@ def run_predict(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifa
     inputs = [decoded.digest, _optional(depth, "no-depth"), _optional(adapted, "not-adapted"), model_digest(run)]
 
     def compute() -> dict[str, Any]:
-        model = load_model(model_path(run), device)
+        model = load_network(run, device)
         if adapted is not None:
             apply_delta(model, adapted.load())
         return compute_predict(model, decoded["frames"], cfg, device, depth.load() if depth else None)
@@ -368,7 +372,7 @@ def run_fuse(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
     which `run_pipeline` publishes as `<run>/scene.npz`. Inputs: decode, tracks, cameras, depth, predict."""
     import dataclasses
 
-    from st4r_cli.stages.fuse import FUSE_VERSION, check_fuse_config, fuse_scene
+    from st4r_cli.stages.fuse import CAMERAS_FIELDS, FUSE_VERSION, check_fuse_config, fuse_scene
 
     cfg = run.config.fuse
     check_fuse_config(cfg)
@@ -377,8 +381,8 @@ def run_fuse(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
     if tracks is None and cfg.queries == "tracks":
         progress.log("[yellow]-[/yellow] fuse: no 2D tracks, 3D tracks start from a frame-0 grid")
         cfg = dataclasses.replace(cfg, queries="grid")
-    key = {"fuse": keyed_fields(cfg), "cameras": keyed_fields(run.config.cameras),
-           "visibility": keyed_fields(run.config.visibility)}
+    key = {"fuse": keyed_fields(cfg), "visibility": keyed_fields(run.config.visibility),
+           "cameras": {name: getattr(run.config.cameras, name) for name in CAMERAS_FIELDS}}
     inputs = [decoded.digest, _optional(tracks, "no-tracks"), predicted.digest, cameras.digest,
               _optional(depth, "no-depth")]
     return run.stage("fuse", FUSE_VERSION, key, inputs,
@@ -388,8 +392,9 @@ def run_fuse(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:
 
 
 # ----------------------------------------------------------------------------------------------
-# the same stages in memory, without a run directory (benchmarks: one set of tracks shared by many
-# settings, ground-truth tracks, ...). Same stage functions and configs as the cached stages above.
+# the same steps in memory, without a run directory (benchmarks: one set of tracks shared by many
+# settings, ground-truth tracks, ...): the `run_<stage>` steps above on a `MemoryRun`, whose cache keeps
+# arrays instead of files (the given arrays are its artifacts: `MemoryRun.put`)
 # ----------------------------------------------------------------------------------------------
 
 def tracks_in_memory(frames: Any, source_frames: Any | None, cfg: Any, device: str, seed: int) -> dict[str, Any]:
@@ -415,47 +420,43 @@ def tracks_in_memory(frames: Any, source_frames: Any | None, cfg: Any, device: s
 
 def geometry_in_memory(model: Any, frames: Any, tracks: dict[str, Any] | None, config: RunConfig, device: str
                        ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """cameras -> depth on arrays: (cameras arrays, depth arrays or None). `tracks` must hold the tracks
-    stage's arrays (with its camera_* tracks) or be None; `model`: the un-adapted network (its frame-0
-    focal starts the camera solver unless the config gives one)."""
-    from st4r_cli.model.windows import network_focal
-    from st4r_cli.stages.cameras import compute_cameras
-    from st4r_cli.stages.depth import compute_depth
-
-    num_frames, h, w = frames.shape[:3]
-    focal = config.cameras.focal_init or config.predict.focal or network_focal(model, frames, device)
-    cameras = compute_cameras(tracks, (h, w), num_frames, config.cameras, focal)
-    depth = None
-    if config.depth.backend == "multiview" and bool(cameras["ba_accepted"]):
-        depth = compute_depth(frames, config.depth, device, cameras)
-    return cameras, depth
+    """cameras -> depth on arrays (`run_cameras`, `run_depth` on a `MemoryRun`): (cameras arrays, depth
+    arrays or None). `tracks` must hold the tracks stage's arrays (with its camera_* tracks) or be None;
+    `model`: the un-adapted network (its frame-0 focal starts the camera solver unless the config gives one)."""
+    run, artifacts = _memory_run(config, model, decode={"frames": frames}, tracks=tracks)
+    artifacts = run_stages(run, device, ("cameras", "depth"), artifacts)
+    return artifacts["cameras"].load(), _arrays_or_none(artifacts.get("depth"))
 
 
 def predict_in_memory(model: Any, frames: Any, tracks: dict[str, Any] | None, depth: dict[str, Any] | None,
                       config: RunConfig, device: str, cameras: dict[str, Any] | None = None
                       ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """adapt -> predict on arrays: (adapt arrays, predict arrays). `model` is adapted in place; `cameras`:
+    """adapt -> predict on arrays (`run_adapt`, `run_predict` on a `MemoryRun`): (adapt arrays, predict
+    arrays). `model` (the un-adapted network) is left as it is: each stage starts from a copy; `cameras`:
     the cameras stage's arrays (`geometry_in_memory`), which `adapt.tta_cameras=solved` needs (without them
     the TTA falls back to the PnP cameras and says so)."""
-    from st4r_cli.stages.adapt import adapt_model
-    from st4r_cli.stages.predict import compute_predict
-
-    adapted = adapt_model(model, frames, tracks, depth, config.adapt, config.predict, config.visibility, device,
-                          config.seed, cameras)
-    return adapted, compute_predict(model, frames, config.predict, device, depth)
+    run, artifacts = _memory_run(config, model, decode={"frames": frames}, tracks=tracks, depth=depth,
+                                 cameras=cameras)
+    artifacts = run_stages(run, device, ("adapt", "predict"), artifacts)
+    return artifacts["adapt"].load(), artifacts["predict"].load()
 
 
 def scene_in_memory(frames: Any, tracks: dict[str, Any] | None, pred: dict[str, Any], cameras: dict[str, Any],
                     depth: dict[str, Any] | None, config: RunConfig) -> dict[str, Any]:
-    """fuse on arrays: the scene.npz arrays."""
-    import dataclasses
+    """fuse on arrays (`run_fuse` on a `MemoryRun`): the scene.npz arrays."""
+    run, artifacts = _memory_run(config, None, decode={"frames": frames}, tracks=tracks, predict=pred,
+                                 cameras=cameras, depth=depth)
+    return run_stages(run, "cpu", ("fuse",), artifacts)["fuse"].load()
 
-    from st4r_cli.stages.fuse import fuse_scene
 
-    fuse = config.fuse
-    if tracks is None and fuse.queries == "tracks":
-        fuse = dataclasses.replace(fuse, queries="grid")
-    return fuse_scene(frames, tracks, pred, cameras, fuse, config.cameras, config.visibility, depth)
+def _memory_run(config: RunConfig, model: Any, **given: dict[str, Any] | None) -> tuple[MemoryRun, dict[str, Artifact]]:
+    """An in-memory run of `config` starting from `model`, and the given stage arrays as its artifacts."""
+    run = MemoryRun(config, network=model)
+    return run, {stage: run.put(stage, arrays) for stage, arrays in given.items() if arrays is not None}
+
+
+def _arrays_or_none(artifact: Artifact | None) -> dict[str, Any] | None:
+    return artifact.load() if artifact is not None else None
 
 
 def check_run_config(config: RunConfig) -> None:
@@ -532,49 +533,112 @@ def check_run_budget(config: RunConfig) -> None:
         check_query_budget(dense, num_frames, f"fuse.queries=dense (stride {fuse.dense_stride})")
 
 
-def run_pipeline(run: Run, device: str, until: str | None = None) -> dict[str, Artifact]:
-    """Run every stage (or up to and including `until`), publish scene.npz, mark the run complete.
+StageStep = Callable[[Run, dict[str, Artifact], str], "Artifact | None"]
 
-    On any error the run is marked failed/interrupted (never complete) and the error propagates.
+
+def _stage_steps() -> dict[str, StageStep]:
+    """Stage name -> its `run_<stage>` step, in pipeline order (`STAGES`)."""
+    return {"decode": lambda run, artifacts, device: run_decode(run),
+            "tracks": lambda run, artifacts, device: run_tracks(run, artifacts["decode"], device),
+            "cameras": run_cameras, "depth": run_depth, "adapt": run_adapt, "predict": run_predict,
+            "fuse": run_fuse}
+
+
+def run_pipeline(run: Run, device: str, until: str | None = None, *, stages: Collection[str] | None = None,
+                 given: Mapping[str, Artifact] | None = None, outputs: Mapping[str, str] | None = None,
+                 finish: bool = True, memory_summary: bool = True) -> dict[str, Artifact]:
+    """Run the stages through the run's cache (each recorded in run.json by `Run.stage`), publish the
+    outputs, mark the run complete: the one orchestrator of `st4r adapt`, `st4r tracks`, `st4r depth`, the
+    API, batch and (on a `MemoryRun`) the in-memory path.
+
+    stages:  the stage names to run, in pipeline order (default: every stage, or up to and including
+             `until`); a stage left out is absent for the ones after it (as with `depth.backend: none`)
+    given:   artifacts at hand (e.g. a run directory's recorded decode), not run again
+    outputs: stage name -> the file its arrays are published as (default: fuse -> scene.npz)
+    finish:  mark the run complete at the end (False: a command working in an existing run leaves its
+             status as it was)
+    memory_summary: print the stages' peak memory at the end (run.json records it either way)
+
+    On any error a running run is marked failed/interrupted (never complete) and the error propagates.
     """
     check_until(until)
-    until = _expand_aliases(run, until)
-    stop_after = STAGES.index(until) if until else len(STAGES) - 1
-    artifacts: dict[str, Artifact] = {}
-    try:
-        artifacts["decode"] = run_decode(run)
-        steps: list[tuple[str, Callable[[], Artifact | None]]] = [
-            ("tracks", lambda: run_tracks(run, artifacts["decode"], device)),
-            ("cameras", lambda: run_cameras(run, artifacts, device)),
-            ("depth", lambda: run_depth(run, artifacts, device)),
-            ("adapt", lambda: run_adapt(run, artifacts, device)),
-            ("predict", lambda: run_predict(run, artifacts, device)),
-            ("fuse", lambda: run_fuse(run, artifacts, device)),
-        ]
-        for name, step in steps[:stop_after]:
-            artifact = step()
+    selected = _selected_stages(until, stages)
+    outputs = {"fuse": SCENE_FILE} if outputs is None else dict(outputs)
+    artifacts: dict[str, Artifact] = dict(given or {})
+    with _failures_recorded(run):
+        artifacts = run_stages(run, device, selected, artifacts)
+        _publish(run, artifacts, outputs)
+    if finish:
+        run.mark_complete()
+    _report(run, memory_summary)
+    return artifacts
+
+
+def run_stages(run: Run, device: str, names: Collection[str], artifacts: Mapping[str, Artifact]
+               ) -> dict[str, Artifact]:
+    """The `run_<stage>` steps of `names` (pipeline order) that `artifacts` does not hold yet; returns
+    `artifacts` with theirs added (a stage that is switched off adds none)."""
+    artifacts = dict(artifacts)
+    steps = _stage_steps()
+    for name in STAGES:
+        if name in names and name not in artifacts:
+            artifact = steps[name](run, artifacts, device)
             if artifact is not None:
                 artifacts[name] = artifact
-        if "fuse" in artifacts:
-            _note_motion(run, artifacts["fuse"])
-            run.publish(SCENE_FILE, artifacts["fuse"].load())
+    return artifacts
+
+
+def _selected_stages(until: str | None, stages: Collection[str] | None) -> list[str]:
+    """The stage names to run, in pipeline order (St4rError for a name that is no stage)."""
+    if stages is not None:
+        unknown = sorted(set(stages) - set(STAGES))
+        if unknown:
+            raise St4rError(f"unknown stage(s) {', '.join(unknown)} (stages: {', '.join(STAGES)})")
+        return [name for name in STAGES if name in stages]
+    return list(STAGES[:STAGES.index(until) + 1] if until else STAGES)
+
+
+@contextmanager
+def _failures_recorded(run: Run) -> Iterator[None]:
+    """A running run is marked failed (or interrupted) when the body raises; a run another command
+    finished (e.g. `st4r tracks RUN_DIR` in a complete run) keeps its status."""
+    try:
+        yield
     except KeyboardInterrupt:
-        run.mark_failed("interrupted by the user", interrupted=True)
-        raise
-    except St4rError as err:
-        run.mark_failed(str(err))
+        _mark_failed(run, "interrupted by the user", interrupted=True)
         raise
     except Exception as err:
-        run.mark_failed(f"{type(err).__name__}: {err}")
+        _mark_failed(run, str(err) if isinstance(err, St4rError) else f"{type(err).__name__}: {err}")
         raise
-    run.mark_complete()
-    memory = run.stage_memory
-    if memory:
+
+
+def _mark_failed(run: Run, message: str, interrupted: bool = False) -> None:
+    try:
+        if run.status == "running":
+            run.mark_failed(message, interrupted=interrupted)
+    except St4rError:  # e.g. the disk is full: the original error is the one to report
+        pass
+
+
+def _publish(run: Run, artifacts: dict[str, Artifact], outputs: Mapping[str, str]) -> None:
+    """Each output stage's arrays as its file (the scene with the run's motion noted first)."""
+    for stage, filename in outputs.items():
+        if stage not in artifacts:
+            continue
+        if stage == "fuse":
+            _note_motion(run, artifacts["fuse"])
+        run.publish(filename, artifacts[stage].load())
+
+
+def _report(run: Run, memory_summary: bool) -> None:
+    """The peak memory of the stages this process ran, and the run's warnings (at the end, where they
+    are seen, also with --quiet)."""
+    memory = {name: mb for name, mb in run.stage_memory.items() if name in run.recorded_stages}
+    if memory and memory_summary:
         top = max(memory, key=memory.get)
         progress.log(f"memory: peak {memory[top]:.0f} MiB resident ({top}); per stage in {run.dir / 'run.json'}")
-    for message in run.warnings:   # at the end, where it is seen (also with --quiet)
+    for message in run.session_warnings:
         progress.console.print(f"[yellow]warning[/yellow]: {message}")
-    return artifacts
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from st4r_cli.cli.cmd_tracks import (ConfigOpt, InputArg, LongSideOpt, MaxFramesOpt, RunOutOpt, SetOpt,
-                                     _set_if, failures_recorded, finish_run, open_or_start_run,
-                                     stage_through_cache)
+                                     _set_if, open_or_start_run, started_here)
 from st4r_cli.cli.common import (DepthBackend, Device, DeviceOpt, ForceOpt, QuietOpt, VerboseOpt,
                                  set_verbosity)
 from st4r_cli.errors import St4rError
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
     from st4r_cli.runs import RunConfig
 
 OUTPUT_NAME = "depth.npz"
+STANDALONE_DEFAULT = "moge"   # when the config's depth backend needs the cameras or computes nothing
 
 
 def command(
@@ -47,31 +47,47 @@ def command(
     """Per-frame mono-depth (MoGe) of a video or run; writes RUN/depth.npz."""
     set_verbosity(quiet, verbose)
     from st4r_cli import pipeline, progress
-    from st4r_cli.stages.depth import DEPTH_VERSION, check_backend_available, compute_depth
+    from st4r_cli.stages.depth import check_backend_available
 
     def configure(cfg: RunConfig) -> None:
         depth = cfg.depth
         _set_if(depth, "backend", backend.value if backend else None)
-        if depth.backend in ("none", "multiview") and backend is None:
-            depth.backend = "moge"
-        if depth.backend == "none":
-            raise St4rError("--depth none computes nothing; use --depth moge")
-        if depth.backend == "multiview":
-            raise St4rError("multi-view depth needs the solved cameras: run `st4r adapt VIDEO --until depth` "
-                            "(st4r depth runs MoGe)")
+        if backend is None and not _runs_alone(depth.backend):
+            depth.backend = STANDALONE_DEFAULT   # the config's backend (multiview by default) needs adapt
+        _check_runs_alone(depth.backend)
         _set_if(depth, "moge_weights", str(weights) if weights is not None else None)
         _set_if(depth, "resolution_level", resolution_level)
         check_backend_available(depth)
 
-    run, decoded, dev = open_or_start_run(input_path, out, config, set_, long_side, max_frames,
-                                          force, device, seed, configure)
-    with run, failures_recorded(run):
-        cfg = run.config.depth
-        key_config, inputs = pipeline.depth_cache_key(cfg, decoded)
-        artifact = stage_through_cache(run, "depth", DEPTH_VERSION, key_config, inputs,
-                                       lambda: compute_depth(decoded["frames"], cfg, dev), force)
-        path = run.publish(OUTPUT_NAME, artifact.load())
-        finish_run(run, input_path)
-        valid = artifact["valid"]
-        progress.log(f"[green]done[/green]: depth of {valid.shape[0]} frames "
-                     f"({100 * valid.mean():.0f}% valid) -> {path}")
+    run, given, dev = open_or_start_run(input_path, out, config, set_, long_side, max_frames,
+                                        force, device, seed, configure)
+    with run:   # the depth stage `st4r adapt` runs (same cache entry), through its orchestrator
+        artifacts = pipeline.run_pipeline(run, dev, stages=("decode", "depth"), given=given,
+                                          outputs={"depth": OUTPUT_NAME}, finish=started_here(run, input_path),
+                                          memory_summary=False)
+    valid = artifacts["depth"]["valid"]
+    progress.log(f"[green]done[/green]: depth of {valid.shape[0]} frames "
+                 f"({100 * valid.mean():.0f}% valid) -> {run.dir / OUTPUT_NAME}")
+
+
+def _runs_alone(name: str) -> bool:
+    """False for a registered depth backend `st4r depth` cannot run: one that computes nothing, or one
+    that needs the solved cameras (`st4r adapt --until depth` runs those)."""
+    from st4r_cli import backends
+
+    if name not in backends.names("depth"):
+        return True                    # the config check names the registered ones
+    backend = backends.get("depth", name)
+    return backend.computes and not backend.needs_cameras
+
+
+def _check_runs_alone(name: str) -> None:
+    """St4rError for a depth backend `st4r depth` cannot run (`_runs_alone`)."""
+    from st4r_cli import backends
+
+    if _runs_alone(name):
+        return
+    if not backends.get("depth", name).computes:
+        raise St4rError(f"--depth {name} computes nothing; use --depth {STANDALONE_DEFAULT}")
+    raise St4rError(f"{name} depth needs the solved cameras: run `st4r adapt VIDEO --until depth` "
+                    f"(st4r depth runs {STANDALONE_DEFAULT})")

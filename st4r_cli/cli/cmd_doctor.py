@@ -19,13 +19,6 @@ CORE_PACKAGES = [("torch", "torch"), ("numpy", "numpy"), ("typer", "typer"), ("r
                  ("av (PyAV)", "av"), ("opencv", "cv2"), ("trimesh", "trimesh"),
                  ("safetensors", "safetensors"), ("pyyaml", "yaml"), ("scipy", "scipy"),
                  ("pillow", "PIL")]
-# (name, module to import, what it enables, how to install)
-OPTIONAL_BACKENDS = [
-    ("cotracker", "cotracker.models.build_cotracker", "--tracker cotracker3",
-     "pip install --no-deps autosegmentor==3.0.1 (or: make extras)"),
-    ("moge", "moge.model.v2", "--depth moge",
-     "pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3 dlr-pipeline==1.0.0 (or: make extras)"),
-]
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
@@ -138,14 +131,18 @@ def _device_checks(device: Device) -> list[Check]:
 
 
 def _backend_checks() -> list[Check]:
+    """Each registered backend that needs an optional package (`st4r_cli.backends`, its `doctor`)."""
+    from st4r_cli import backends
+
     checks = []
-    for name, module_name, enables, install in OPTIONAL_BACKENDS:
+    for backend in (b for kind in backends.KINDS for b in backends.backends(kind) if b.doctor is not None):
+        doctor = backend.doctor
         try:
-            importlib.import_module(module_name)
-            checks.append(Check("backends", name, None, f"imports ({enables} available)"))
+            importlib.import_module(doctor.module)
+            checks.append(Check("backends", doctor.package, None, f"imports ({backend.option} available)"))
         except Exception as err:  # noqa: BLE001 - optional: informational only
-            checks.append(Check("backends", name, None,
-                                f"not usable ({_one_line(err)}); install: {install}"))
+            checks.append(Check("backends", doctor.package, None,
+                                f"not usable ({_one_line(err)}); install: {doctor.install}"))
     return checks
 
 
@@ -179,16 +176,23 @@ def check_checkpoint(path: Path) -> tuple[bool, str]:
 
 
 def _loaders_for(path: Path) -> list[tuple[str, Callable[[Path], str]]]:
-    """Loaders to try, most likely first (by file name)."""
+    """Loaders to try, most likely first (by file name): the St4R model's and those of the registered
+    backends whose checkpoints `st4r doctor` knows (`Doctor.checkpoint`; depth backends, then trackers)."""
+    from st4r_cli import backends
+
     name = path.name.lower()
-    st4r = ("St4R model", _load_st4r)
-    cotracker = ("CoTracker3", _load_cotracker)
-    moge = ("MoGe", _load_moge)
-    if "cotracker" in name or name.startswith("scaled_"):
-        return [cotracker, st4r, moge]
-    if "moge" in name:
-        return [moge, st4r, cotracker]
-    return [st4r, moge, cotracker]
+    known = [b for kind in reversed(backends.KINDS) for b in backends.backends(kind)
+             if b.doctor is not None and b.doctor.checkpoint]
+    loaders = [(b.doctor.checkpoint, _describer(b)) for b in known]
+    named = [i for i, b in enumerate(known) if any(hint in name for hint in b.doctor.checkpoint_hints)]
+    if not named:
+        return [("St4R model", _load_st4r), *loaders]
+    return [loaders[named[0]], ("St4R model", _load_st4r), *(l for i, l in enumerate(loaders) if i != named[0])]
+
+
+def _describer(backend: Any) -> Callable[[Path], str]:
+    """The backend's own checkpoint loader (`describe_checkpoint` of its module), as using it would load."""
+    return lambda path: backend.load().describe_checkpoint(path)
 
 
 def _count(model: Any) -> str:
@@ -204,22 +208,6 @@ def _load_st4r(path: Path) -> str:
     model = load_model(path, "cpu")
     config = getattr(model, "config", None)
     return f"{getattr(config, 'name', 'model')}, {_count(model)}"
-
-
-def _load_cotracker(path: Path) -> str:
-    """Through the tracker's own loader (`tracking.cotracker3`), as `--tracker cotracker3` would."""
-    from st4r_cli.tracking.cotracker3 import load_predictor
-
-    mode = "online" if "online" in path.name.lower() else "offline"
-    return f"{mode}, {_count(load_predictor(mode, path, 'cpu'))}"
-
-
-def _load_moge(path: Path) -> str:
-    """Through the depth backend's own loader (`depth.moge`), as `--depth moge` would."""
-    from st4r_cli.depth.moge import load_moge
-
-    model, version = load_moge(path, "cpu")
-    return f"MoGe-{version[1]}, {_count(model)}"
 
 
 def _one_line(err: BaseException, limit: int = 200) -> str:

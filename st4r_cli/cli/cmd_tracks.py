@@ -8,8 +8,6 @@ versa). Flags override the config for this command only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -96,30 +94,31 @@ def command(
         _set_if(tracks, "cotracker_weights", str(weights) if weights is not None else None)
         check_backend_available(tracks)
 
-    run, decoded, dev = open_or_start_run(input_path, out, config, set_, long_side, max_frames,
-                                          force, device, seed, configure)
-    with run, failures_recorded(run):
-        # the same stage (tracking resolution, cache key) as `st4r adapt`
-        artifact = pipeline.run_tracks(run, decoded, dev, force=bool({"tracks", "all"} & set(force or [])))
-        path = run.publish(OUTPUT_NAME, artifact.load())
-        finish_run(run, input_path)
-        num_points, num_frames = artifact["visible"].shape
-        progress.log(f"[green]done[/green]: {num_points} tracks over {num_frames} frames "
-                     f"({100 * artifact['visible'].mean():.0f}% visible) -> {path}")
+    run, given, dev = open_or_start_run(input_path, out, config, set_, long_side, max_frames,
+                                        force, device, seed, configure)
+    with run:   # the same stages (tracking resolution, cache key) as `st4r adapt`, through its orchestrator
+        artifacts = pipeline.run_pipeline(run, dev, stages=("decode", "tracks"), given=given,
+                                          outputs={"tracks": OUTPUT_NAME}, finish=started_here(run, input_path),
+                                          memory_summary=False)
+    visible = artifacts["tracks"]["visible"]
+    num_points, num_frames = visible.shape
+    progress.log(f"[green]done[/green]: {num_points} tracks over {num_frames} frames "
+                 f"({100 * visible.mean():.0f}% visible) -> {run.dir / OUTPUT_NAME}")
 
 
 # -- shared with `st4r depth` ---------------------------------------------------------------------
 def open_or_start_run(input_path: Path, out: str | Path | None, config: Path | None, overrides: list[str] | None,
                       long_side: int | None, max_frames: int | None, force: list[str] | None,
                       device: Device, seed: int | None,
-                      configure: Any) -> tuple[Run, Artifact, str]:
-    """(run, decode artifact, resolved device) for a video/folder input or an existing run directory.
+                      configure: Any) -> tuple[Run, dict[str, Artifact], str]:
+    """(run, the artifacts it already has, resolved device) for a video/folder input or an existing run
+    directory (whose recorded decode is reused unless `--force decode`: its input may be gone).
 
     `configure(run_config)` applies the command's own flags (and checks the backend is available)
     before anything is decoded. Every config value is checked before the run directory is created
     or touched. The run is locked as `st4r adapt` locks it (a run another st4r process works in is
-    refused); a run this command starts is marked failed/interrupted on any error, never left
-    `running`.
+    refused); `pipeline.run_pipeline` marks a run this command starts failed/interrupted on any error,
+    never left `running`.
     """
     from st4r_cli import pipeline
     from st4r_cli.cli.common import resolve_device
@@ -148,65 +147,25 @@ def open_or_start_run(input_path: Path, out: str | Path | None, config: Path | N
     configure(run_config)
     pipeline.check_run_config(run_config)
     resolved = resolve_device(device)
-    if is_run:
-        run = Run.open(input_path, lock=True)
-        run.config = run_config
-        run.force = set(force or [])
-    else:
+    if not is_run:
         from st4r_cli.api import run_dir_for
 
-        run = Run.create(run_dir_for(input_path, out), run_config,
-                         force=force or [])
+        return Run.create(run_dir_for(input_path, out), run_config, force=force or []), {}, resolved
+    run = Run.open(input_path, lock=True)
+    run.config = run_config
+    run.force = set(force or [])
     try:
-        with failures_recorded(run):
-            decoded = run.artifact("decode") if is_run and run.has_artifact("decode") and \
-                "decode" not in run.force else pipeline.run_decode(run)
+        reuse = run.has_artifact("decode") and "decode" not in run.force
+        return run, ({"decode": run.artifact("decode")} if reuse else {}), resolved
     except BaseException:
         run.close()
         raise
-    return run, decoded, resolved
 
 
-@contextmanager
-def failures_recorded(run: Run) -> Iterator[None]:
-    """Mark a run this command started failed (or interrupted) when the body raises."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        _mark_failed_if_started(run, "interrupted by the user", interrupted=True)
-        raise
-    except Exception as err:
-        _mark_failed_if_started(run, str(err) if isinstance(err, St4rError) else f"{type(err).__name__}: {err}")
-        raise
-
-
-def finish_run(run: Run, input_path: Path) -> None:
-    """A run this command started (video input) is complete once its output is written, as with
-    `st4r adapt --until`; an existing run directory keeps its status."""
-    if run.dir.resolve() != input_path.resolve():
-        run.mark_complete()
-
-
-def _mark_failed_if_started(run: Run, message: str, interrupted: bool = False) -> None:
-    """A run this command started (it holds the run lock) is marked failed, never left `running`."""
-    try:
-        if run.status == "running" and getattr(run, "_lock_fd", None) is not None:
-            run.mark_failed(message, interrupted=interrupted)
-    except St4rError:  # e.g. the disk is full: the original error is the one to report
-        pass
-
-
-def stage_through_cache(run: Run, name: str, version: int | str, config: Any, inputs: list[str],
-                        compute: Any, force: list[str] | None) -> Artifact:
-    """Run a stage through the run's cache (same key as `st4r adapt` uses) and report it."""
-    from st4r_cli import progress
-
-    forced = bool({name, "all"} & set(force or []))
-    with failures_recorded(run):
-        artifact = run.cache.get_or_compute(name, version, config, inputs, compute, force=forced)
-    verb = "reused" if artifact.reused else f"computed in {artifact.seconds:.1f} s"
-    progress.log(f"[green]✓[/green] {name}: {verb}")
-    return artifact
+def started_here(run: Run, input_path: Path) -> bool:
+    """True when this command started the run (a video input): it is complete once its output is
+    written, as with `st4r adapt --until`; an existing run directory keeps its status."""
+    return run.dir.resolve() != input_path.resolve()
 
 
 def _set_if(target: Any, name: str, value: Any) -> None:

@@ -4,7 +4,8 @@ Use the `Annotated` aliases in command signatures so every command spells its op
 
     def command(video: Path, device: DeviceOpt = Device.auto, seed: SeedOpt = 0,
                 quiet: QuietOpt = False, verbose: VerboseOpt = False) -> None:
-        dev = setup(device, quiet, verbose)   # "cpu" or "cuda"
+        set_verbosity(quiet, verbose)
+        ...                                   # a run: pipeline.run_pipeline(run, resolve_device(device))
 
 Only light imports here (typer, stdlib): this module is imported when `st4r --help` runs.
 """
@@ -17,7 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from st4r_cli import progress
+from st4r_cli import backends, progress
 from st4r_cli.device import resolve_device  # noqa: F401 (re-exported: the CLI's commands use it)
 from st4r_cli.errors import St4rError
 
@@ -30,19 +31,13 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-class Tracker(str, Enum):
-    """2D tracker backends (`st4r_cli.stages.tracks.BACKENDS`)."""
-
-    builtin = "builtin"
-    cotracker3 = "cotracker3"
+def backend_choices(kind: str, class_name: str) -> type[Enum]:
+    """The registered backends of `kind` (`st4r_cli.backends`) as the choices of a CLI option."""
+    return Enum(class_name, {name: name for name in backends.names(kind)}, type=str)  # type: ignore[return-value]
 
 
-class DepthBackend(str, Enum):
-    """Depth backends (`st4r_cli.stages.depth.BACKENDS`)."""
-
-    multiview = "multiview"
-    moge = "moge"
-    none = "none"
+Tracker = backend_choices("tracker", "Tracker")            # 2D tracker backends
+DepthBackend = backend_choices("depth", "DepthBackend")    # depth backends
 
 
 DeviceOpt = Annotated[Device, typer.Option(
@@ -82,14 +77,6 @@ RunMaxFramesOpt = Annotated[Optional[int], typer.Option(  # noqa: UP007
     "--max-frames", help="Keep at most N frames.")]
 RunSeedOpt = Annotated[Optional[int], typer.Option(  # noqa: UP007
     "--seed", help="Random seed (default 0); deterministic for a fixed seed on CPU.")]
-
-
-def setup(device: Device | str = Device.auto, quiet: bool = False, verbose: bool = False) -> str:
-    """Apply --quiet/--verbose and resolve --device; returns "cpu" or "cuda"."""
-    set_verbosity(quiet, verbose)
-    resolved = resolve_device(device)
-    progress.debug(f"device: {resolved}")
-    return resolved
 
 
 def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from st4r_cli.errors import St4rError
+
+if TYPE_CHECKING:
+    from st4r_cli.configs import DepthConfig
 
 INSTALL_HINT = ("pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3 dlr-pipeline==1.0.0 "
                 "&& pip install 'huggingface_hub<1'")
@@ -152,3 +155,27 @@ def _median_intrinsics(per_frame: np.ndarray) -> np.ndarray:
     if not finite.any():
         return np.full((3, 3), np.nan, dtype=np.float32)
     return np.median(per_frame[finite], axis=0).astype(np.float32)
+
+
+# -- the depth registry's entry points (st4r_cli/backends.py) ---------------------------------------
+def compute(frames: np.ndarray, cfg: DepthConfig, device: str = "cpu", cameras: dict[str, Any] | None = None
+            ) -> dict[str, np.ndarray]:
+    """`estimate_depth_moge` with the depth stage's settings (the cameras are not used)."""
+    return estimate_depth_moge(frames, checkpoint=cfg.moge_weights, device=device,
+                               resolution_level=cfg.resolution_level, num_tokens=cfg.num_tokens,
+                               batch_size=cfg.batch_size, fp16=cfg.fp16, progress_desc="depth (moge)")
+
+
+def check(cfg: DepthConfig) -> None:
+    """St4rError unless the MoGe code imports and the checkpoint exists."""
+    require_moge(cfg.moge_weights)
+
+
+def input_files(cfg: DepthConfig) -> list[Path]:
+    return [weights_path(cfg.moge_weights)]
+
+
+def describe_checkpoint(path: Path) -> str:
+    """What `st4r doctor` says of a MoGe checkpoint (loaded on the CPU, as `--depth moge` would)."""
+    model, version = load_moge(path, "cpu")
+    return f"MoGe-{version[1]}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters"

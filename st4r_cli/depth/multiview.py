@@ -40,11 +40,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from st4r_cli.errors import St4rError
 from st4r_cli.geometry.camera_np import in_image
 from st4r_cli.geometry.triangulate import triangulate_on_rays
+
+if TYPE_CHECKING:
+    from st4r_cli.configs import DepthConfig
 
 
 @dataclass(frozen=True)
@@ -346,3 +352,44 @@ def _propagate(out: dict[str, np.ndarray], intrinsics: np.ndarray, cam_c2w: np.n
         out["conf"][t][take] = agreeing[take] / len(sources)
         out["valid"][t] |= take
         out["propagated"][t] = take
+
+
+# -- the depth registry's entry points (st4r_cli/backends.py) ---------------------------------------
+def compute(frames: np.ndarray, cfg: DepthConfig, device: str = "cpu", cameras: dict[str, Any] | None = None
+            ) -> dict[str, np.ndarray]:
+    """`multiview_depth` on the cameras stage's solution (St4rError when the cameras were not solved),
+    with the depth stage's settings; adds the cameras' `intrinsics`."""
+    from st4r_cli import progress
+
+    if cameras is None or not bool(cameras["ba_accepted"]):
+        raise St4rError("depth backend 'multiview' needs solved cameras (the cameras stage)")
+    opts = MultiviewOptions(offsets=tuple(int(o) for o in cfg.mv_offsets), max_fb_px=cfg.mv_max_fb_px,
+                            min_parallax_deg=cfg.mv_min_parallax_deg, consistency_rel=cfg.mv_consistency_rel,
+                            propagate_reach=cfg.mv_propagate_reach)
+    k_mat = np.asarray(cameras["intrinsics"], np.float64)
+    track_obs = (np.asarray(cameras["moving_obs"]), np.asarray(cameras["fitted_obs"]))
+    out = multiview_depth(frames, k_mat, np.linalg.inv(np.asarray(cameras["cam_w2c"], np.float64)), opts,
+                          progress=progress.track, track_obs=track_obs, scene_depth=_bundle_depth(cameras))
+    low = int(out["low_parallax"].sum())
+    lent = int((out["low_parallax"] & out["propagated"].any(axis=(1, 2))).sum())
+    progress.log(f"[green]✓[/green] depth (multiview): {100 * out['valid'].mean():.0f}% of the pixels, "
+                 f"{100 * out['dynamic'].mean():.1f}% moving"
+                 + (f"; {low} frame(s) with too little parallax of their own"
+                    + (f", {lent} of them take depth from their neighbours" if lent else "") if low else ""))
+    out["intrinsics"] = k_mat.astype(np.float32)
+    return out
+
+
+def _bundle_depth(cameras: dict[str, Any]) -> float:
+    """Median depth of the bundle's tracks in the solved cameras' units (the bundle sets it to 1)."""
+    depth = np.asarray(cameras["track_bundle_depth"], np.float64)
+    depth = depth[np.isfinite(depth) & (depth > 0)]
+    return float(np.median(depth)) if depth.size else 1.0
+
+
+def check(cfg: DepthConfig) -> None:
+    """Nothing to install (OpenCV flow, NumPy geometry)."""
+
+
+def input_files(cfg: DepthConfig) -> list[Path]:
+    return []

@@ -14,6 +14,7 @@ metadata exists, which is written after the arrays are complete.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -240,3 +241,21 @@ def _check_arrays(stage: str, arrays: Mapping[str, Any]) -> Arrays:
     return checked
 
 
+class MemoryCache(StageCache):
+    """The stage cache of an in-memory run (`runs.run.MemoryRun`): the same keys as `StageCache`, the
+    arrays kept in memory instead of files."""
+
+    def __init__(self) -> None:
+        super().__init__(Path("(in memory)"))
+        self._artifacts: dict[tuple[str, str], Artifact] = {}
+
+    def lookup(self, stage: str, key: str) -> Artifact | None:
+        found = self._artifacts.get((stage, key))
+        return dataclasses.replace(found, reused=True) if found is not None else None
+
+    def store(self, stage: str, key: str, arrays: Mapping[str, Any], info: dict[str, Any]) -> Artifact:
+        arrays = _check_arrays(stage, arrays)
+        artifact = Artifact(stage=stage, key=key, digest=digest_arrays(arrays), path=Path(f"{stage}-{key[:16]}.npz"),
+                            seconds=float(info.get("seconds", 0.0)), _arrays=arrays)
+        self._artifacts[(stage, key)] = artifact
+        return artifact

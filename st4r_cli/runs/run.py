@@ -48,6 +48,8 @@ class Run:
         self.config = config
         self.cache = StageCache(self.dir / "cache")
         self.force = set(force)
+        self.recorded_stages: list[str] = []    # the stages this process recorded in run.json (`stage`)
+        self.session_warnings: list[str] = []   # the warnings this process gave (`warn`)
         self._lock_fd: int | None = None
 
     # -- creation -------------------------------------------------------------------------------
@@ -261,6 +263,8 @@ class Run:
         """A warning about this run's result (e.g. a skipped test-time adaptation): printed at once and
         listed in run.json's `warnings`, which the pipeline prints again at its end (also with --quiet)."""
         progress.log(f"[yellow]warning[/yellow]: {message}")
+        if message not in self.session_warnings:
+            self.session_warnings.append(message)
         status = self._read_status()
         warnings = status.setdefault("warnings", [])
         if message not in warnings:
@@ -286,6 +290,8 @@ class Run:
             record["cuda_max_allocated_mb"] = cuda_mb
         status.setdefault("stages", {})[artifact.stage] = record
         self._write_status(status)
+        if artifact.stage not in self.recorded_stages:
+            self.recorded_stages.append(artifact.stage)
 
     @property
     def stage_memory(self) -> dict[str, float]:
@@ -431,3 +437,39 @@ def checked_run_output(path: Path) -> Path:
     if path.name not in _output_names(run._read_status()):
         raise St4rError(f"{path} was not written by the run in {run_dir}; rerun `st4r adapt` with --out {run_dir}")
     return run.verify_output(path.name)
+
+
+class MemoryRun(Run):
+    """A run without a directory (benchmarks, tests): the same stages through `Run.stage`, recorded the
+    same way, its cache a `MemoryCache` (arrays instead of files), its status a dict and its outputs
+    in `outputs` (file name -> arrays). `network`: an already loaded network the pipeline's stages start
+    from (a copy each) instead of loading `config.model`."""
+
+    def __init__(self, config: RunConfig, network: Any = None) -> None:
+        from st4r_cli.runs.cache import MemoryCache
+
+        super().__init__(Path("(in memory)"), config)
+        self.cache = MemoryCache()
+        self.network = network
+        self.outputs: dict[str, dict[str, Any]] = {}
+        self._status: dict[str, Any] = {"status": "running", "stages": {}, "outputs": []}
+
+    def put(self, stage: str, arrays: Mapping[str, Any]) -> Artifact:
+        """`arrays` as the artifact of `stage` (given, not computed: e.g. frames decoded elsewhere)."""
+        from st4r_cli.runs.cache import digest_arrays
+
+        return self.cache.store(stage, f"given-{digest_arrays(arrays)}", arrays, {})
+
+    def publish(self, filename: str, arrays: Mapping[str, Any]) -> Path:
+        self.outputs[filename] = dict(arrays)
+        self._record_output(filename, "in-memory")
+        return self.dir / filename
+
+    def publish_file(self, filename: str, writer: Callable[[Path], Any]) -> Path:
+        raise St4rError(f"an in-memory run has no directory to write {filename} into")
+
+    def _read_status(self) -> dict[str, Any]:
+        return self._status
+
+    def _write_status(self, status: dict[str, Any]) -> None:
+        self._status = status

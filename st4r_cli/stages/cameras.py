@@ -29,8 +29,8 @@ and the TTA that follow use its cameras.
    that can fit its track). A camera step the static points' image motion does not support
    (`geometry.camera_checks`) is repaired when it is a spike (one frame off the path: put back between
    its neighbours) and rejects the solution when it is a break, as does a step from frame t-1 to t that
-   fewer than MIN_LINKS fitted tracks link (the parts on either side are solved separately: their
-   relative pose is arbitrary), and a frame whose median reprojection is 3x the video's and over 1 px
+   fewer than MIN_LINKS tracks fitted under `ba_link_px` link (the parts on either side are solved
+   separately: their relative pose is arbitrary), and a frame whose median reprojection is 3x the video's and over 1 px
    (a stretch the bundle fits in a wrong minimum, hidden by a low median over the video).
    `camera_status` says which.
 4. Bundle points. For the tracks stage's own tracks, the bundle's triangulated point, its depth in the
@@ -214,7 +214,7 @@ def _solve(bundle: dict[str, np.ndarray], focal: float, principal: tuple[float, 
         problems.append(f"{100 * behind:.1f}% of the observations behind their camera")
     if jumps["breaks"].size:
         problems.append(f"the camera path breaks at frame(s) {', '.join(map(str, jumps['breaks'].tolist()))}")
-    unlinked = _unlinked_steps(result, bundle, num_frames, config.ba_accept_px)
+    unlinked = _unlinked_steps(result, bundle, num_frames, config.ba_link_px)
     if unlinked.size:
         problems.append("no tracks link frame(s) " + ", ".join(f"{t - 1}-{t}" for t in unlinked.tolist())
                         + " (the video falls into separately solved parts)")
@@ -331,7 +331,7 @@ def _check_path(result: Any, bundle: dict[str, np.ndarray], w2c: np.ndarray, con
 
 def _unlinked_steps(result: Any, bundle: dict[str, np.ndarray], num_frames: int, max_px: float) -> np.ndarray:
     """Frames t (int64) that fewer than MIN_LINKS bundle tracks link to frame t-1: tracks fitted in both
-    frames (an observation under `max_px`, the acceptance threshold, or the track's query frame).
+    frames (an observation under `max_px`, `cameras.ba_link_px`, or the track's query frame).
     Across such a step nothing ties the two parts of the solution together, so its relative pose is
     arbitrary however low the reprojection error (a fast pan that the tracker loses between two frames)."""
     import numpy as np

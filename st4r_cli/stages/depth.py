@@ -12,11 +12,12 @@ camera solver dropped crowd: moving), `parallax_deg (T,)`
 `low_parallax (T,) bool` (frames with too little parallax of their own, e.g. a camera that only turns) and
 `propagated (T, H, W) bool` (valid pixels whose depth came from the neighbouring frames' static points).
 
-Backends: `multiview` (the default: `st4r_cli/depth/multiview.py` on the cameras stage's solution; when
-the cameras were not solved there is no depth and the pipeline says so), `moge` (MoGe-2 or MoGe-1 from a
-local official checkpoint, st4r_cli/depth/moge.py) and `none` (the pipeline skips the stage).
+Backends (the registry, `st4r_cli/backends.py`: a backend is its module and one registration):
+`multiview` (the default: `st4r_cli/depth/multiview.py` on the cameras stage's solution; when the cameras
+were not solved there is no depth and the pipeline says so), `moge` (MoGe-2 or MoGe-1 from a local
+official checkpoint, st4r_cli/depth/moge.py) and `none` (the pipeline skips the stage).
 
-The config dataclass is a light import; torch/moge are imported inside the compute function.
+The config dataclass is a light import; a backend's module is imported when it is used.
 """
 
 from __future__ import annotations
@@ -24,26 +25,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from st4r_cli import backends
 from st4r_cli.configs import DepthConfig
 from st4r_cli.errors import St4rError
 
 DEPTH_VERSION = 5
-BACKENDS = ("multiview", "moge", "none")
+# every depth array a backend gives (`st4r_cli.backends`: `compute`), and the one a motion mask adds
+CONTRACT = ("depth", "valid", "intrinsics")
+MOTION_MASK = "dynamic"
 
 
 def input_files(cfg: DepthConfig) -> list[Path]:
     """Files besides the frames whose content the depth depends on (their digests join the cache key)."""
-    if cfg.backend != "moge":
-        return []
-    from st4r_cli.depth.moge import weights_path
-
-    return [weights_path(cfg.moge_weights)]
+    backend = backends.get("depth", cfg.backend)
+    return list(backend.load().input_files(cfg)) if backend.computes else []
 
 
 def check_depth_config(cfg: DepthConfig) -> None:
     """St4rError for option values that cannot work."""
-    if cfg.backend not in BACKENDS:
-        raise St4rError(f"unknown depth backend '{cfg.backend}' (use {', '.join(BACKENDS)})")
+    backends.get("depth", cfg.backend)
     if not 0 <= cfg.resolution_level <= 9:
         raise St4rError(f"depth resolution_level must be in [0, 9], got {cfg.resolution_level}")
     if cfg.num_tokens < 0 or cfg.batch_size < 1:
@@ -59,62 +59,35 @@ def check_depth_config(cfg: DepthConfig) -> None:
 def check_backend_available(cfg: DepthConfig) -> None:
     """St4rError (what to install, which file to put where) if the backend cannot run here."""
     check_depth_config(cfg)
-    if cfg.backend == "moge":
-        from st4r_cli.depth.moge import require_moge
-
-        require_moge(cfg.moge_weights)
+    backend = backends.get("depth", cfg.backend)
+    if backend.computes:
+        backend.load().check(cfg)
 
 
 def compute_depth(frames: Any, cfg: DepthConfig, device: str = "cpu",
                   cameras: dict[str, Any] | None = None) -> dict[str, Any]:
     """Per-frame depth of `frames (T, H, W, 3) uint8` with the configured backend (see module doc);
-    `cameras`: the cameras stage's arrays (multiview only; solved)."""
+    `cameras`: the cameras stage's arrays (for a backend that needs them: multiview; solved)."""
     import numpy as np
 
     check_depth_config(cfg)
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise St4rError(f"depth stage needs (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
-    if cfg.backend == "none":
-        raise St4rError("depth backend is 'none': there is no depth to compute (use --depth moge)")
-    if cfg.backend == "multiview":
-        return _multiview(frames, cfg, cameras)
-    from st4r_cli.depth.moge import estimate_depth_moge
-
-    return estimate_depth_moge(frames, checkpoint=cfg.moge_weights, device=device,
-                               resolution_level=cfg.resolution_level, num_tokens=cfg.num_tokens,
-                               batch_size=cfg.batch_size, fp16=cfg.fp16, progress_desc="depth (moge)")
+    backend = backends.get("depth", cfg.backend)
+    if not backend.computes:
+        raise St4rError(f"depth backend is '{cfg.backend}': there is no depth to compute (use --depth moge)")
+    return _checked(backend, backend.load().compute(frames, cfg, device, cameras), frames.shape[:3])
 
 
-def _multiview(frames: Any, cfg: DepthConfig, cameras: dict[str, Any] | None) -> dict[str, Any]:
-    import numpy as np
-
-    from st4r_cli import progress
-    from st4r_cli.depth.multiview import MultiviewOptions, multiview_depth
-
-    if cameras is None or not bool(cameras["ba_accepted"]):
-        raise St4rError("depth backend 'multiview' needs solved cameras (the cameras stage)")
-    opts = MultiviewOptions(offsets=tuple(int(o) for o in cfg.mv_offsets), max_fb_px=cfg.mv_max_fb_px,
-                            min_parallax_deg=cfg.mv_min_parallax_deg, consistency_rel=cfg.mv_consistency_rel,
-                            propagate_reach=cfg.mv_propagate_reach)
-    k_mat = np.asarray(cameras["intrinsics"], np.float64)
-    track_obs = (np.asarray(cameras["moving_obs"]), np.asarray(cameras["fitted_obs"]))
-    out = multiview_depth(frames, k_mat, np.linalg.inv(np.asarray(cameras["cam_w2c"], np.float64)), opts,
-                          progress=progress.track, track_obs=track_obs, scene_depth=_scene_depth(cameras))
-    low = int(out["low_parallax"].sum())
-    lent = int((out["low_parallax"] & out["propagated"].any(axis=(1, 2))).sum())
-    progress.log(f"[green]✓[/green] depth (multiview): {100 * out['valid'].mean():.0f}% of the pixels, "
-                 f"{100 * out['dynamic'].mean():.1f}% moving"
-                 + (f"; {low} frame(s) with too little parallax of their own"
-                    + (f", {lent} of them take depth from their neighbours" if lent else "") if low else ""))
-    out["intrinsics"] = k_mat.astype(np.float32)
+def _checked(backend: backends.Backend, out: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
+    """A backend's arrays, St4rError unless they keep the stage's contract (`CONTRACT`, and the motion
+    mask a backend registered with `motion_mask` promises)."""
+    wanted = CONTRACT + ((MOTION_MASK,) if backend.motion_mask else ())
+    missing = [key for key in wanted if key not in out]
+    if missing:
+        raise St4rError(f"depth backend '{backend.name}' gave no {', '.join(missing)}")
+    if tuple(out["depth"].shape) != tuple(shape):
+        raise St4rError(f"depth backend '{backend.name}' gave depth of shape {tuple(out['depth'].shape)} "
+                        f"for frames {tuple(shape)}")
     return out
-
-
-def _scene_depth(cameras: dict[str, Any]) -> float:
-    """Median depth of the bundle's tracks in the solved cameras' units (the bundle sets it to 1)."""
-    import numpy as np
-
-    depth = np.asarray(cameras["track_bundle_depth"], np.float64)
-    depth = depth[np.isfinite(depth) & (depth > 0)]
-    return float(np.median(depth)) if depth.size else 1.0

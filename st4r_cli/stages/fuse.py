@@ -2,8 +2,8 @@
 
 Input artifacts: decode (frames, for colours), tracks, predict (window pointmaps), cameras (the solved
 cameras and the bundle points) and depth (the multi-view depth, when it ran); config: `FuseConfig`, plus
-`VisibilityConfig` (z-buffer tolerance, sigma) and the `CamerasConfig` thresholds of the static test
-(`ba_dynamic_rel`, `ba_point_max_px`), which it shares with the cameras stage.
+`VisibilityConfig` (z-buffer tolerance, sigma) and the `CamerasConfig` threshold of the bundle points
+(`ba_point_max_px`), which it shares with the cameras stage.
 
 0. The network's own cameras: each camera j of each window by weighted PnP on head 2 with the network's
    K, each window mapped into the world by the Sim(3) that aligns its head-2 pointmaps of the frames it
@@ -70,9 +70,11 @@ if TYPE_CHECKING:
 
     from st4r_cli.geometry.chaining import Window
 
-__all__ = ["FUSE_VERSION", "FuseConfig", "check_fuse_config", "fuse_scene"]
+__all__ = ["CAMERAS_FIELDS", "FUSE_VERSION", "FuseConfig", "check_fuse_config", "fuse_scene"]
 
 FUSE_VERSION = 9
+# the cameras stage's settings the fuse stage reads (its cache key holds them; the solved cameras are an input)
+CAMERAS_FIELDS = ("ba_point_max_px",)
 SPECK_SUPPORT = 0.25     # a multi-view pixel needs this share of its 7x7 neighbourhood valid to be kept
 FILL_MIN_SUPPORT = 0.05  # a hole pixel is filled at the finest scale whose valid-pixel weight reaches this
 NO_GEOMETRY_CONF = 0.5    # step 5: confidence of static pixels with no geometry (the network's: 1 + exp(.))
@@ -690,7 +692,7 @@ def _relift_tracks(scene: dict[str, np.ndarray], tracks: dict[str, np.ndarray] |
     tracker_xy, tracker_seen = _tracker_positions(scene, tracks, config, hw)
     if tracker_xy is not None:
         tracks3d = _fuse(tracks3d, tracker_xy, tracker_seen, new_w2c, new_k)
-    static = _static_tracks(np.asarray(scene["tracks3d"], np.float64), query_t, cameras.ba_dynamic_rel)
+    static = _static_tracks(np.asarray(scene["tracks3d"], np.float64), query_t, config.dynamic_rel)
     if moving is not None:
         static &= ~moving
     start = tracks3d[np.arange(count), query_t]

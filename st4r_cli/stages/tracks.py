@@ -20,8 +20,9 @@ its queries mapped up from decoded-frame pixels and its tracks mapped back as fl
 precision of the larger frames is kept. Pixel centres map as x' = (x + 0.5) W' / W - 0.5 (`map_pixels`).
 All arrays are in decoded-frame pixels whatever the tracking resolution.
 
-Backends: `builtin` (OpenCV DIS flow chained with cycle checks, st4r_cli/tracking/builtin.py) and
-`cotracker3` (official CoTracker3, st4r_cli/tracking/cotracker3.py). Query modes: `grid` on frame 0,
+Backends (the registry, `st4r_cli/backends.py`: a backend is its module and one registration): `builtin`
+(OpenCV DIS flow chained with cycle checks, st4r_cli/tracking/builtin.py) and `cotracker3` (official
+CoTracker3, st4r_cli/tracking/cotracker3.py). Query modes: `grid` on frame 0,
 `grid_every_k` (the grid on every k-th frame) and `file` (st4r_cli/tracking/queries.py).
 
 The config dataclass is a light import; OpenCV/torch are imported inside the compute function.
@@ -32,11 +33,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from st4r_cli import backends
 from st4r_cli.configs import TracksConfig
 from st4r_cli.errors import St4rError
 
 TRACKS_VERSION = 4
-BACKENDS = ("builtin", "cotracker3")
 # `long_side: 0` tracks at the source's own resolution up to this long side: a 4K phone video is tracked
 # at 1024 px (about 1.6x the cost of 854x480 per frame; the DIS flow runs at `flow_long_side` anyway,
 # only the LK checks and re-acquisition see the full frames), which keeps the tracker's precision well
@@ -46,20 +47,13 @@ MAX_TRACK_LONG_SIDE = 1024
 
 def input_files(cfg: TracksConfig) -> list[Path]:
     """Files besides the frames whose content the tracks depend on (their digests join the cache key)."""
-    files = []
-    if cfg.query_mode == "file" and cfg.query_file:
-        files.append(Path(cfg.query_file))
-    if cfg.backend == "cotracker3":
-        from st4r_cli.tracking.cotracker3 import weights_path
-
-        files.append(weights_path(cfg.cotracker_mode, cfg.cotracker_weights))
-    return files
+    files = [Path(cfg.query_file)] if cfg.query_mode == "file" and cfg.query_file else []
+    return files + list(backends.get("tracker", cfg.backend).load().input_files(cfg))
 
 
 def check_tracks_config(cfg: TracksConfig) -> None:
     """St4rError for option values that cannot work (before any heavy work starts)."""
-    if cfg.backend not in BACKENDS:
-        raise St4rError(f"unknown tracker backend '{cfg.backend}' (use {', '.join(BACKENDS)})")
+    backends.get("tracker", cfg.backend)
     if cfg.query_mode not in ("grid", "grid_every_k", "file"):
         raise St4rError(f"unknown tracks query mode '{cfg.query_mode}' (use grid, grid_every_k or file)")
     if cfg.camera_every_k < 0 or not 2 <= cfg.camera_grid_size <= 1024:
@@ -91,10 +85,7 @@ def check_backend_available(cfg: TracksConfig) -> None:
         if not cfg.query_file:
             raise St4rError("tracks query mode 'file' needs a query file (--queries FILE)")
         load_query_file(cfg.query_file)                 # readable and well formed (bounds: later)
-    if cfg.backend == "cotracker3":
-        from st4r_cli.tracking.cotracker3 import require_cotracker3
-
-        require_cotracker3(cfg.cotracker_mode, cfg.cotracker_weights)
+    backends.get("tracker", cfg.backend).load().check(cfg)
 
 
 def tracking_long_side(orig_hw: Any, decoded_hw: Any, cfg: TracksConfig) -> int:
@@ -183,7 +174,7 @@ def _track_sets(frames: Any, sets: dict[str, Any], out_hw: tuple[int, int], cfg:
     names = [name for name, q in sets.items() if len(q)]
     up = {name: _queries_to(np.asarray(sets[name], np.float64), out_hw, track_hw) for name in names}
     raw: dict[str, dict[str, Any]] = {}
-    if cfg.backend == "builtin" and names:
+    if backends.get("tracker", cfg.backend).joint_points and names:
         both = _run_tracker(frames, np.concatenate([up[name] for name in names]), cfg, device, seed)
         start = 0
         for name in names:
@@ -225,9 +216,8 @@ def _queries_to(queries: Any, out_hw: tuple[int, int], track_hw: tuple[int, int]
 
 def _run_tracker(frames: Any, queries: Any, cfg: TracksConfig, device: str, seed: int,
                  label: str = "tracks") -> dict[str, Any]:
-    if cfg.backend == "builtin":
-        return _run_builtin(frames, queries, cfg, f"{label} (builtin)")
-    return _run_cotracker3(frames, queries, cfg, device, seed)
+    """The configured tracker (`st4r_cli.backends`) on `queries` in pixels of `frames`."""
+    return backends.get("tracker", cfg.backend).load().compute(frames, queries, cfg, device, seed, label)
 
 
 def camera_tracks(frames: Any, cfg: TracksConfig, device: str = "cpu", seed: int = 0,
@@ -255,33 +245,3 @@ def camera_queries(num_frames: int, hw: tuple[int, int], cfg: TracksConfig) -> A
     if not seeds:
         return np.zeros((0, 3))
     return grid_queries(cfg.camera_grid_size, hw, seeds).astype(np.float64)
-
-
-def builtin_params(cfg: TracksConfig):  # -> BuiltinTrackerParams
-    from st4r_cli.tracking.builtin import BuiltinTrackerParams
-
-    return BuiltinTrackerParams(flow_long_side=cfg.flow_long_side, dis_preset=cfg.dis_preset,
-                                occlusion=cfg.occlusion, fb_threshold=cfg.fb_threshold,
-                                reacquire=cfg.reacquire, reacquire_ncc=cfg.reacquire_ncc,
-                                lost_motion=cfg.lost_motion)
-
-
-def _run_builtin(frames: Any, queries: Any, cfg: TracksConfig, label: str) -> dict[str, Any]:
-    from st4r_cli.tracking.builtin import track_points
-
-    return track_points(frames, queries, builtin_params(cfg), progress_desc=label)
-
-
-def _run_cotracker3(frames: Any, queries: Any, cfg: TracksConfig, device: str, seed: int) -> dict[str, Any]:
-    import torch
-
-    from st4r_cli import progress
-    from st4r_cli.tracking.cotracker3 import track_points_cotracker3
-
-    torch.manual_seed(seed)
-    progress.log(f"tracks: CoTracker3 {cfg.cotracker_mode} on {device}, {len(queries)} points, "
-                 f"{len(frames)} frames")
-    return track_points_cotracker3(frames, queries, mode=cfg.cotracker_mode,
-                                   checkpoint=cfg.cotracker_weights, device=device,
-                                   backward_tracking=cfg.cotracker_backward,
-                                   model_hw=tuple(cfg.cotracker_model_hw))

@@ -34,8 +34,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from st4r_cli.configs import TracksConfig
 
 REFERENCE_LONG_SIDE = 256.0  # thresholds are given in pixels of this raster
 VELOCITY_MEMORY = 3          # a coasting point moves by the median of its last visible steps
@@ -280,3 +285,26 @@ def _confidence(visible: np.ndarray, cycle_error: np.ndarray, query_t: np.ndarra
     with np.errstate(invalid="ignore", divide="ignore"):
         confidence = np.where(count > 0, score.sum(axis=1) / np.maximum(count, 1), 1.0)
     return confidence.astype(np.float32)
+
+
+# -- the tracker registry's entry points (st4r_cli/backends.py) -------------------------------------
+def compute(frames: np.ndarray, queries: np.ndarray, cfg: TracksConfig, device: str = "cpu", seed: int = 0,
+            label: str = "tracks") -> dict[str, np.ndarray]:
+    """`track_points` with the tracks stage's settings (CPU only, deterministic: `device`, `seed` unused)."""
+    return track_points(frames, queries, params_from_config(cfg), progress_desc=f"{label} (builtin)")
+
+
+def params_from_config(cfg: TracksConfig) -> BuiltinTrackerParams:
+    """The tracker's parameters from the tracks stage's config section."""
+    return BuiltinTrackerParams(flow_long_side=cfg.flow_long_side, dis_preset=cfg.dis_preset,
+                                occlusion=cfg.occlusion, fb_threshold=cfg.fb_threshold,
+                                reacquire=cfg.reacquire, reacquire_ncc=cfg.reacquire_ncc,
+                                lost_motion=cfg.lost_motion)
+
+
+def check(cfg: TracksConfig) -> None:
+    """Nothing to install: OpenCV is a core dependency."""
+
+
+def input_files(cfg: TracksConfig) -> list[Path]:
+    return []

@@ -15,10 +15,14 @@ and return tracks in pixels of the input frames. GPU when the device is `cuda`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from st4r_cli.errors import St4rError
+
+if TYPE_CHECKING:
+    from st4r_cli.configs import TracksConfig
 
 INSTALL_HINT = "pip install --no-deps autosegmentor==3.0.1"
 WEIGHTS = {
@@ -167,3 +171,35 @@ def _finish(tracks_xy: np.ndarray, visible: np.ndarray, queries: np.ndarray,
     confidence = np.where(count > 0, (visible & after).sum(axis=1) / np.maximum(count, 1), 1.0)
     return {"tracks_xy": tracks_xy.astype(np.float32), "visible": visible.astype(bool),
             "confidence": confidence.astype(np.float32)}
+
+
+# -- the tracker registry's entry points (st4r_cli/backends.py) -------------------------------------
+def compute(frames: np.ndarray, queries: np.ndarray, cfg: TracksConfig, device: str = "cpu", seed: int = 0,
+            label: str = "tracks") -> dict[str, np.ndarray]:
+    """`track_points_cotracker3` with the tracks stage's settings, torch seeded with `seed`."""
+    import torch
+
+    from st4r_cli import progress
+
+    torch.manual_seed(seed)
+    progress.log(f"tracks: CoTracker3 {cfg.cotracker_mode} on {device}, {len(queries)} points, "
+                 f"{len(frames)} frames")
+    return track_points_cotracker3(frames, queries, mode=cfg.cotracker_mode, checkpoint=cfg.cotracker_weights,
+                                   device=device, backward_tracking=cfg.cotracker_backward,
+                                   model_hw=tuple(cfg.cotracker_model_hw))
+
+
+def check(cfg: TracksConfig) -> None:
+    """St4rError unless the CoTracker3 code imports and the checkpoint exists."""
+    require_cotracker3(cfg.cotracker_mode, cfg.cotracker_weights)
+
+
+def input_files(cfg: TracksConfig) -> list[Path]:
+    return [weights_path(cfg.cotracker_mode, cfg.cotracker_weights)]
+
+
+def describe_checkpoint(path: Path) -> str:
+    """What `st4r doctor` says of a CoTracker3 checkpoint (loaded on the CPU, as the tracker would)."""
+    mode = "online" if "online" in path.name.lower() else "offline"
+    model = load_predictor(mode, path, "cpu")
+    return f"{mode}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters"

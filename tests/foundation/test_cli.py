@@ -226,10 +226,14 @@ def test_pipeline_recomputes_only_what_depends_on_a_change(capsys, tmp_path, sma
         calls["depth"] += 1
         return {"depth": np.ones(frames.shape[:3], np.float32)}
 
+    from st4r_cli import backends
+
     monkeypatch.setattr(tracks_stage, "compute_tracks", fake_tracks, raising=False)
     monkeypatch.setattr(depth_stage, "compute_depth", fake_depth, raising=False)
     monkeypatch.setattr(depth_stage.DepthConfig, "backend", "fake", raising=False)
-    monkeypatch.setattr(depth_stage, "BACKENDS", (*depth_stage.BACKENDS, "fake"))  # passes the config check
+    # a registered backend passes the config check (a copy of the registry, restored after the test)
+    monkeypatch.setattr(backends, "_REGISTRY", {kind: dict(found) for kind, found in backends._REGISTRY.items()})
+    backends.register("depth", "fake", "st4r_cli.depth.multiview")
     run_dir = tmp_path / "run"
     base = ["adapt", small_video, "--out", run_dir, "--until", "depth", "--set", "depth.backend=fake",
             "--set", "cameras.refine=none"]

@@ -58,11 +58,11 @@ def _recomputed(run_dir) -> list[str]:
 
 def test_a_setting_recomputes_only_its_stage_and_later_ones(tmp_path, make_clip, make_prefit_model, capsys):
     """The cache keys follow the stage boundaries and artifact contents: a camera-solver knob that leaves the
-    cameras as they were re-runs cameras and fuse only (depth, adapt and predict see the same cameras), the
+    cameras as they were re-runs cameras only (depth, adapt, predict and fuse see the same cameras), the
     camera solver's extra tracks change the cameras and so everything after them (the multi-view depth
     and the TTA that uses it), a fusion knob only fuse, the threads knob nothing, `--force adapt` only
-    adapt (same deltas, same digest), and `--force chain` (the former stage name) the stages that replaced
-    it (the cameras come out the same, so depth and adapt are reused)."""
+    adapt (same deltas, same digest), and `--force cameras/predict/fuse` those stages (the cameras come out
+    the same, so depth and adapt are reused)."""
     frames, _ = make_clip(num_frames=8)
     folder = _write_frames(tmp_path, frames)
     model_path = save_model(make_prefit_model(), tmp_path / "micro.safetensors")
@@ -77,7 +77,7 @@ def test_a_setting_recomputes_only_its_stage_and_later_ones(tmp_path, make_clip,
     first = read_scene(run_dir / "scene.npz")
 
     assert cli_run(base + ["--set", "cameras.ba_accept_px=3.5"]) == 0
-    assert _recomputed(run_dir) == ["cameras", "fuse"]     # same cameras: depth, adapt, predict reused
+    assert _recomputed(run_dir) == ["cameras"]     # same cameras: depth, adapt, predict, fuse reused
     assert cli_run(base + ["--set", "tracks.camera_every_k=3"]) == 0        # the camera solver's tracks only
     # other cameras -> other multi-view depth -> the TTA that uses it, and everything after
     assert _recomputed(run_dir) == ["tracks", "cameras", "depth", "adapt", "predict", "fuse"]
@@ -90,7 +90,7 @@ def test_a_setting_recomputes_only_its_stage_and_later_ones(tmp_path, make_clip,
     # unchanged and nothing after it reruns
     assert cli_run(base + ["--force", "adapt"]) == 0
     assert _recomputed(run_dir) == ["adapt"]
-    assert cli_run(base + ["--force", "chain"]) == 0
+    assert cli_run(base + ["--force", "cameras", "--force", "predict", "--force", "fuse"]) == 0
     assert _recomputed(run_dir) == ["cameras", "predict", "fuse"]
     np.testing.assert_array_equal(read_scene(run_dir / "scene.npz")["tracks3d"], first["tracks3d"])
     # the solved cameras in the TTA: adapt reads the cameras (and is keyed on their content), changes none
@@ -100,7 +100,7 @@ def test_a_setting_recomputes_only_its_stage_and_later_ones(tmp_path, make_clip,
     adapted = Run.open(run_dir).artifact("adapt")
     assert int(adapted["solved_camera_steps"]) + int(adapted["pnp_camera_steps"]) == 2   # 1 step + the check
     assert cli_run(solved + ["--set", "cameras.ba_accept_px=3.7"]) == 0
-    assert _recomputed(run_dir) == ["cameras", "fuse"]
+    assert _recomputed(run_dir) == ["cameras"]
 
 
 def _base_args(folder, run_dir, model_path) -> list[str]:
