@@ -298,9 +298,25 @@ def load_config(path: Path) -> RunConfig:
     except UnicodeDecodeError:
         raise St4rError(f"cannot read config {path}: not a text (YAML) file") from None
     try:
-        return RunConfig.from_dict(data)
+        return RunConfig.from_dict(upgrade_saved_config(data))
     except St4rError as err:
         raise St4rError(f"config {path}: {err}") from None
+
+
+def upgrade_saved_config(data: Any) -> Any:
+    """A config saved before `cameras.ba_dynamic_rel` became `fuse.dynamic_rel` and `cameras.ba_accept_px`
+    was split (it also linked frames, now `cameras.ba_link_px`), in today's fields with the same meaning,
+    so earlier runs still export, view and resume. Anything else is returned as it is."""
+    if not isinstance(data, dict) or not isinstance(data.get("cameras"), dict):
+        return data
+    cameras = dict(data["cameras"])
+    if "ba_dynamic_rel" not in cameras:
+        return data
+    fuse = dict(data.get("fuse") or {})
+    fuse.setdefault("dynamic_rel", cameras.pop("ba_dynamic_rel"))
+    if "ba_accept_px" in cameras:
+        cameras.setdefault("ba_link_px", cameras["ba_accept_px"])
+    return {**data, "cameras": cameras, "fuse": fuse}
 
 
 def _plain(value: Any) -> Any:

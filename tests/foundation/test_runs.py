@@ -272,3 +272,24 @@ def test_run_json_records_each_stages_peak_memory(tmp_path):
     assert stages["big"]["peak_rss_mb"] >= before + 250
     assert stages["small"]["peak_rss_mb"] < stages["big"]["peak_rss_mb"] - 200
     assert "cuda_max_allocated_mb" not in stages["big"]          # no GPU here
+
+
+def test_a_config_saved_before_the_cameras_fields_moved_still_loads_with_the_same_meaning(tmp_path):
+    import yaml
+
+    from st4r_cli.runs.config import CONFIG_HEADER, load_config, save_config
+
+    path = tmp_path / "config.yaml"
+    save_config(RunConfig(), path)
+    data = yaml.safe_load(path.read_text())
+    # as st4r wrote it before: ba_dynamic_rel among the cameras settings, one ba_accept_px for both uses
+    del data["fuse"]["dynamic_rel"], data["cameras"]["ba_link_px"]
+    data["cameras"].update(ba_dynamic_rel=0.07, ba_accept_px=3.0)
+    path.write_text(f"{CONFIG_HEADER}\n" + yaml.safe_dump(data, sort_keys=False))
+    config = load_config(path)
+    assert config.fuse.dynamic_rel == 0.07
+    assert config.cameras.ba_accept_px == 3.0 and config.cameras.ba_link_px == 3.0
+    data["cameras"]["ba_dynamic_rell"] = 1.0                     # still no unknown option passes
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(St4rError, match="ba_dynamic_rell"):
+        load_config(path)
