@@ -384,12 +384,17 @@ def adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] | 
                 depth: dict[str, np.ndarray] | None, config: AdaptConfig, predict: PredictConfig,
                 visibility: VisibilityConfig, device: str, seed: int,
                 cameras: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Test-time adaptation of `model` (in place) on one video: see `_adapt_model`."""
+    """Test-time adaptation of `model` (in place) on one video: see `_adapt_model`. The heap pages freed
+    before and by the TTA go back to the OS (`model.heap`), so neither it nor the next stage carries them."""
+    from st4r_cli.model.heap import release_freed_memory
     from st4r_cli.model.windows import torch_threads
 
     check_adapt_config(config)
+    release_freed_memory()
     with torch_threads(predict.cpu_threads, device):
-        return _adapt_model(model, frames, tracks, depth, config, predict, visibility, device, seed, cameras)
+        out = _adapt_model(model, frames, tracks, depth, config, predict, visibility, device, seed, cameras)
+    release_freed_memory()
+    return out
 
 
 def _adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] | None,
