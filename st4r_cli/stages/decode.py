@@ -152,7 +152,7 @@ def decode(source: str | Path, cfg: DecodeConfig) -> dict[str, Any]:
         raw_frames, total = _video_frames(source, cfg)
         folder_fps = None
 
-    frames: list[Any] = []
+    frames = _FrameBuffer()
     times: list[float | None] = []
     indices: list[int] = []
     size_hw: tuple[int, int] | None = None
@@ -163,6 +163,7 @@ def decode(source: str | Path, cfg: DecodeConfig) -> dict[str, Any]:
         if orig_hw is None:
             orig_hw = raw.rgb.shape[:2]
             size_hw = processing_hw(orig_hw, cfg)
+            frames.reserve(min(expected or 16, 512), size_hw)   # a header can lie: grown as needed
             progress.debug(f"decode: source {orig_hw[1]}x{orig_hw[0]} -> {size_hw[1]}x{size_hw[0]}")
         elif raw.rgb.shape[:2] != orig_hw:
             raise St4rError(f"{source}: frame {raw.index} is {raw.rgb.shape[1]}x{raw.rgb.shape[0]}, "
@@ -181,12 +182,43 @@ def decode(source: str | Path, cfg: DecodeConfig) -> dict[str, Any]:
     fps = (len(frames) - 1) / span if span > 0 else (folder_fps or 30.0) / cfg.stride
     assert orig_hw is not None
     return {
-        "frames": np.stack(frames).astype(np.uint8, copy=False),
+        "frames": frames.array(),
         "orig_hw": np.asarray(orig_hw, dtype=np.int64),
         "fps": np.asarray(fps, dtype=np.float64),
         "timestamps_s": np.asarray(timestamps, dtype=np.float64),
         "frame_indices": np.asarray(indices, dtype=np.int64),
     }
+
+
+class _FrameBuffer:
+    """The decoded frames in one growing (T, H, W, 3) uint8 array: each frame is copied in as it comes, so
+    the video is in memory once (a list of frames stacked at the end held it twice)."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.data = np.zeros((0, 1, 1, 3), np.uint8)
+        self.count = 0
+
+    def reserve(self, capacity: int, size_hw: tuple[int, int]) -> None:
+        import numpy as np
+
+        self.data = np.empty((max(1, capacity), *size_hw, 3), np.uint8)
+
+    def append(self, frame: Any) -> None:
+        if self.count == len(self.data):   # more frames than the header said: grow by half
+            self.data.resize((self.count + max(1, self.count // 2), *self.data.shape[1:]), refcheck=False)
+        self.data[self.count] = frame
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def array(self) -> Any:
+        """(T, H, W, 3) uint8: the frames appended, the buffer trimmed to them in place."""
+        if self.count != len(self.data):
+            self.data.resize((self.count, *self.data.shape[1:]), refcheck=False)
+        return self.data
 
 
 def _close(iterator: Any) -> None:

@@ -191,3 +191,20 @@ def test_pixel_mapping_formula(tmp_path, orig_hw, block_xy):
     centre_src = np.array([x0 + 4.5, y0 + 4.5])
     expected = (centre_src + 0.5) * np.array([w / orig_hw[1], h / orig_hw[0]]) - 0.5
     np.testing.assert_allclose(centroid, expected, atol=0.05)
+
+
+def test_frame_buffer_grows_past_a_wrong_header_count_and_trims_to_the_frames():
+    """decode copies each frame into one buffer sized from the header's count (the video in memory once);
+    a header that says fewer or more frames than there are still gives exactly the decoded frames."""
+    import numpy as np
+
+    from st4r_cli.stages.decode import _FrameBuffer
+
+    frames = np.random.default_rng(0).integers(0, 255, (7, 4, 6, 3), dtype=np.uint8)
+    for capacity in (2, 7, 20):
+        buffer = _FrameBuffer()
+        buffer.reserve(capacity, (4, 6))
+        for frame in frames:
+            buffer.append(frame)
+        out = buffer.array()
+        assert len(buffer) == 7 and out.shape == (7, 4, 6, 3) and np.array_equal(out, frames)
