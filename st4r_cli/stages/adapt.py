@@ -431,6 +431,7 @@ def _adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] |
     chosen = select_parameters(model, config.params) if config.loss != "none" else []
     encoder_adapts = any(name.startswith(ENCODER_PREFIXES) for name, _ in chosen)
     plan = resolve_memory(config, device, sum(p.numel() for p in model.parameters()), encoder_adapts)
+    progress.debug(f"adapt: memory {plan}")
     original = TensorStore(plan.snapshots)
     original.save([param for _, param in chosen])
     solved, fallback = None, ""
