@@ -141,7 +141,10 @@ class AdaptConfig(TTALossConfig):
 
     LIMITS: ClassVar[Limits] = {**TTALossConfig.LIMITS, "iters": (0, BIG), "lr": (0, 1), "frames_per_step": (0, 4096),
                                 "weight_decay": (0, 10), "grad_clip": (0, BIG), "max_tracks": (1, BIG),
-                                "pnp_stride": (1, 64), "prior_stride": (1, 64), "diverge_factor": (1, BIG)}
+                                "pnp_stride": (1, 64), "prior_stride": (1, 64), "diverge_factor": (1, BIG),
+                                "micro_batch": (0, 4096)}
+    # memory knobs that give the same numbers (bit for bit on CPU: tests/tta/test_tta_memory.py)
+    NOT_KEYED: ClassVar[tuple[str, ...]] = ("checkpointing", "cache_encoder", "snapshots")
 
     iters: int = 0                    # TTA steps; 0 -> 20 on CPU, 300 on CUDA
     lr: float = 0.0                   # AdamW learning rate; 0 -> 2e-5 on CPU, 5e-5 on CUDA
@@ -159,6 +162,19 @@ class AdaptConfig(TTALossConfig):
                                       # were not solved or a step's anchor has no solved depth)
     prior_stride: int = 4             # points prior: every k-th pixel in x and y
     diverge_factor: float = 4.0       # a loss above this x its running average triggers a rollback
+    # memory (`stages.adapt.resolve_memory`; "auto" depends on the device and the network's size: a
+    # "large" network has over 100 M parameters, the official one 571 M, the default tiny one a few M)
+    checkpointing: str = "auto"       # on | off | auto (on for a large network or on CUDA): activation
+                                      # checkpointing of the encoder / decoder blocks and heads in the TTA
+    micro_batch: int = 0              # pairs per forward pass within a step (the loss and its gradient stay
+                                      # the whole step's); 0 -> 1 on CPU / 2 on CUDA with checkpointing on,
+                                      # else all pairs at once
+    amp: str = "auto"                 # bf16 | off | auto (bf16 on CUDA, off on CPU): bfloat16 autocast of the
+                                      # encoder and decoders in the TTA, heads and loss in float32
+    cache_encoder: str = "auto"       # auto (encoder tokens computed once per frame when the encoder is not
+                                      # adapted, reused by every step) | off (recomputed at every forward)
+    snapshots: str = "auto"           # memory | disk | auto (disk for a large network on CPU, else memory):
+                                      # where the original weights and the rollback state are kept
 
 
 @dataclass

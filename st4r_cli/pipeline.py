@@ -24,7 +24,7 @@ from st4r_cli.errors import St4rError
 from st4r_cli.runs import Artifact, Run, RunConfig, digest_arrays, digest_file_or_missing, digest_path
 from st4r_cli.runs.run import MemoryRun
 from st4r_cli.runs.config import keyed_fields
-from st4r_cli.stages.decode import DECODE_VERSION, check_decode_config, decode
+from st4r_cli.stages.decode import DECODE_VERSION, StoredFrames, check_decode_config, decode
 
 if TYPE_CHECKING:
     import numpy as np
@@ -130,8 +130,9 @@ def run_tracks(run: Run, decoded: Artifact, device: str, force: bool = False) ->
 
 
 def _tracking_frames(run: Run, decoded: Artifact, tracking: Any) -> Any:
-    """(T, h, w, 3) uint8: the run's input decoded at the tracking resolution (stage `decode_tracks`),
-    the same frames as the decode stage's (St4rError otherwise). Only its frames are kept in memory."""
+    """The run's input decoded at the tracking resolution (stage `decode_tracks`), the same frames as the
+    decode stage's (St4rError otherwise), as a `StoredFrames` (T, h, w, 3) uint8 that reads them one at a
+    time from the cache: the tracker never holds them all."""
     import numpy as np
 
     source = Path(run.config.input)
@@ -141,11 +142,10 @@ def _tracking_frames(run: Run, decoded: Artifact, tracking: Any) -> Any:
     check_decode_config(tracking)
     artifact = run.stage("decode_tracks", DECODE_VERSION, tracking, [digest_path(source)],
                          lambda: decode(source, tracking), force="decode" in run.force)
-    frames = artifact["frames"]
     if not np.array_equal(artifact["frame_indices"], decoded["frame_indices"]):
         raise St4rError(f"{source}: decoding at the tracking resolution gave other frames than the decode "
                         "stage (the input changed?); rerun with --force decode")
-    return frames
+    return StoredFrames(artifact.path)
 
 
 def run_cameras(run: Run, artifacts: dict[str, Artifact], device: str) -> Artifact:

@@ -40,10 +40,11 @@ def network_size(frame_hw: tuple[int, int], patch_size: int) -> tuple[int, int]:
 
 
 def forward_pairs(model: St4rNet, images: torch.Tensor, anchors: torch.Tensor | Sequence[int],
-                  targets: torch.Tensor | Sequence[int]) -> dict[str, torch.Tensor]:
+                  targets: torch.Tensor | Sequence[int], checkpoint: bool = False) -> dict[str, torch.Tensor]:
     """Differentiable forward of pairs (anchor a, target j), gradients on.
 
-    images: (T, 3, H, W) in [-1, 1] (H, W multiples of the patch size); anchors, targets: (P,) indices.
+    images: (T, 3, H, W) in [-1, 1] (H, W multiples of the patch size); anchors, targets: (P,) indices;
+    checkpoint: activation checkpointing (`St4rNet.forward`).
     Returns track_pts (P,H,W,3), track_conf (P,H,W), recon_pts (P,H,W,3), recon_conf (P,H,W), all in
     the anchor camera frame.
     """
@@ -52,7 +53,7 @@ def forward_pairs(model: St4rNet, images: torch.Tensor, anchors: torch.Tensor | 
     a = torch.as_tensor(anchors, device=images.device, dtype=torch.long)
     j = torch.as_tensor(targets, device=images.device, dtype=torch.long)
     img1, img2 = images[a], images[j]
-    res1, res2 = model(img1, img2)
+    res1, res2 = model(img1, img2, checkpoint=checkpoint)
     return {"track_pts": res1["pts3d"], "track_conf": res1["conf"],
             "recon_pts": res2["pts3d_in_other_view"], "recon_conf": res2["conf"]}
 

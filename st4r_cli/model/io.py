@@ -188,13 +188,19 @@ def _official_config(state: dict[str, torch.Tensor], args: Any, path: Path) -> M
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> St4rNet:
-    """Load any supported checkpoint (see module docstring) into an eval-mode float32 `St4rNet`."""
+    """Load any supported checkpoint (see module docstring) into an eval-mode float32 `St4rNet`.
+
+    The network is built on torch's meta device and takes the file's tensors as its parameters
+    (`assign=True`): one copy of the weights in memory, not a random initialisation plus the file's."""
+    import torch
+
     from st4r_cli.model.net import St4rNet
 
     config, state = read_checkpoint(path)
     check_state_matches(config, {k: tuple(v.shape) for k, v in canonical_state_dict(state).items()}, Path(path))
     try:
-        model = St4rNet(config)   # allocates only what the file holds (shapes checked above)
+        with torch.device("meta"):
+            model = St4rNet(config)   # nothing allocated (shapes checked above)
     except ValueError as exc:
         raise St4rError(f"{path}: invalid model config: {exc}") from exc
     expected = set(model.state_dict())
@@ -205,7 +211,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
                         f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
                         f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})")
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=True, assign=True)
     except RuntimeError as exc:
         raise St4rError(f"{path}: tensor shapes do not match the model config: {str(exc).splitlines()[-1]}") from exc
     return model.to(device).eval()

@@ -12,6 +12,8 @@ State-dict keys and shapes match the official checkpoints for the official confi
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -63,46 +65,62 @@ class St4rNet(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
 
     # ---------------------------------------------------------------------------------- encoder
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (B, 3, H, W) in [-1, 1] -> tokens (B, N, enc_dim), positions (B, N, 2)."""
+    def encode(self, images: torch.Tensor, checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 3, H, W) in [-1, 1] -> tokens (B, N, enc_dim), positions (B, N, 2).
+
+        checkpoint: activation checkpointing of every block (`run_block`)."""
         tokens, pos = self.patch_embed(images)
         for block in self.enc_blocks:
-            tokens = block(tokens, pos)
+            tokens = run_block(block, checkpoint, tokens, pos)
         return self.enc_norm(tokens), pos
 
     def decode(self, feat1: torch.Tensor, pos1: torch.Tensor, feat2: torch.Tensor,
-               pos2: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Both decoders. Returns per view [encoder tokens, block 1 .. block L (last normalised)]."""
+               pos2: torch.Tensor, checkpoint: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Both decoders. Returns per view [encoder tokens, block 1 .. block L (last normalised)].
+
+        checkpoint: activation checkpointing of every block (`run_block`)."""
         out1, out2 = [feat1], [feat2]
         x1, x2 = self.decoder_embed(feat1), self.decoder_embed(feat2)
         for block1, block2 in zip(self.dec_blocks, self.dec_blocks2):
-            x1, x2 = block1(x1, x2, pos1, pos2), block2(x2, x1, pos2, pos1)
+            x1, x2 = (run_block(block1, checkpoint, x1, x2, pos1, pos2),
+                      run_block(block2, checkpoint, x2, x1, pos2, pos1))
             out1.append(x1)
             out2.append(x2)
         out1[-1], out2[-1] = self.dec_norm(out1[-1]), self.dec_norm(out2[-1])
         return out1, out2
 
-    def _forward_upright(self, img1: torch.Tensor, img2: torch.Tensor
+    def heads(self, dec1: list[torch.Tensor], dec2: list[torch.Tensor], hw1: tuple[int, int],
+              hw2: tuple[int, int], checkpoint: bool = False
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Both DPT heads in float32 (autocast off) on `decode`'s token lists (B, N, C_i) of images of
+        size hw1 (view 1) and hw2: head 1 {'pts3d' (B,H,W,3), 'conf' (B,H,W)}, head 2 the same keys.
+        checkpoint: each head's activations recomputed in the backward pass (`run_block`)."""
+        device_type = dec1[0].device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            res1 = run_block(self.downstream_head1, checkpoint, [t.float() for t in dec1], hw1)
+            res2 = run_block(self.downstream_head2, checkpoint, [t.float() for t in dec2], hw2)
+        return res1, res2
+
+    def _forward_upright(self, img1: torch.Tensor, img2: torch.Tensor, checkpoint: bool = False
                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Images stored in their true orientation (any multiple of the patch size)."""
         if img1.shape == img2.shape:
-            feats, pos = self.encode(torch.cat((img1, img2), dim=0))
+            feats, pos = self.encode(torch.cat((img1, img2), dim=0), checkpoint)
             feat1, feat2 = feats.chunk(2, dim=0)
             pos1, pos2 = pos.chunk(2, dim=0)
         else:
-            feat1, pos1 = self.encode(img1)
-            feat2, pos2 = self.encode(img2)
-        dec1, dec2 = self.decode(feat1, pos1, feat2, pos2)
-        autocast_off = torch.autocast(device_type=img1.device.type, enabled=False)
-        with autocast_off:
-            res1 = self.downstream_head1([t.float() for t in dec1], tuple(img1.shape[-2:]))
-            res2 = self.downstream_head2([t.float() for t in dec2], tuple(img2.shape[-2:]))
+            feat1, pos1 = self.encode(img1, checkpoint)
+            feat2, pos2 = self.encode(img2, checkpoint)
+        dec1, dec2 = self.decode(feat1, pos1, feat2, pos2, checkpoint)
+        res1, res2 = self.heads(dec1, dec2, tuple(img1.shape[-2:]), tuple(img2.shape[-2:]), checkpoint)
         return res1, {"pts3d_in_other_view": res2["pts3d"], "conf": res2["conf"]}
 
     def forward(self, img1: torch.Tensor, img2: torch.Tensor, true_shape1: torch.Tensor | None = None,
-                true_shape2: torch.Tensor | None = None
+                true_shape2: torch.Tensor | None = None, checkpoint: bool = False
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """img1, img2 (B, 3, H, W) in [-1, 1]; true_shape (B, 2) = (H, W) of each real image.
+        checkpoint: activation checkpointing of the encoder and decoder blocks and the heads (the
+        activations are recomputed in the backward pass: same values, less memory, more time).
 
         Images are normally stored upright (true_shape == tensor size). DUSt3R's ManyAR convention is
         also accepted: a portrait image stored transposed into a landscape tensor (true_shape == (W, H));
@@ -113,7 +131,7 @@ class St4rNet(nn.Module):
         flip1 = _stored_transposed(img1, true_shape1)
         flip2 = _stored_transposed(img2, true_shape2)
         if not flip1.any() and not flip2.any():
-            return self._forward_upright(img1, img2)
+            return self._forward_upright(img1, img2, checkpoint)
         keys = flip1.long() * 2 + flip2.long()
         res1: dict[str, torch.Tensor] = {}
         res2: dict[str, torch.Tensor] = {}
@@ -124,7 +142,7 @@ class St4rNet(nn.Module):
                 a = a.transpose(-1, -2)
             if key & 1:
                 b = b.transpose(-1, -2)
-            out1, out2 = self._forward_upright(a, b)
+            out1, out2 = self._forward_upright(a, b, checkpoint)
             for out, res, flipped in ((out1, res1, key & 2), (out2, res2, key & 1)):
                 for name, value in out.items():
                     value = value.transpose(1, 2) if flipped else value
@@ -156,6 +174,17 @@ class St4rNet(nn.Module):
     def num_parameters(self) -> int:
         """Number of distinct parameters (aliased DPT convs counted once)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def run_block(module: nn.Module, checkpoint: bool, *args: object) -> Any:
+    """module(*args), with activation checkpointing when `checkpoint` and gradients are on: only the
+    inputs are kept, the activations inside are recomputed in the backward pass (torch.utils.checkpoint,
+    non-reentrant: same values, any argument structure, autocast state replayed)."""
+    if not checkpoint or not torch.is_grad_enabled():
+        return module(*args)
+    from torch.utils.checkpoint import checkpoint as torch_checkpoint
+
+    return torch_checkpoint(module, *args, use_reentrant=False)
 
 
 def _stored_transposed(images: torch.Tensor, true_shape: torch.Tensor | None) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -38,6 +39,21 @@ def window_frames(start: int, num_frames: int, window: int) -> list[int]:
     return list(range(start, min(start + window, num_frames)))
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How `PairRunner` runs the network (the adapt stage's memory knobs, resolved: `stages.adapt.resolve`).
+
+    checkpoint: activation checkpointing of the encoder / decoder blocks and the heads when gradients are
+    on (same values, activations recomputed in the backward pass); micro_batch: pairs per forward pass
+    (0: all of a call's pairs at once), the outputs concatenated, so a loss on them and its gradient are
+    the whole batch's; amp: bfloat16 autocast of the encoder and decoders (the heads run in float32).
+    """
+
+    checkpoint: bool = False
+    micro_batch: int = 0
+    amp: bool = False
+
+
 class PairRunner:
     """Runs pairs (a, j) of a fixed set of frames through the network.
 
@@ -46,16 +62,18 @@ class PairRunner:
     images: (T, 3, H, W) in [-1, 1] on the model's device, H and W multiples of the patch size.
     """
 
-    def __init__(self, model: Any, images: torch.Tensor, cache_encoder: bool, chunk: int = 8) -> None:
+    def __init__(self, model: Any, images: torch.Tensor, cache_encoder: bool, chunk: int = 8,
+                 options: RunOptions | None = None) -> None:
         import torch
 
         self.model = model
         self.images = images
+        self.options = options or RunOptions()
         self.feats: torch.Tensor | None = None
         self.pos: torch.Tensor | None = None
         if cache_encoder:
             feats, poss = [], []
-            with torch.no_grad():
+            with torch.no_grad(), self._autocast():
                 for start in range(0, images.shape[0], chunk):
                     feat, pos = model.encode(images[start:start + chunk])
                     feats.append(feat)
@@ -63,17 +81,36 @@ class PairRunner:
             self.feats = torch.cat(feats)
             self.pos = torch.cat(poss)
 
-    def __call__(self, anchors: list[int], targets: list[int]) -> dict[str, torch.Tensor]:
-        """forward_pairs-style dict: track_pts/recon_pts (P,H,W,3), track_conf/recon_conf (P,H,W)."""
-        if self.feats is None:
-            from st4r_cli.model.inference import forward_pairs
+    def _autocast(self) -> Any:
+        """bfloat16 autocast on the images' device when `options.amp` (a no-op context otherwise)."""
+        import torch
 
-            return forward_pairs(self.model, self.images, anchors, targets)
-        model = self.model
-        hw = tuple(self.images.shape[-2:])
-        dec1, dec2 = model.decode(self.feats[anchors], self.pos[anchors], self.feats[targets], self.pos[targets])
-        res1 = model.downstream_head1([t.float() for t in dec1], hw)
-        res2 = model.downstream_head2([t.float() for t in dec2], hw)
+        return torch.autocast(device_type=self.images.device.type, dtype=torch.bfloat16, enabled=self.options.amp)
+
+    def __call__(self, anchors: list[int], targets: list[int]) -> dict[str, torch.Tensor]:
+        """forward_pairs-style dict: track_pts/recon_pts (P,H,W,3), track_conf/recon_conf (P,H,W), float32;
+        in micro-batches of `options.micro_batch` pairs, concatenated."""
+        import torch
+
+        size = self.options.micro_batch
+        if not size or len(anchors) <= size:
+            return self._forward(anchors, targets)
+        parts = [self._forward(anchors[k:k + size], targets[k:k + size]) for k in range(0, len(anchors), size)]
+        return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+    def _forward(self, anchors: list[int], targets: list[int]) -> dict[str, torch.Tensor]:
+        """One forward pass of the pairs (anchors[i], targets[i]): the `__call__` dict."""
+        from st4r_cli.model.inference import forward_pairs
+
+        checkpoint = self.options.checkpoint
+        with self._autocast():
+            if self.feats is None:
+                return forward_pairs(self.model, self.images, anchors, targets, checkpoint=checkpoint)
+            model = self.model
+            hw = tuple(self.images.shape[-2:])
+            dec1, dec2 = model.decode(self.feats[anchors], self.pos[anchors], self.feats[targets],
+                                      self.pos[targets], checkpoint)
+            res1, res2 = model.heads(dec1, dec2, hw, hw, checkpoint)
         return {"track_pts": res1["pts3d"], "track_conf": res1["conf"],
                 "recon_pts": res2["pts3d"], "recon_conf": res2["conf"]}
 

@@ -34,7 +34,7 @@ average for that window, or the robust visibility mask collapses (under 30% of i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from st4r_cli.configs import AdaptConfig, PredictConfig, TTALossConfig, VisibilityConfig
@@ -81,6 +81,35 @@ def resolve(config: AdaptConfig, device: str, batch_size: int = 0) -> ResolvedAd
     )
 
 
+LARGE_MODEL_PARAMS = 100_000_000   # "auto" memory settings treat a network above this size as large
+ENCODER_PREFIXES = ("patch_embed", "enc_blocks", "enc_norm")
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The adapt config's memory knobs for one device and network (`resolve_memory`)."""
+
+    checkpoint: bool       # activation checkpointing in the TTA's forward
+    micro_batch: int       # pairs per forward pass within a step (0: all)
+    amp: bool              # bfloat16 autocast of the encoder / decoders
+    cache_encoder: bool    # encoder tokens computed once per frame
+    snapshots: str         # memory | disk: where the original weights and the rollback state live
+
+
+def resolve_memory(config: AdaptConfig, device: str, num_params: int, encoder_adapts: bool) -> MemoryPlan:
+    """The memory knobs of `config` with their "auto" / 0 values filled for `device` and a network of
+    `num_params` parameters whose encoder adapts or not (AdaptConfig's field comments)."""
+    cuda = str(device).startswith("cuda")
+    large = num_params > LARGE_MODEL_PARAMS
+    checkpoint = config.checkpointing == "on" or (config.checkpointing == "auto" and (large or cuda))
+    micro_batch = config.micro_batch or ((2 if cuda else 1) if checkpoint else 0)
+    return MemoryPlan(
+        checkpoint=checkpoint, micro_batch=micro_batch,
+        amp=config.amp == "bf16" or (config.amp == "auto" and cuda),
+        cache_encoder=config.cache_encoder == "auto" and not encoder_adapts,
+        snapshots=config.snapshots if config.snapshots != "auto" else ("disk" if large and not cuda else "memory"))
+
+
 def check_adapt_config(config: AdaptConfig) -> None:
     """St4rError for invalid values (called before any work)."""
     from st4r_cli.errors import St4rError
@@ -105,6 +134,21 @@ def check_adapt_config(config: AdaptConfig) -> None:
         raise St4rError(f"adapt.tta_cameras must be pnp or solved, got '{config.tta_cameras}'")
     if config.prior_weight < 0 or config.outlier_gate < 0:
         raise St4rError("adapt.prior_weight and adapt.outlier_gate must be >= 0")
+    _check_memory_config(config)
+
+
+def _check_memory_config(config: AdaptConfig) -> None:
+    """St4rError for invalid memory knobs (checkpointing, micro_batch, amp, cache_encoder, snapshots)."""
+    from st4r_cli.errors import St4rError
+
+    choices = {"checkpointing": ("auto", "on", "off"), "amp": ("auto", "bf16", "off"),
+               "cache_encoder": ("auto", "off"), "snapshots": ("auto", "memory", "disk")}
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise St4rError(f"adapt.{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, "
+                            f"got '{getattr(config, name)}'")
+    if config.micro_batch < 0:
+        raise St4rError("adapt.micro_batch must be >= 0")
 
 
 def select_parameters(model: torch.nn.Module, group: str) -> list[tuple[str, torch.nn.Parameter]]:
@@ -340,12 +384,17 @@ def adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] | 
                 depth: dict[str, np.ndarray] | None, config: AdaptConfig, predict: PredictConfig,
                 visibility: VisibilityConfig, device: str, seed: int,
                 cameras: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Test-time adaptation of `model` (in place) on one video: see `_adapt_model`."""
+    """Test-time adaptation of `model` (in place) on one video: see `_adapt_model`. The heap pages freed
+    before and by the TTA go back to the OS (`model.heap`), so neither it nor the next stage carries them."""
+    from st4r_cli.model.heap import release_freed_memory
     from st4r_cli.model.windows import torch_threads
 
     check_adapt_config(config)
+    release_freed_memory()
     with torch_threads(predict.cpu_threads, device):
-        return _adapt_model(model, frames, tracks, depth, config, predict, visibility, device, seed, cameras)
+        out = _adapt_model(model, frames, tracks, depth, config, predict, visibility, device, seed, cameras)
+    release_freed_memory()
+    return out
 
 
 def _adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] | None,
@@ -368,10 +417,10 @@ def _adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] |
     import torch
 
     from st4r_cli import progress
+    from st4r_cli.model.snapshot import TensorStore
+    from st4r_cli.model.windows import check_frames
 
     check_adapt_config(config)
-    from st4r_cli.model.windows import check_frames, given_focal
-
     resolved = resolve(config, device, predict.batch_size)
     torch.manual_seed(seed)
     check_frames(model, frames)
@@ -380,50 +429,100 @@ def _adapt_model(model: Any, frames: np.ndarray, tracks: dict[str, np.ndarray] |
     num_frames, h, w = frames.shape[:3]
     starts = window_starts(num_frames, predict.window, predict.overlap)
     chosen = select_parameters(model, config.params) if config.loss != "none" else []
-    original = {name: param.detach().clone() for name, param in chosen}
-    history: list[float] = []
-    lrs: list[float] = []
-    rollbacks = 0
+    encoder_adapts = any(name.startswith(ENCODER_PREFIXES) for name, _ in chosen)
+    plan = resolve_memory(config, device, sum(p.numel() for p in model.parameters()), encoder_adapts)
+    progress.debug(f"adapt: memory {plan}")
+    original = TensorStore(plan.snapshots)
+    original.save([param for _, param in chosen])
     solved, fallback = None, ""
     if config.tta_cameras == "solved" and config.loss != "none":
         solved, fallback = solved_cameras(cameras, depth, tracks, starts, (h, w))
         if fallback:
             progress.log(f"[yellow]warning[/yellow]: adapt: the TTA uses the PnP cameras: {fallback}")
     tracks = tta_tracks(tracks)
-    skipped = ""
     counts = {"solved": 0, "pnp": 0}
+    result = TTAResult()
     if config.loss != "none" and tracks is not None and resolved.iters > 0:
-        from st4r_cli.model.inference import frames_to_tensor
-
-        encoder_adapts = any(name.startswith(("patch_embed", "enc_blocks", "enc_norm")) for name, _ in chosen)
-        runner = PairRunner(model, frames_to_tensor(frames, device), cache_encoder=not encoder_adapts)
-        focal = given_focal(predict, depth) if solved is None else float(solved.intrinsics[0, 0])
-        history, lrs, rollbacks, skipped = _tta_loop(runner, chosen, frames.shape[:3], starts, tracks, depth,
-                                                     config, visibility, resolved, predict.window, focal, seed,
-                                                     solved, counts)
+        result = _run_tta(model, frames, chosen, tracks, depth, config, predict, visibility, device, seed,
+                          resolved, plan, solved, counts)
     elif config.loss != "none":
-        skipped = "no 2D tracks"
-    if skipped:
-        progress.log(f"[yellow]warning[/yellow]: adapt: test-time adaptation skipped: {skipped}")
-    if solved is not None and counts["pnp"]:
-        progress.log(f"[yellow]-[/yellow] adapt: the solved cameras could not be scaled at {counts['pnp']} of "
-                     f"{counts['pnp'] + counts['solved']} steps (too few pixels with a solved depth at the "
-                     "anchor); those used the PnP cameras")
+        result.skipped = "no 2D tracks"
+    _log_outcome(result.skipped, solved, counts)
     for param in model.parameters():
         param.requires_grad_(False)
-    out = {f"delta.{name}": (param.detach() - original[name]).cpu().numpy().astype(np.float32)
-           for name, param in chosen}
-    out["loss_history"] = np.asarray(history, dtype=np.float32)
-    out["lr_history"] = np.asarray(lrs, dtype=np.float32)
-    out["rollbacks"] = np.asarray(rollbacks, dtype=np.int64)
-    if skipped:
-        out["skipped_reason"] = np.asarray(f"test-time adaptation skipped: {skipped}")
+    out = _deltas(chosen, original)
+    original.close()
+    out.update(result.arrays())
     if config.tta_cameras == "solved" and config.loss != "none":
         out["solved_camera_steps"] = np.asarray(counts["solved"], dtype=np.int64)
         out["pnp_camera_steps"] = np.asarray(counts["pnp"], dtype=np.int64)
         if fallback:
             out["tta_cameras_fallback"] = np.asarray(f"adapt.tta_cameras=solved: the TTA used the PnP cameras: "
                                                      f"{fallback}")
+    return out
+
+
+@dataclass
+class TTAResult:
+    """The optimisation's record: per-step loss and learning rate, rollbacks, why it was skipped ("")."""
+
+    history: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    rollbacks: int = 0
+    skipped: str = ""
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """loss_history (S,) f32, lr_history (S,) f32, rollbacks () int64, skipped_reason () str when skipped."""
+        import numpy as np
+
+        out = {"loss_history": np.asarray(self.history, dtype=np.float32),
+               "lr_history": np.asarray(self.lrs, dtype=np.float32),
+               "rollbacks": np.asarray(self.rollbacks, dtype=np.int64)}
+        if self.skipped:
+            out["skipped_reason"] = np.asarray(f"test-time adaptation skipped: {self.skipped}")
+        return out
+
+
+def _run_tta(model: Any, frames: np.ndarray, chosen: list, tracks: dict[str, np.ndarray],
+             depth: dict[str, np.ndarray] | None, config: AdaptConfig, predict: PredictConfig,
+             visibility: VisibilityConfig, device: str, seed: int, resolved: ResolvedAdapt, plan: MemoryPlan,
+             solved: SolvedCameras | None, counts: dict[str, int]) -> TTAResult:
+    """The TTA proper on frames (T, H, W, 3) uint8: the runner, the problem, the loop."""
+    from st4r_cli.model.inference import frames_to_tensor
+    from st4r_cli.model.windows import RunOptions, given_focal
+
+    options = RunOptions(checkpoint=plan.checkpoint, micro_batch=plan.micro_batch, amp=plan.amp)
+    runner = PairRunner(model, frames_to_tensor(frames, device), cache_encoder=plan.cache_encoder, options=options)
+    focal = given_focal(predict, depth) if solved is None else float(solved.intrinsics[0, 0])
+    starts = window_starts(len(frames), predict.window, predict.overlap)
+    problem = prepare_problem(runner, tracks, depth, config, visibility, resolved, (starts, predict.window), focal,
+                              seed, solved, counts)
+    if isinstance(problem, str):
+        return TTAResult(skipped=problem)
+    return _tta_loop(runner, problem, [param for _, param in chosen], resolved, plan.snapshots)
+
+
+def _log_outcome(skipped: str, solved: SolvedCameras | None, counts: dict[str, int]) -> None:
+    """Warnings for a skipped TTA and for steps whose solved cameras fell back to PnP."""
+    from st4r_cli import progress
+
+    if skipped:
+        progress.log(f"[yellow]warning[/yellow]: adapt: test-time adaptation skipped: {skipped}")
+    if solved is not None and counts["pnp"]:
+        progress.log(f"[yellow]-[/yellow] adapt: the solved cameras could not be scaled at {counts['pnp']} of "
+                     f"{counts['pnp'] + counts['solved']} steps (too few pixels with a solved depth at the "
+                     "anchor); those used the PnP cameras")
+
+
+def _deltas(chosen: list, original: Any) -> dict[str, np.ndarray]:
+    """`delta.<name>` (adapted minus original, float32) of every adapted parameter; original: the
+    `TensorStore` of their values before the TTA, in `chosen`'s order (read one at a time)."""
+    import numpy as np
+
+    out = {}
+    for index, (name, param) in enumerate(chosen):
+        delta = param.detach().cpu() - original.read(index)
+        out[f"delta.{name}"] = delta.numpy().astype(np.float32, copy=False)
     return out
 
 
@@ -457,157 +556,271 @@ def frozen_window_outputs(runner: PairRunner, anchor: int, frames_w: list[int], 
             "stride": torch.tensor(stride)}
 
 
-def _tta_loop(runner: PairRunner, chosen: list, frames_thw: tuple[int, int, int], starts: list[int],
-              tracks: dict[str, np.ndarray], depth: dict[str, np.ndarray] | None, config: AdaptConfig,
-              visibility: VisibilityConfig, resolved: ResolvedAdapt, window: int, focal: float | None, seed: int,
-              solved: SolvedCameras | None = None, counts: dict[str, int] | None = None
-              ) -> tuple[list[float], list[float], int, str]:
-    """The optimisation loop with the rollback guard. Returns (loss history, lr history, rollbacks, why
-    the TTA was skipped or ""). With `solved`, every step's cameras and K are the cameras stage's
-    (`solved_poses`; PnP for a step whose scale cannot be measured); `counts` (keys solved, pnp) counts
-    the loss evaluations of each kind."""
-    import copy
-    import math
+# ----------------------------------------------------------------------------------------------
+# the optimisation: what every step reads, one step's pairs and loss, the rollback guard, the loop
+# ----------------------------------------------------------------------------------------------
 
+@dataclass
+class TTAProblem:
+    """Everything the TTA steps read, built once (`prepare_problem`).
+
+    tracks: the TTA's tracks (numpy, `tta_tracks`); tracks_xy (N, T, 2) f32 / visible (N, T) bool: the
+    same as CPU tensors; depth_t / valid_t (T, H, W): the mono-depth when its loss is on, else None;
+    frozen: per trainable window, the pre-TTA outputs for the prior; fixed_k: per window, K (3, 3) when
+    it does not change during the TTA.
+    """
+
+    config: AdaptConfig
+    visibility: VisibilityConfig
+    starts: list[int]
+    num_frames: int
+    window: int
+    frames_per_step: int
+    focal: float | None
+    seed: int
+    tracks: dict[str, np.ndarray]
+    tracks_xy: torch.Tensor
+    visible: torch.Tensor
+    per_window: list[WindowTracks | None]
+    trainable: list[int]
+    depth_t: torch.Tensor | None = None
+    valid_t: torch.Tensor | None = None
+    frozen: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    fixed_k: dict[int, torch.Tensor] = field(default_factory=dict)
+    solved: SolvedCameras | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def prepare_problem(runner: PairRunner, tracks: dict[str, np.ndarray], depth: dict[str, np.ndarray] | None,
+                    config: AdaptConfig, visibility: VisibilityConfig, resolved: ResolvedAdapt,
+                    windows: tuple[list[int], int], focal: float | None, seed: int, solved: SolvedCameras | None,
+                    counts: dict[str, int]) -> TTAProblem | str:
+    """The TTA's fixed inputs (`TTAProblem`), or why it cannot run (too few tracks at every anchor).
+    windows: (the windows' first frames, the window length)."""
     import numpy as np
     import torch
 
-    from st4r_cli import progress
-    from st4r_cli.losses.tta import TrackBatch, tta_loss
-
-    num_frames, h, w = frames_thw
-    device = runner.images.device
-    params = [param for _, param in chosen]
-    optimizer = torch.optim.AdamW(params, lr=resolved.lr, weight_decay=config.weight_decay)
-    rng = np.random.default_rng(seed)
+    num_frames, _, h, w = runner.images.shape
+    starts, window = windows
     per_window = [tracks_for_window(tracks, start, (h, w)) for start in starts]
     trainable = [k for k, wt in enumerate(per_window) if wt is not None and wt.index.size >= MIN_WINDOW_TRACKS]
     if not trainable:
         most = max((wt.index.size for wt in per_window if wt is not None), default=0)
-        return [], [], 0, (f"too few visible tracks at the window anchors (at most {most} at an anchor, "
-                           f"{MIN_WINDOW_TRACKS} needed, {len(tracks['tracks_xy'])} tracks)")
-    tracks_xy = torch.as_tensor(tracks["tracks_xy"], dtype=torch.float32)
-    visible = torch.as_tensor(tracks["visible"].astype(bool))
-    depth_t = valid_t = None
+        return (f"too few visible tracks at the window anchors (at most {most} at an anchor, "
+                f"{MIN_WINDOW_TRACKS} needed, {len(tracks['tracks_xy'])} tracks)")
+    problem = TTAProblem(config, visibility, starts, num_frames, window, resolved.frames_per_step, focal, seed,
+                         tracks, torch.as_tensor(tracks["tracks_xy"], dtype=torch.float32),
+                         torch.as_tensor(tracks["visible"].astype(bool)), per_window, trainable,
+                         solved=solved, counts=counts)
     if depth is not None and config.depth_weight > 0:
-        depth_t = torch.as_tensor(np.nan_to_num(depth["depth"], nan=0.0), dtype=torch.float32)
-        valid_t = torch.as_tensor(depth["valid"].astype(bool))
-
-    frozen: dict[int, dict[str, torch.Tensor]] = {}
+        problem.depth_t = torch.as_tensor(np.nan_to_num(depth["depth"], nan=0.0), dtype=torch.float32)
+        problem.valid_t = torch.as_tensor(depth["valid"].astype(bool))
     if config.prior_weight > 0:
         for w_idx in trainable:
-            frozen[w_idx] = frozen_window_outputs(runner, starts[w_idx], window_frames(starts[w_idx], num_frames, window),
-                                                  config, focal, resolved.batch_size, seed)
+            frames_w = window_frames(starts[w_idx], num_frames, window)
+            problem.frozen[w_idx] = frozen_window_outputs(runner, starts[w_idx], frames_w, config, focal,
+                                                          resolved.batch_size, seed)
+    problem.fixed_k = _fixed_intrinsics(runner, problem)
+    return problem
 
-    fixed_k: dict[int, torch.Tensor] = {}
-    if solved is not None:   # the K the cameras were solved with, for every window
-        k_solved = torch.as_tensor(solved.intrinsics, dtype=torch.float32, device=device)
-        fixed_k = {w_idx: k_solved for w_idx in trainable}
-    elif focal is None and config.tta_focal == "fixed":
+
+def _fixed_intrinsics(runner: PairRunner, problem: TTAProblem) -> dict[int, torch.Tensor]:
+    """Per trainable window, K (3, 3) when it is fixed during the TTA: the solved cameras' K, or (focal
+    estimated, `tta_focal=fixed`) the pre-TTA anchor pointmap's; empty when every step re-fits K."""
+    import torch
+
+    if problem.solved is not None:   # the K the cameras were solved with, for every window
+        k_solved = torch.as_tensor(problem.solved.intrinsics, dtype=torch.float32, device=runner.images.device)
+        return {w_idx: k_solved for w_idx in problem.trainable}
+    fixed: dict[int, torch.Tensor] = {}
+    if problem.focal is None and problem.config.tta_focal == "fixed":
         with torch.no_grad():
-            for w_idx in trainable:
-                anchor = starts[w_idx]
-                fixed_k[w_idx] = anchor_intrinsics(runner([anchor], [anchor])["track_pts"][0], None)
+            for w_idx in problem.trainable:
+                anchor = problem.starts[w_idx]
+                fixed[w_idx] = anchor_intrinsics(runner([anchor], [anchor])["track_pts"][0], None)
+    return fixed
 
-    good_params = [p.detach().clone() for p in params]
-    good_opt = copy.deepcopy(optimizer.state_dict())
-    ema: dict[int, float] = {}
-    ema_frac: dict[int, float] = {}
-    history: list[float] = []
-    lrs: list[float] = []
-    rollbacks = 0
-    lr = resolved.lr
 
-    def make_batch(step: int) -> tuple[int, list[int], TrackBatch]:
-        w_idx = trainable[step % len(trainable)]
-        anchor = starts[w_idx]
-        others = [j for j in window_frames(anchor, num_frames, window) if j != anchor]
-        take = min(len(others), resolved.frames_per_step - 1)
-        chosen_j = sorted(rng.choice(others, size=take, replace=False).tolist()) if take > 0 else []
-        targets = [anchor] + chosen_j
-        win = per_window[w_idx]
-        sub = win.index if win.index.size <= config.max_tracks else np.sort(
-            rng.choice(win.index, size=config.max_tracks, replace=False))
-        query = torch.as_tensor(tracks["tracks_xy"][sub, anchor], dtype=torch.float32, device=device)
-        batch = TrackBatch(query, tracks_xy[sub][:, targets].transpose(0, 1).to(device),
-                           visible[sub][:, targets].transpose(0, 1).to(device))
-        return w_idx, targets, batch
+@dataclass
+class StepSample:
+    """One step's pairs: window index, frames (anchor first; the pairs are (anchor, j)) and 2D tracks."""
 
-    def evaluate(step: int, w_idx: int, targets: list[int], batch: TrackBatch
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        anchor = targets[0]
-        pred = runner([anchor] * len(targets), targets)
-        k_mat = fixed_k[w_idx] if w_idx in fixed_k else anchor_intrinsics(pred["track_pts"][0], focal)
-        w2c = None if solved is None else solved_poses(solved, anchor, targets, pred["track_pts"][0])
-        if solved is not None and counts is not None:
-            counts["pnp" if w2c is None else "solved"] += 1
-        if w2c is None:
-            w2c = solve_poses(pred["recon_pts"], pred["recon_conf"], k_mat, config.pnp_stride, seed + step)
-        dep = None if depth_t is None else depth_t[targets].to(device)
-        val = None if valid_t is None else valid_t[targets].to(device)
-        prior = None
-        if w_idx in frozen:
-            rows = [j - anchor for j in targets]  # window frames are anchor, anchor + 1, ...
-            prior = {key: (value if key == "stride" else value[rows]) for key, value in frozen[w_idx].items()}
-            prior["is_anchor"] = torch.tensor([j == anchor for j in targets])
-        return tta_loss(pred, k_mat, w2c, batch, dep, val, config, prior, visibility)
+    w_idx: int
+    targets: list[int]
+    batch: Any   # losses.tta.TrackBatch
 
-    def is_bad(w_idx: int, parts: dict[str, float]) -> bool:
+
+def sample_step(problem: TTAProblem, rng: np.random.Generator, step: int, device: Any) -> StepSample:
+    """The pairs and tracks of step `step`: windows in turn, `frames_per_step - 1` random frames of the
+    window besides its anchor, at most `max_tracks` random tracks visible at the anchor."""
+    import numpy as np
+    import torch
+
+    from st4r_cli.losses.tta import TrackBatch
+
+    w_idx = problem.trainable[step % len(problem.trainable)]
+    anchor = problem.starts[w_idx]
+    others = [j for j in window_frames(anchor, problem.num_frames, problem.window) if j != anchor]
+    take = min(len(others), problem.frames_per_step - 1)
+    chosen_j = sorted(rng.choice(others, size=take, replace=False).tolist()) if take > 0 else []
+    targets = [anchor] + chosen_j
+    win = problem.per_window[w_idx]
+    max_tracks = problem.config.max_tracks
+    sub = win.index if win.index.size <= max_tracks else np.sort(rng.choice(win.index, size=max_tracks,
+                                                                            replace=False))
+    query = torch.as_tensor(problem.tracks["tracks_xy"][sub, anchor], dtype=torch.float32, device=device)
+    batch = TrackBatch(query, problem.tracks_xy[sub][:, targets].transpose(0, 1).to(device),
+                       problem.visible[sub][:, targets].transpose(0, 1).to(device))
+    return StepSample(w_idx, targets, batch)
+
+
+def step_loss(runner: PairRunner, problem: TTAProblem, step: int, sample: StepSample
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The TTA loss of one step's pairs (anchor, j) at the current weights, and its parts."""
+    import torch
+
+    from st4r_cli.losses.tta import tta_loss
+
+    config, targets, w_idx = problem.config, sample.targets, sample.w_idx
+    device = runner.images.device
+    anchor = targets[0]
+    pred = runner([anchor] * len(targets), targets)
+    k_mat = problem.fixed_k[w_idx] if w_idx in problem.fixed_k else anchor_intrinsics(pred["track_pts"][0],
+                                                                                      problem.focal)
+    w2c = None if problem.solved is None else solved_poses(problem.solved, anchor, targets, pred["track_pts"][0])
+    if problem.solved is not None:
+        problem.counts["pnp" if w2c is None else "solved"] += 1
+    if w2c is None:
+        w2c = solve_poses(pred["recon_pts"], pred["recon_conf"], k_mat, config.pnp_stride, problem.seed + step)
+    dep = None if problem.depth_t is None else problem.depth_t[targets].to(device)
+    val = None if problem.valid_t is None else problem.valid_t[targets].to(device)
+    prior = None
+    if w_idx in problem.frozen:
+        rows = [j - anchor for j in targets]  # window frames are anchor, anchor + 1, ...
+        prior = {key: (value if key == "stride" else value[rows]) for key, value in problem.frozen[w_idx].items()}
+        prior["is_anchor"] = torch.tensor([j == anchor for j in targets])
+    return tta_loss(pred, k_mat, w2c, sample.batch, dep, val, config, prior, problem.visibility)
+
+
+class RollbackGuard:
+    """Rolls the adapted parameters and the optimiser back to the last good state and halves the learning
+    rate when a step goes bad (`is_bad`); the good state is a `TrainingSnapshot` (memory or disk)."""
+
+    def __init__(self, params: list[torch.Tensor], optimizer: Any, config: AdaptConfig, lr: float,
+                 snapshots: str) -> None:
+        from st4r_cli.model.snapshot import TensorStore, TrainingSnapshot
+
+        self.params, self.optimizer, self.config, self.lr = params, optimizer, config, lr
+        self.rollbacks = 0
+        self.ema: dict[int, float] = {}
+        self.ema_frac: dict[int, float] = {}
+        self.good = TrainingSnapshot(TensorStore(snapshots))
+        self.remember()
+
+    def remember(self) -> None:
+        """The current parameters and optimiser state become the state to roll back to."""
+        self.good.take(self.params, self.optimizer)
+
+    def is_bad(self, w_idx: int, parts: dict[str, float]) -> bool:
+        """A non-finite loss, one far above the window's running average, or a collapsed robust mask."""
+        import math
+
         value, frac = parts["total"], parts.get("mask_frac", 1.0)
         return (not math.isfinite(value)
-                or (w_idx in ema and value > config.diverge_factor * ema[w_idx])
+                or (w_idx in self.ema and value > self.config.diverge_factor * self.ema[w_idx])
                 # the robust mask collapsing means the geometry broke, not that the fit got good
-                or (w_idx in ema_frac and frac < 0.3 * ema_frac[w_idx]))
+                or (w_idx in self.ema_frac and frac < 0.3 * self.ema_frac[w_idx]))
 
-    def roll_back() -> None:
-        nonlocal lr, rollbacks
-        rollbacks += 1
-        with torch.no_grad():
-            for param, saved in zip(params, good_params):
-                param.copy_(saved)
-        optimizer.load_state_dict(good_opt)
-        lr *= 0.5
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    def accept(self, w_idx: int, parts: dict[str, float]) -> None:
+        """Fold a good step's loss and mask fraction into the window's running averages."""
+        value, frac = parts["total"], parts.get("mask_frac", 1.0)
+        self.ema[w_idx] = value if w_idx not in self.ema else 0.8 * self.ema[w_idx] + 0.2 * value
+        self.ema_frac[w_idx] = frac if w_idx not in self.ema_frac else 0.8 * self.ema_frac[w_idx] + 0.2 * frac
 
+    def params_finite(self) -> bool:
+        import torch
+
+        return all(bool(torch.isfinite(p).all()) for p in self.params)
+
+    def grads_finite(self) -> bool:
+        import torch
+
+        return all(bool(torch.isfinite(p.grad).all()) for p in self.params if p.grad is not None)
+
+    def roll_back(self) -> None:
+        """Restore the good state; halve the learning rate."""
+        self.rollbacks += 1
+        self.good.restore(self.params, self.optimizer)
+        self.lr *= 0.5
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def close(self) -> None:
+        self.good.store.close()
+
+
+def _tta_loop(runner: PairRunner, problem: TTAProblem, params: list[torch.Tensor], resolved: ResolvedAdapt,
+              snapshots: str) -> TTAResult:
+    """The optimisation loop with the rollback guard (AdamW on `params` only, so the optimiser state is
+    the adapted parameters'). Returns the loss and lr histories and the rollbacks."""
+    import numpy as np
+    import torch
+
+    from st4r_cli import progress
+
+    config = problem.config
+    device = runner.images.device
+    optimizer = torch.optim.AdamW(params, lr=resolved.lr, weight_decay=config.weight_decay)
+    rng = np.random.default_rng(problem.seed)
+    guard = RollbackGuard(params, optimizer, config, resolved.lr, snapshots)
+    result = TTAResult()
     step = 0
     for step in progress.track(range(resolved.iters), f"adapt ({config.loss})"):
-        w_idx, targets, batch = make_batch(step)
-        optimizer.zero_grad(set_to_none=True)
-        loss, parts = evaluate(step, w_idx, targets, batch)
-        bad = is_bad(w_idx, parts)
-        if not bad:
-            loss.backward()
-            bad = not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
-        if bad:
-            roll_back()
-            progress.debug(f"adapt step {step}: loss {parts['total']:.4g} rejected, rolled back, lr -> {lr:.3g}")
-            history.append(float("nan"))
-            lrs.append(lr)
-            if lr < resolved.lr / 64:
-                progress.log("[yellow]-[/yellow] adapt: stopped early, the loss kept diverging")
-                break
-            continue
-        if len(history) % 5 == 0:  # these parameters just gave a good loss: remember them
-            good_params = [p.detach().clone() for p in params]
-            good_opt = copy.deepcopy(optimizer.state_dict())
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        value, frac = parts["total"], parts.get("mask_frac", 1.0)
-        ema[w_idx] = value if w_idx not in ema else 0.8 * ema[w_idx] + 0.2 * value
-        ema_frac[w_idx] = frac if w_idx not in ema_frac else 0.8 * ema_frac[w_idx] + 0.2 * frac
-        history.append(value)
-        lrs.append(lr)
-        progress.debug(f"adapt step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in parts.items()))
-        if not all(torch.isfinite(p).all() for p in params):
-            roll_back()
-    # The last update has not been checked by a following loss: check it once.
-    if history:
-        w_idx, targets, batch = make_batch(step + 1)
+        sample = sample_step(problem, rng, step, device)
+        if not _train_step(runner, problem, step, sample, guard, result) and guard.lr < resolved.lr / 64:
+            progress.log("[yellow]-[/yellow] adapt: stopped early, the loss kept diverging")
+            break
+    if result.history:   # the last update has not been checked by a following loss: check it once
+        sample = sample_step(problem, rng, step + 1, device)
         with torch.no_grad():
-            _, parts = evaluate(step + 1, w_idx, targets, batch)
-        if is_bad(w_idx, parts) or not all(torch.isfinite(p).all() for p in params):
-            roll_back()
+            _, parts = step_loss(runner, problem, step + 1, sample)
+        if guard.is_bad(sample.w_idx, parts) or not guard.params_finite():
+            guard.roll_back()
             progress.debug("adapt: the final update was rejected, rolled back")
-    return history, lrs, rollbacks, ""
+    guard.close()
+    result.rollbacks = guard.rollbacks
+    return result
+
+
+def _train_step(runner: PairRunner, problem: TTAProblem, step: int, sample: StepSample, guard: RollbackGuard,
+                result: TTAResult) -> bool:
+    """One step: loss, backward, checks, optimiser step (or a rollback). False when the step was rejected."""
+    import torch
+
+    from st4r_cli import progress
+
+    guard.optimizer.zero_grad(set_to_none=True)
+    loss, parts = step_loss(runner, problem, step, sample)
+    bad = guard.is_bad(sample.w_idx, parts)
+    if not bad:
+        loss.backward()
+        bad = not guard.grads_finite()
+    del loss
+    if bad:
+        guard.roll_back()
+        progress.debug(f"adapt step {step}: loss {parts['total']:.4g} rejected, rolled back, lr -> {guard.lr:.3g}")
+        result.history.append(float("nan"))
+        result.lrs.append(guard.lr)
+        return False
+    if len(result.history) % 5 == 0:  # these parameters just gave a good loss: remember them
+        guard.remember()
+    if problem.config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(guard.params, problem.config.grad_clip)
+    guard.optimizer.step()
+    guard.accept(sample.w_idx, parts)
+    result.history.append(parts["total"])
+    result.lrs.append(guard.lr)
+    progress.debug(f"adapt step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in parts.items()))
+    if not guard.params_finite():
+        guard.roll_back()
+    return True

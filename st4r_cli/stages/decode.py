@@ -152,7 +152,7 @@ def decode(source: str | Path, cfg: DecodeConfig) -> dict[str, Any]:
         raw_frames, total = _video_frames(source, cfg)
         folder_fps = None
 
-    frames: list[Any] = []
+    frames = _FrameBuffer()
     times: list[float | None] = []
     indices: list[int] = []
     size_hw: tuple[int, int] | None = None
@@ -163,6 +163,7 @@ def decode(source: str | Path, cfg: DecodeConfig) -> dict[str, Any]:
         if orig_hw is None:
             orig_hw = raw.rgb.shape[:2]
             size_hw = processing_hw(orig_hw, cfg)
+            frames.reserve(min(expected or 16, 512), size_hw)   # a header can lie: grown as needed
             progress.debug(f"decode: source {orig_hw[1]}x{orig_hw[0]} -> {size_hw[1]}x{size_hw[0]}")
         elif raw.rgb.shape[:2] != orig_hw:
             raise St4rError(f"{source}: frame {raw.index} is {raw.rgb.shape[1]}x{raw.rgb.shape[0]}, "
@@ -181,12 +182,43 @@ def decode(source: str | Path, cfg: DecodeConfig) -> dict[str, Any]:
     fps = (len(frames) - 1) / span if span > 0 else (folder_fps or 30.0) / cfg.stride
     assert orig_hw is not None
     return {
-        "frames": np.stack(frames).astype(np.uint8, copy=False),
+        "frames": frames.array(),
         "orig_hw": np.asarray(orig_hw, dtype=np.int64),
         "fps": np.asarray(fps, dtype=np.float64),
         "timestamps_s": np.asarray(timestamps, dtype=np.float64),
         "frame_indices": np.asarray(indices, dtype=np.int64),
     }
+
+
+class _FrameBuffer:
+    """The decoded frames in one growing (T, H, W, 3) uint8 array: each frame is copied in as it comes, so
+    the video is in memory once (a list of frames stacked at the end held it twice)."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.data = np.zeros((0, 1, 1, 3), np.uint8)
+        self.count = 0
+
+    def reserve(self, capacity: int, size_hw: tuple[int, int]) -> None:
+        import numpy as np
+
+        self.data = np.empty((max(1, capacity), *size_hw, 3), np.uint8)
+
+    def append(self, frame: Any) -> None:
+        if self.count == len(self.data):   # more frames than the header said: grow by half
+            self.data.resize((self.count + max(1, self.count // 2), *self.data.shape[1:]), refcheck=False)
+        self.data[self.count] = frame
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def array(self) -> Any:
+        """(T, H, W, 3) uint8: the frames appended, the buffer trimmed to them in place."""
+        if self.count != len(self.data):
+            self.data.resize((self.count, *self.data.shape[1:]), refcheck=False)
+        return self.data
 
 
 def _close(iterator: Any) -> None:
@@ -408,3 +440,74 @@ def _read_image_rgb(path: Path) -> Any:
         return np.round(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
 
+
+
+# -- the frames of a stored decode result, read one at a time ------------------------------------
+class StoredFrames:
+    """The `frames (T, H, W, 3)` uint8 of a decode result saved as an uncompressed `.npz` (the stage
+    cache's format), read frame by frame from the file: a consumer that goes through the video (the
+    tracker) never holds it all. Item t is frame t `(H, W, 3)`; `shape`, `dtype`, `ndim` and `len()` are
+    the array's; `np.asarray(...)` reads the whole array (for consumers that need it at once)."""
+
+    def __init__(self, npz_path: str | Path, name: str = "frames") -> None:
+        import numpy as np
+
+        self.path = Path(npz_path)
+        self.name = name
+        self._offset, self.shape, self.dtype = _npz_member_layout(self.path, f"{name}.npy")
+        if len(self.shape) != 4 or self.shape[-1] != 3 or self.dtype != np.uint8:
+            raise St4rError(f"{self.path}: '{name}' is {self.shape} {self.dtype}, not (T, H, W, 3) uint8 frames")
+        self.ndim = 4
+        self._frame_bytes = int(np.prod(self.shape[1:]))
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, t: int) -> Any:
+        import numpy as np
+
+        if not 0 <= t < len(self):
+            raise IndexError(f"frame {t} of {len(self)}")
+        out = np.empty(self.shape[1:], np.uint8)
+        with open(self.path, "rb") as handle:
+            handle.seek(self._offset + t * self._frame_bytes)
+            if handle.readinto(memoryview(out).cast("B")) != self._frame_bytes:
+                raise St4rError(f"{self.path}: frame {t} is cut short (damaged cache file)")
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        import numpy as np
+
+        with np.load(self.path, allow_pickle=False) as data:
+            frames = data[self.name]
+        return frames if dtype is None else frames.astype(dtype, copy=False)
+
+
+def _npz_member_layout(path: Path, member: str) -> tuple[int, tuple[int, ...], Any]:
+    """(byte offset of the array data in the file, shape, dtype) of the C-ordered `.npy` `member` stored
+    uncompressed in the `.npz` at `path` (St4rError when it is compressed or not there)."""
+    import struct
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo(member)
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise St4rError(f"{path}: cannot read '{member}': {exc}") from None
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise St4rError(f"{path}: '{member}' is compressed; frames are read one at a time from stored arrays")
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        local = handle.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise St4rError(f"{path}: damaged zip entry '{member}'")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        handle.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+        if fortran:
+            raise St4rError(f"{path}: '{member}' is stored in Fortran order")
+        return handle.tell(), tuple(shape), dtype

@@ -53,11 +53,14 @@ def compute_predict(model: Any, frames: np.ndarray, config: PredictConfig, devic
 
     frames (T, H, W, 3) uint8; depth: the depth stage's arrays or None.
     """
+    from st4r_cli.model.heap import release_freed_memory
     from st4r_cli.model.windows import torch_threads
 
     check_predict_config(config)
     with torch_threads(config.cpu_threads, device):
-        return _predict(model, frames, config, device, depth)
+        out = _predict(model, frames, config, device, depth)
+    release_freed_memory()   # the batches' activations: not resident in the next stage
+    return out
 
 
 def _predict(model: Any, frames: np.ndarray, config: PredictConfig, device: str,

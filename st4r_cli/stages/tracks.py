@@ -115,7 +115,8 @@ def compute_tracks(frames: Any, cfg: TracksConfig, device: str = "cpu", seed: in
 
     Args:
         frames: `(T, h, w, 3)` uint8 RGB: the frames to track on (the decoded frames, or the input decoded
-            at the tracking resolution).
+            at the tracking resolution), an array or a reader with the array's shape and dtype whose item
+            t is frame t (the builtin tracker reads it frame by frame).
         cfg: the stage config.
         device: `cpu` or `cuda` (used by cotracker3; the builtin tracker is CPU only).
         seed: seeds torch for learned backends (the builtin tracker is deterministic by itself).
@@ -133,7 +134,8 @@ def compute_tracks(frames: Any, cfg: TracksConfig, device: str = "cpu", seed: in
     from st4r_cli.tracking.queries import grid_queries, make_queries
 
     check_tracks_config(cfg)
-    frames = np.asarray(frames)
+    if not hasattr(frames, "shape"):   # a list; a frame reader (stages.decode.StoredFrames) stays one
+        frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise St4rError(f"tracks stage needs (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
     if len(frames) < 2:

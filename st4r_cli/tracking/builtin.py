@@ -33,6 +33,7 @@ is in benchmarks/results/tapvid_davis_ablation.json).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,12 +69,42 @@ class BuiltinTrackerParams:
 _DIS_PRESETS = {"ultrafast": 0, "fast": 1, "medium": 2}
 
 
-def track_points(frames: np.ndarray, queries: np.ndarray, params: BuiltinTrackerParams | None = None,
+class GreyFrames:
+    """The grey frames the tracker reads, made as it goes: frame t's grey (and its flow-raster copy) is
+    made when step t first asks for it, and only the last two and the query frames' are kept (re-
+    acquisition matches against a query frame), so the tracker never holds the whole video in grey.
+
+    frames: anything with `len()` whose item t is frame t, `(H, W, 3)` uint8 RGB (an array, or a reader
+    that decodes frames as they are asked for, in increasing order); keep: the query frames.
+    """
+
+    def __init__(self, frames: Sequence[np.ndarray], keep: set[int], flow_hw: tuple[int, int] | None) -> None:
+        self.frames = frames
+        self.keep = keep
+        self.flow_hw = flow_hw            # (h, w) of the flow raster, None: the frames' own
+        self.grey: dict[int, np.ndarray] = {}
+        self.flow: dict[int, np.ndarray] = {}
+
+    def load(self, t: int) -> None:
+        """Make frame t's grey images; drop those neither recent (t - 1) nor a query frame."""
+        import cv2
+
+        if t not in self.grey:
+            self.grey[t] = cv2.cvtColor(np.asarray(self.frames[t]), cv2.COLOR_RGB2GRAY)
+            self.flow[t] = self.grey[t] if self.flow_hw is None else cv2.resize(
+                self.grey[t], (self.flow_hw[1], self.flow_hw[0]), interpolation=cv2.INTER_AREA)
+        for old in [k for k in self.grey if k < t - 1 and k not in self.keep]:
+            del self.grey[old]
+            del self.flow[old]
+
+
+def track_points(frames: Sequence[np.ndarray], queries: np.ndarray, params: BuiltinTrackerParams | None = None,
                  progress_desc: str | None = None) -> dict[str, np.ndarray]:
     """Track query points through a video.
 
     Args:
-        frames: `(T, H, W, 3)` uint8 RGB.
+        frames: `(T, H, W, 3)` uint8 RGB: an array, or any sequence of `(H, W, 3)` frames read in
+            increasing order (`GreyFrames`: the tracker keeps the grey of the last two and the query frames).
         queries: `(N, 3)` float (t, x, y), pixels of `frames`, pixel centres at integers.
         params: tracker parameters (defaults: `BuiltinTrackerParams()`).
         progress_desc: show a progress bar with this label (None: no bar).
@@ -88,21 +119,20 @@ def track_points(frames: np.ndarray, queries: np.ndarray, params: BuiltinTracker
         raise ValueError(f"unknown DIS preset {params.dis_preset!r}; expected one of {list(_DIS_PRESETS)}")
     if params.occlusion not in ("dis_fb", "lk_fb", "none"):
         raise ValueError(f"unknown occlusion test {params.occlusion!r}")
-    frames = np.asarray(frames)
     queries = np.asarray(queries, dtype=np.float32)
-    num_frames, height, width = frames.shape[:3]
+    num_frames = len(frames)
+    height, width = np.asarray(frames[0]).shape[:2]
     num_points = len(queries)
-    grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in frames]
     flow_scale = min(1.0, params.flow_long_side / max(height, width))
     flow_hw = (max(8, round(height * flow_scale)), max(8, round(width * flow_scale)))
-    flow_grey = grey if flow_scale == 1.0 else [
-        cv2.resize(image, (flow_hw[1], flow_hw[0]), interpolation=cv2.INTER_AREA) for image in grey]
     # exact per-axis factors between the two rasters (pixel centres at integers)
     to_flow = np.array([flow_hw[1] / width, flow_hw[0] / height], dtype=np.float32)
     threshold_px = params.fb_threshold * max(height, width) / REFERENCE_LONG_SIDE
     dis = _make_dis(params.dis_preset)
 
     query_t = np.round(queries[:, 0]).astype(np.int64)
+    store = GreyFrames(frames, set(query_t.tolist()), None if flow_scale == 1.0 else flow_hw)
+    grey, flow_grey = store.grey, store.flow
     tracks_xy = np.repeat(queries[:, None, 1:], num_frames, axis=1).astype(np.float32)
     visible = np.zeros((num_points, num_frames), dtype=bool)
     cycle_error = np.full((num_points, num_frames), np.nan, dtype=np.float32)
@@ -111,7 +141,9 @@ def track_points(frames: np.ndarray, queries: np.ndarray, params: BuiltinTracker
     current = queries[:, 1:].copy()
     was_lost = np.zeros(num_points, dtype=bool)
     recent_steps = np.full((num_points, VELOCITY_MEMORY, 2), np.nan, dtype=np.float32)  # last visible steps
-    templates = _patches(grey, query_t, queries[:, 1:], params.patch_size)   # (N, P, P) float32
+    templates = np.empty((num_points, params.patch_size, params.patch_size), np.float32)   # (N, P, P)
+    store.load(0)
+    _fill_templates(templates, grey, 0, query_t, queries, params.patch_size)
 
     steps = range(1, num_frames)
     if progress_desc is not None:
@@ -119,6 +151,8 @@ def track_points(frames: np.ndarray, queries: np.ndarray, params: BuiltinTracker
 
         steps = progress_track(steps, progress_desc, total=num_frames - 1)
     for t in steps:
+        store.load(t)
+        _fill_templates(templates, grey, t, query_t, queries, params.patch_size)
         active = np.flatnonzero(query_t < t)
         if len(active) == 0:
             continue
@@ -229,7 +263,15 @@ def _lk(source: np.ndarray, target: np.ndarray, source_xy: np.ndarray, guess_xy:
     return found.reshape(-1, 2), status.ravel() == 1
 
 
-def _reacquire(grey: list[np.ndarray], t: int, queries: np.ndarray, query_t: np.ndarray,
+def _fill_templates(templates: np.ndarray, grey: Mapping[int, np.ndarray], t: int, query_t: np.ndarray,
+                    queries: np.ndarray, size: int) -> None:
+    """The query-frame patches `(size, size)` of the queries of frame t, into `templates (N, size, size)`."""
+    rows = np.flatnonzero(query_t == t)
+    if len(rows):
+        templates[rows] = _patches(grey, np.full(len(rows), t), queries[rows, 1:], size)
+
+
+def _reacquire(grey: Mapping[int, np.ndarray], t: int, queries: np.ndarray, query_t: np.ndarray,
                guess_xy: np.ndarray, threshold_px: float,
                params: BuiltinTrackerParams) -> tuple[np.ndarray, np.ndarray]:
     """Match points against their query-frame appearance in frame t (see module docstring).
@@ -251,7 +293,7 @@ def _reacquire(grey: list[np.ndarray], t: int, queries: np.ndarray, query_t: np.
     return found_xy, found
 
 
-def _patches(grey: list[np.ndarray], frame_t: np.ndarray, xy: np.ndarray, size: int) -> np.ndarray:
+def _patches(grey: Mapping[int, np.ndarray], frame_t: np.ndarray, xy: np.ndarray, size: int) -> np.ndarray:
     """`(M, size, size)` float32 grey patches centred (sub-pixel) at `xy[m]` in frame `frame_t[m]`."""
     import cv2
 

@@ -191,3 +191,43 @@ def test_pixel_mapping_formula(tmp_path, orig_hw, block_xy):
     centre_src = np.array([x0 + 4.5, y0 + 4.5])
     expected = (centre_src + 0.5) * np.array([w / orig_hw[1], h / orig_hw[0]]) - 0.5
     np.testing.assert_allclose(centroid, expected, atol=0.05)
+
+
+def test_frame_buffer_grows_past_a_wrong_header_count_and_trims_to_the_frames():
+    """decode copies each frame into one buffer sized from the header's count (the video in memory once);
+    a header that says fewer or more frames than there are still gives exactly the decoded frames."""
+    import numpy as np
+
+    from st4r_cli.stages.decode import _FrameBuffer
+
+    frames = np.random.default_rng(0).integers(0, 255, (7, 4, 6, 3), dtype=np.uint8)
+    for capacity in (2, 7, 20):
+        buffer = _FrameBuffer()
+        buffer.reserve(capacity, (4, 6))
+        for frame in frames:
+            buffer.append(frame)
+        out = buffer.array()
+        assert len(buffer) == 7 and out.shape == (7, 4, 6, 3) and np.array_equal(out, frames)
+
+
+def test_stored_frames_reads_a_cached_decode_frame_by_frame(tmp_path):
+    """The tracker reads the tracking-resolution frames one at a time from the cache's .npz."""
+    import numpy as np
+    import pytest
+
+    from st4r_cli.errors import St4rError
+    from st4r_cli.runs.atomic import atomic_save_npz
+    from st4r_cli.stages.decode import StoredFrames
+
+    frames = np.random.default_rng(1).integers(0, 255, (5, 7, 9, 3), dtype=np.uint8)
+    path = tmp_path / "decode.npz"
+    atomic_save_npz(path, {"frame_indices": np.arange(5), "frames": frames, "fps": np.asarray(3.0)})
+    stored = StoredFrames(path)
+    assert len(stored) == 5 and stored.shape == (5, 7, 9, 3) and stored.dtype == np.uint8 and stored.ndim == 4
+    assert all(np.array_equal(stored[t], frames[t]) for t in (0, 3, 1, 4))
+    assert np.array_equal(np.ascontiguousarray(stored), frames)
+    with pytest.raises(IndexError):
+        stored[5]
+    atomic_save_npz(path, {"frames": frames}, compressed=True)
+    with pytest.raises(St4rError, match="compressed"):
+        StoredFrames(path)
