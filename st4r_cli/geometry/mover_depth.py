@@ -71,8 +71,8 @@ def contact_depths(part: np.ndarray, static_depth: np.ndarray, static_ok: np.nda
     """(W,) depth of the static surface just below the part's bottom edge in each column of the part
     (columns whose lowest pixel is above the bottom band take the nearest contact column's), or None when
     fewer than MIN_CONTACT_COLUMNS columns, or under MIN_CONTACT_SHARE of the bottom band's, touch a known
-    static surface (the edge is the image border, or nothing static is below). static_depth / static_ok: the static world's depth in the frame and where it
-    is known."""
+    static surface (the edge is the image border, or nothing static is below). static_depth / static_ok:
+    the static world's depth in the frame and where it is known."""
     rows, cols = np.nonzero(part)
     height = int(rows.max() - rows.min() + 1)
     lowest = np.full(part.shape[1], -1)

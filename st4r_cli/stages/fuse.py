@@ -45,8 +45,9 @@ cameras and the bundle points) and depth (the multi-view depth, when it ran); co
    network's motion. A static pixel left with the network's depth (source 0: no multi-view depth and
    no measured pixel within the fill radius; where the video holds no signal, a pure pan or a camera
    standing still) gets confidence NO_GEOMETRY_CONF, below any of the network's, so the viewer hides it
-   by default and the exports' confidence filters drop it first. `dynamic_mask` is the depth stage's. A track the cameras stage found moving
-   (`track_moving`, its step 5) is never static, in step 4 or here.
+   by default and the exports' confidence filters drop it first; so does every static pixel of a video
+   whose multi-view depth found no parallax anywhere. `dynamic_mask` is the depth stage's. A track the
+   cameras stage found moving (`track_moving`, its step 5) is never static, in step 4 or here.
 6. Movers' depth (`fuse.mover_depth`, after step 5; `st4r_cli.geometry.mover_depth`). Each connected part
    of a frame's motion mask is put upright at the depth of the static surface just below its bottom edge
    (a figure standing on the floor or a table; `pointmap_source` 3), unless that would put it behind the
@@ -72,7 +73,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CAMERAS_FIELDS", "FUSE_VERSION", "FuseConfig", "check_fuse_config", "fuse_scene"]
 
-FUSE_VERSION = 9
+FUSE_VERSION = 10
 # the cameras stage's settings the fuse stage reads (its cache key holds them; the solved cameras are an input)
 CAMERAS_FIELDS = ("ba_point_max_px",)
 SPECK_SUPPORT = 0.25     # a multi-view pixel needs this share of its 7x7 neighbourhood valid to be kept
@@ -159,10 +160,25 @@ def fuse_scene(frames: np.ndarray, tracks: dict[str, np.ndarray] | None, pred: d
     if bool(cameras["ba_accepted"]):
         scene = _to_solved_scale(scene, cameras, depth)
     scene = _relift(scene, own, cameras, config, cameras_config, (h, w))
-    if (depth is not None and "dynamic" in depth and config.multiview and bool(cameras["ba_accepted"])
-            and np.asarray(depth["valid"]).any()):
-        scene = _multiview_statics(scene, own, depth, config, (h, w))
+    if depth is not None and "dynamic" in depth and config.multiview and bool(cameras["ba_accepted"]):
+        if np.asarray(depth["valid"]).any():
+            scene = _multiview_statics(scene, own, depth, config, (h, w))
+        else:
+            scene = _without_geometry(scene, np.asarray(depth["dynamic"], bool))
     return scene
+
+
+def _without_geometry(scene: dict[str, np.ndarray], dynamic: np.ndarray) -> dict[str, np.ndarray]:
+    """Step 5 when the multi-view depth found no parallax anywhere (a camera that only turns or stands
+    still): every static pixel keeps the network's point with confidence NO_GEOMETRY_CONF (source 0), and
+    the scene says so as step 5 does for its holes."""
+    import numpy as np
+
+    out = dict(scene)
+    out.update(dynamic_mask=dynamic, pointmap_source=np.zeros(dynamic.shape, np.uint8))
+    if "conf" in scene:
+        out["conf"] = np.where(dynamic, scene["conf"], np.minimum(scene["conf"], NO_GEOMETRY_CONF)).astype(np.float32)
+    return out
 
 
 def _to_solved_scale(scene: dict[str, np.ndarray], cameras: dict[str, np.ndarray],
@@ -233,7 +249,8 @@ def _multiview_statics(scene: dict[str, np.ndarray], own: dict[str, np.ndarray] 
     no_geometry = (source == 0) & ~np.asarray(depth["dynamic"], bool)
     out.update(pointmaps=pointmaps, dynamic_mask=np.asarray(depth["dynamic"], bool), pointmap_source=source)
     if "conf" in scene:
-        out["conf"] = np.where(no_geometry, np.minimum(scene["conf"], NO_GEOMETRY_CONF), scene["conf"]).astype(np.float32)
+        lowered = np.minimum(scene["conf"], NO_GEOMETRY_CONF)
+        out["conf"] = np.where(no_geometry, lowered, scene["conf"]).astype(np.float32)
     tracks3d = np.asarray(scene["tracks3d"], np.float64)
     points, static = _lift_static_tracks(np.asarray(scene["tracks2d"], np.float64), np.asarray(scene["visible"], bool),
                                          depth_m, source > 0, k_mat, c2w, config.static_spread_rel, hw)

@@ -112,8 +112,6 @@ def track_points(frames: Sequence[np.ndarray], queries: np.ndarray, params: Buil
         `tracks_xy (N, T, 2)` float32, `visible (N, T)` bool, `cycle_error (N, T)` float32 (px of the
         frames; 0 at the query frame, NaN before it), `confidence (N,)` float32 in [0, 1].
     """
-    import cv2
-
     params = params or BuiltinTrackerParams()
     if params.dis_preset not in _DIS_PRESETS:
         raise ValueError(f"unknown DIS preset {params.dis_preset!r}; expected one of {list(_DIS_PRESETS)}")

@@ -2,8 +2,9 @@
 
 Top row: the first and the last frame with the tracks drawn (dots and tails, hollow when occluded).
 Bottom: a top view of the scene: the confident points of every few frames (their colours; not the
-network's guesses where the video gives no geometry, which a line at the top counts) seen from above (world x to the right, world z, the first camera's viewing direction, upwards; the world's up is
-the first camera's -y), the camera path as a line and each camera's viewing direction as a short tick,
+network's guesses where the video gives no geometry, which a line at the top counts) seen from above
+(world x to the right, world z, the first camera's viewing direction, upwards; the world's up is the
+first camera's -y), the camera path as a line and each camera's viewing direction as a short tick,
 from blue (first frame) to red (last frame).
 """
 

@@ -376,3 +376,18 @@ def test_static_pixels_without_geometry_get_the_lowest_confidence(static_clip):
     assert (out["conf"][far & ~moving] == NO_GEOMETRY_CONF).all()
     assert (out["conf"][moving] == 1.5).all() and (out["conf"][valid] == 1.5).all()
     assert NO_GEOMETRY_CONF < 1.0
+
+
+def test_a_video_without_parallax_anywhere_has_no_geometry_on_its_static_pixels():
+    from st4r_cli.stages.fuse import NO_GEOMETRY_CONF, _without_geometry
+    from st4r_cli.viz.selection import signal_summary
+
+    conf = np.full((3, 8, 10), 1.7, np.float32)
+    moving = np.zeros((3, 8, 10), bool)
+    moving[:, 2:4, 2:4] = True
+    out = _without_geometry({"conf": conf}, moving)
+    assert (out["conf"][~moving] == NO_GEOMETRY_CONF).all() and (out["conf"][moving] == 1.7).all()
+    assert (out["pointmap_source"] == 0).all()
+    summary = signal_summary(out)
+    assert summary["frames_without_geometry"] == [0, 1, 2]
+    assert abs(summary["pixels_without_geometry"] - (~moving).mean()) < 1e-4
