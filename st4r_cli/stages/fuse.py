@@ -174,10 +174,21 @@ def _without_geometry(scene: dict[str, np.ndarray], dynamic: np.ndarray) -> dict
     the scene says so as step 5 does for its holes."""
     import numpy as np
 
+    return _with_sources(scene, np.zeros(dynamic.shape, np.uint8), dynamic)
+
+
+def _with_sources(scene: dict[str, np.ndarray], source: np.ndarray, dynamic: np.ndarray) -> dict[str, np.ndarray]:
+    """The scene with `pointmap_source` and `dynamic_mask` (T, H, W), and confidence NO_GEOMETRY_CONF
+    (at most) on the static pixels without geometry (`viz.selection.no_geometry_mask`)."""
+    import numpy as np
+
+    from st4r_cli.viz.selection import no_geometry_mask
+
     out = dict(scene)
-    out.update(dynamic_mask=dynamic, pointmap_source=np.zeros(dynamic.shape, np.uint8))
+    out.update(dynamic_mask=dynamic, pointmap_source=source)
     if "conf" in scene:
-        out["conf"] = np.where(dynamic, scene["conf"], np.minimum(scene["conf"], NO_GEOMETRY_CONF)).astype(np.float32)
+        lowered = np.minimum(scene["conf"], NO_GEOMETRY_CONF)
+        out["conf"] = np.where(no_geometry_mask(out), lowered, scene["conf"]).astype(np.float32)
     return out
 
 
@@ -245,19 +256,16 @@ def _multiview_statics(scene: dict[str, np.ndarray], own: dict[str, np.ndarray] 
     if config.mover_depth:
         pointmaps, source, scale_map = _mover_depths(pointmaps, source, depth_m, np.asarray(depth["dynamic"], bool),
                                                      k_mat, c2w)
-    out = dict(scene)
-    no_geometry = (source == 0) & ~np.asarray(depth["dynamic"], bool)
-    out.update(pointmaps=pointmaps, dynamic_mask=np.asarray(depth["dynamic"], bool), pointmap_source=source)
-    if "conf" in scene:
-        lowered = np.minimum(scene["conf"], NO_GEOMETRY_CONF)
-        out["conf"] = np.where(no_geometry, lowered, scene["conf"]).astype(np.float32)
+    out = _with_sources(scene, source, np.asarray(depth["dynamic"], bool))
+    out["pointmaps"] = pointmaps
     tracks3d = np.asarray(scene["tracks3d"], np.float64)
     points, static = _lift_static_tracks(np.asarray(scene["tracks2d"], np.float64), np.asarray(scene["visible"], bool),
                                          depth_m, source > 0, k_mat, c2w, config.static_spread_rel, hw)
     static &= ~np.asarray(scene.get("track_moving", np.zeros(len(static), bool)), bool)
     tracks3d = np.where(static[:, None, None], points[:, None, :], tracks3d)
     tracker_xy, tracker_seen = _tracker_positions(scene, own, config, hw)
-    on_movers = ~static & _mostly_dynamic(scene, depth, hw)
+    mostly_dynamic = _mostly_dynamic(scene, depth, hw)
+    on_movers = ~static & mostly_dynamic
     tracks3d = _scaled_movers(tracks3d, on_movers, scale_map, tracker_xy, tracker_seen, w2c, k_mat, hw)
     if tracker_xy is not None and static.any():
         # the fixed point, at its depth in each camera, onto the tracker's ray: the 2D track keeps the
@@ -269,7 +277,7 @@ def _multiview_statics(scene: dict[str, np.ndarray], own: dict[str, np.ndarray] 
                visible=_visibility(tracks2d, z, surface_z, own, config.visibility,
                                    float(scene["visibility_eps_rel"]), hw),
                track_static=static | (np.asarray(scene.get("track_static", np.zeros(len(static), bool)), bool)
-                                      & ~_mostly_dynamic(scene, depth, hw)))
+                                      & ~mostly_dynamic))
     return out
 
 
