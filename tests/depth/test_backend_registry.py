@@ -45,18 +45,6 @@ def fake_backend():
     backends.unregister("depth", "fake")
 
 
-def _write_clip(folder: Path, num_frames: int = 4) -> Path:
-    import cv2
-
-    rng = np.random.default_rng(0)
-    big = cv2.GaussianBlur(rng.uniform(0, 255, (100, 130, 3)).astype(np.float32), (0, 0), 1.5)
-    folder.mkdir(parents=True)
-    for t in range(num_frames):
-        frame = big[10 - t:10 - t + 48, 20 - 2 * t:20 - 2 * t + 64]
-        cv2.imwrite(str(folder / f"{t:05d}.png"), np.clip(frame, 0, 255).astype(np.uint8))
-    return folder
-
-
 def test_the_depth_stage_runs_a_backend_registered_here(fake_backend, tmp_path: Path) -> None:
     from st4r_cli.configs import DepthConfig
     from st4r_cli.stages.depth import check_backend_available, compute_depth
@@ -70,10 +58,10 @@ def test_the_depth_stage_runs_a_backend_registered_here(fake_backend, tmp_path: 
     assert "fake" in backends.names("depth") and backends.get("depth", "fake").metric_depth
 
 
-def test_st4r_depth_adapt_and_the_api_run_it(fake_backend, tmp_path: Path) -> None:
+def test_st4r_depth_adapt_and_the_api_run_it(fake_backend, tmp_path: Path, make_plane_clip) -> None:
     from st4r_cli.api import build_config
 
-    clip = _write_clip(tmp_path / "clip")
+    clip = make_plane_clip(tmp_path / "clip", num_frames=4, hw=(48, 64))
     assert st4r(["depth", str(clip), "--out", str(tmp_path / "depth"), "--set", "depth.backend=fake", "-q"]) == 0
     written = np.load(tmp_path / "depth" / "depth.npz")
     status = json.loads((tmp_path / "depth" / "run.json").read_text())

@@ -14,18 +14,6 @@ from st4r_cli.cli.app import run as st4r
 RECORD_FIELDS = {"key", "digest", "file", "reused", "seconds", "peak_rss_mb"}
 
 
-def _write_clip(folder: Path, num_frames: int = 4) -> None:
-    """A textured image translated by (+2, +1) px per frame, as PNGs."""
-    import cv2
-
-    rng = np.random.default_rng(0)
-    big = cv2.GaussianBlur(rng.uniform(0, 255, (120, 150, 3)).astype(np.float32), (0, 0), 1.5)
-    folder.mkdir(parents=True)
-    for t in range(num_frames):
-        frame = big[20 - t:20 - t + 64, 30 - 2 * t:30 - 2 * t + 96]
-        cv2.imwrite(str(folder / f"{t:05d}.png"), np.clip(frame, 0, 255).astype(np.uint8))
-
-
 @pytest.fixture
 def fake_moge(monkeypatch: pytest.MonkeyPatch) -> None:
     """The moge backend without its package or weights: a constant depth (the stage's contract)."""
@@ -44,9 +32,8 @@ def _status(run_dir: Path) -> dict:
     return json.loads((run_dir / "run.json").read_text())
 
 
-def test_tracks_and_depth_record_their_stages_as_adapt_does(tmp_path: Path, fake_moge: None) -> None:
-    clip = tmp_path / "clip"
-    _write_clip(clip)
+def test_tracks_and_depth_record_their_stages_as_adapt_does(tmp_path: Path, fake_moge: None, make_plane_clip) -> None:
+    clip = make_plane_clip(tmp_path / "clip", num_frames=4, hw=(64, 96))
     small = ["--set", "tracks.grid_size=4", "--set", "tracks.camera_every_k=0"]
     assert st4r(["adapt", str(clip), "--out", str(tmp_path / "adapt"), "--until", "depth", "--depth", "moge",
                  "--set", "cameras.refine=none", *small, "-q"]) == 0
@@ -63,9 +50,9 @@ def test_tracks_and_depth_record_their_stages_as_adapt_does(tmp_path: Path, fake
     assert tracks["outputs"] == ["tracks.npz"] and depth["outputs"] == ["depth.npz"]
 
 
-def test_commands_on_a_run_dir_record_reused_stages_and_keep_its_status(tmp_path: Path, fake_moge: None) -> None:
-    clip, run_dir = tmp_path / "clip", tmp_path / "run"
-    _write_clip(clip)
+def test_commands_on_a_run_dir_record_reused_stages_and_keep_its_status(tmp_path: Path, fake_moge: None,
+                                                                         make_plane_clip) -> None:
+    clip, run_dir = make_plane_clip(tmp_path / "clip", num_frames=4, hw=(64, 96)), tmp_path / "run"
     assert st4r(["tracks", str(clip), "--out", str(run_dir), "--grid-size", "4", "-q"]) == 0
     status = _status(run_dir)
     status["status"] = "failed"     # a status the command leaves as it is
